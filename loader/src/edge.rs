@@ -1,0 +1,336 @@
+//! The edge sprayer: members, the two-generation hash scope, match sets, counters.
+
+use crate::{
+    program::{read_reasons, LoadedProgram},
+    AttachMode, LoaderError, ReasonCounts, Result, TestRunOutcome,
+};
+use aya::maps::{
+    lpm_trie::{Key, LpmTrie},
+    Array, DevMap, HashMap, MapData, PerCpuArray,
+};
+use handoff_common::{
+    counters::TrafficCounter,
+    edge::{match_key, EdgeSettings, Member, IPV4_MAPPED_PREFIX_BITS, MEMBER_ENABLED, NO_MEMBER},
+    flow_key::{addr_words, IP_V4, IP_V6},
+    hash::HashMode,
+    names::{self, limits},
+};
+use std::{
+    net::IpAddr,
+    str::FromStr,
+    time::{Duration, Instant},
+};
+
+/// How long after a flip the loader waits before it overwrites the generation
+/// that was active: longer than any XDP invocation that may still hold the
+/// old generation index (programs run under rcu_read_lock in NAPI poll,
+/// net/core/dev.c, for microseconds).
+pub const GENERATION_GRACE: Duration = Duration::from_millis(50);
+
+/// An IP prefix, `10.0.9.0/24` or `fd00::/64`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Prefix {
+    /// Network address.
+    pub addr: IpAddr,
+    /// Prefix length in bits.
+    pub len: u8,
+}
+
+impl Prefix {
+    /// The LPM key: IPv4 prefixes live in the IPv4-mapped IPv6 space.
+    fn lpm_key(&self) -> Key<[u32; 4]> {
+        let (version, bits) = match self.addr {
+            IpAddr::V4(_) => (IP_V4, IPV4_MAPPED_PREFIX_BITS + self.len as u32),
+            IpAddr::V6(_) => (IP_V6, self.len as u32),
+        };
+        Key::new(bits, match_key(&addr_words(self.addr), version))
+    }
+}
+
+impl FromStr for Prefix {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|e| format!("bad address in prefix {s:?}: {e}"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            Some(l) => l.parse::<u8>().map_err(|e| format!("bad length in prefix {s:?}: {e}"))?,
+            None => max,
+        };
+        if len > max {
+            return Err(format!("prefix {s:?} is longer than {max} bits"));
+        }
+        Ok(Self { addr, len })
+    }
+}
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// What [`EdgeProgram::publish_scope`] did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ScopeWrite {
+    /// The generation now active.
+    pub generation: u32,
+    /// Slots written into that generation (only the ones that differed).
+    pub slots_written: usize,
+}
+
+/// The loaded edge sprayer and its maps.
+pub struct EdgeProgram {
+    program: LoadedProgram,
+    settings_map: Array<MapData, EdgeSettings>,
+    active_map: Array<MapData, u32>,
+    scope_map: Array<MapData, u32>,
+    members_map: Array<MapData, Member>,
+    egress_map: DevMap<MapData>,
+    member_stats: PerCpuArray<MapData, TrafficCounter>,
+    reasons: PerCpuArray<MapData, u64>,
+    dst_match: LpmTrie<MapData, [u32; 4], u32>,
+    src_match: LpmTrie<MapData, [u32; 4], u32>,
+    local_addrs: HashMap<MapData, [u32; 4], u32>,
+    settings: EdgeSettings,
+    members: Vec<Option<Member>>,
+    /// What each generation holds in the kernel, so a publish writes only the
+    /// slots that changed (the kernel's array starts zeroed, so do these).
+    shadow: [Vec<u32>; 2],
+    active_generation: u32,
+    last_flip: Option<Instant>,
+}
+
+impl EdgeProgram {
+    /// Loads the sprayer with `buckets` buckets per scope generation (a power
+    /// of two). It passes every frame to the kernel until the first
+    /// [`Self::publish_scope`].
+    pub fn load(buckets: u32) -> Result<Self> {
+        if !buckets.is_power_of_two() || !(2..=limits::MAX_BUCKETS).contains(&buckets) {
+            return Err(LoaderError::Invalid {
+                what: "bucket count",
+                detail: format!("{buckets} is not a power of two in 2..={}", limits::MAX_BUCKETS),
+            });
+        }
+        let mut program = LoadedProgram::load(
+            crate::objects::EDGE,
+            names::PROG_EDGE,
+            &names::EDGE_MAPS,
+            &[(names::MAP_SCOPE, 2 * buckets)],
+        )?;
+        Ok(Self {
+            settings_map: program.take_map(names::MAP_EDGE_SETTINGS)?,
+            active_map: program.take_map(names::MAP_ACTIVE_GENERATION)?,
+            scope_map: program.take_map(names::MAP_SCOPE)?,
+            members_map: program.take_map(names::MAP_MEMBERS)?,
+            egress_map: program.take_map(names::MAP_EGRESS)?,
+            member_stats: program.take_map(names::MAP_MEMBER_STATS)?,
+            reasons: program.take_map(names::MAP_REASON_STATS)?,
+            dst_match: program.take_map(names::MAP_DST_MATCH)?,
+            src_match: program.take_map(names::MAP_SRC_MATCH)?,
+            local_addrs: program.take_map(names::MAP_LOCAL_ADDRS)?,
+            program,
+            settings: EdgeSettings {
+                bucket_mask: buckets - 1,
+                hash_mode: HashMode::Directional as u32,
+                hash_seed: 0,
+                ready: 0,
+            },
+            members: vec![None; limits::MAX_MEMBERS as usize],
+            shadow: [vec![0; buckets as usize], vec![0; buckets as usize]],
+            active_generation: 0,
+            last_flip: None,
+        })
+    }
+
+    /// Buckets per generation.
+    pub fn buckets(&self) -> u32 {
+        self.settings.bucket_mask + 1
+    }
+
+    /// Sets the hash mode and seed. Nodes must use the same values.
+    pub fn set_hash(&mut self, mode: HashMode, seed: u32) -> Result<()> {
+        self.settings.hash_mode = mode as u32;
+        self.settings.hash_seed = seed;
+        self.write_settings()
+    }
+
+    fn write_settings(&mut self) -> Result<()> {
+        self.settings_map
+            .set(0, self.settings, 0)
+            .map_err(|source| LoaderError::Map { map: names::MAP_EDGE_SETTINGS, source })
+    }
+
+    /// Attaches the sprayer to `interface`, where cluster traffic enters.
+    pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<u32> {
+        self.program.attach(interface, mode)
+    }
+
+    /// Detaches the sprayer (also done when this value is dropped).
+    pub fn detach(&mut self) -> Result<()> {
+        self.program.detach()
+    }
+
+    /// Configures member `id`: frames for it leave through `egress_ifindex`
+    /// with destination MAC `dst_mac` and source MAC `src_mac`.
+    pub fn set_member(&mut self, id: u32, dst_mac: [u8; 6], src_mac: [u8; 6], egress_ifindex: u32) -> Result<()> {
+        check_member_id(id)?;
+        self.egress_map
+            .set(id, egress_ifindex, None, 0)
+            .map_err(|source| LoaderError::XdpMap { map: names::MAP_EGRESS, source })?;
+        let member = Member { dst_mac, src_mac, flags: MEMBER_ENABLED };
+        self.members_map
+            .set(id, member, 0)
+            .map_err(|source| LoaderError::Map { map: names::MAP_MEMBERS, source })?;
+        self.members[id as usize] = Some(member);
+        Ok(())
+    }
+
+    /// Removes member `id`. Refused while a scope generation still maps a bucket to it.
+    pub fn remove_member(&mut self, id: u32) -> Result<()> {
+        check_member_id(id)?;
+        if self.shadow.iter().any(|g| g.contains(&id)) {
+            return Err(LoaderError::Invalid {
+                what: "member removal",
+                detail: format!("member {id} still owns buckets in a scope generation"),
+            });
+        }
+        self.members_map
+            .set(id, Member::default(), 0)
+            .map_err(|source| LoaderError::Map { map: names::MAP_MEMBERS, source })?;
+        self.members[id as usize] = None;
+        Ok(())
+    }
+
+    /// Adds a destination prefix (VIPs) that makes a packet cluster traffic.
+    pub fn add_destination_match(&mut self, prefix: Prefix) -> Result<()> {
+        self.dst_match
+            .insert(&prefix.lpm_key(), 1, 0)
+            .map_err(|source| LoaderError::Map { map: names::MAP_DST_MATCH, source })
+    }
+
+    /// Adds a source prefix (backends) that makes a packet cluster traffic.
+    pub fn add_source_match(&mut self, prefix: Prefix) -> Result<()> {
+        self.src_match
+            .insert(&prefix.lpm_key(), 1, 0)
+            .map_err(|source| LoaderError::Map { map: names::MAP_SRC_MATCH, source })
+    }
+
+    /// Adds one of the host's own addresses: always passed to the kernel.
+    pub fn add_local_address(&mut self, addr: IpAddr) -> Result<()> {
+        let version = if addr.is_ipv4() { IP_V4 } else { IP_V6 };
+        self.local_addrs
+            .insert(match_key(&addr_words(addr), version), 1, 0)
+            .map_err(|source| LoaderError::Map { map: names::MAP_LOCAL_ADDRS, source })
+    }
+
+    /// The active generation (0 or 1).
+    pub fn active_generation(&self) -> u32 {
+        self.active_generation
+    }
+
+    /// The table of the active generation, as last published.
+    pub fn active_table(&self) -> &[u32] {
+        &self.shadow[self.active_generation as usize]
+    }
+
+    /// Publishes `table` (bucket -> member id, [`NO_MEMBER`] for none): writes
+    /// the slots that differ into the inactive generation, then makes it active
+    /// with one 4-byte map write. A packet reads the generation once, so it sees
+    /// either the old table or the new one, never a mix.
+    pub fn publish_scope(&mut self, table: &[u32]) -> Result<ScopeWrite> {
+        if table.len() != self.buckets() as usize {
+            return Err(LoaderError::Invalid {
+                what: "scope table",
+                detail: format!("{} slots, expected {}", table.len(), self.buckets()),
+            });
+        }
+        if let Some((bucket, member)) = table
+            .iter()
+            .enumerate()
+            .find(|(_, &m)| m != NO_MEMBER && self.members.get(m as usize).is_none_or(Option::is_none))
+        {
+            return Err(LoaderError::Invalid {
+                what: "scope table",
+                detail: format!("bucket {bucket} maps to member {member}, which is not configured"),
+            });
+        }
+        if let Some(flipped) = self.last_flip {
+            let since = flipped.elapsed();
+            if since < GENERATION_GRACE {
+                std::thread::sleep(GENERATION_GRACE - since);
+            }
+        }
+        let generation = self.active_generation ^ 1;
+        let base = generation * self.buckets();
+        let mut slots_written = 0;
+        for (bucket, (&want, have)) in table.iter().zip(self.shadow[generation as usize].iter_mut()).enumerate() {
+            if want != *have {
+                self.scope_map
+                    .set(base + bucket as u32, want, 0)
+                    .map_err(|source| LoaderError::Map { map: names::MAP_SCOPE, source })?;
+                *have = want;
+                slots_written += 1;
+            }
+        }
+        self.active_map
+            .set(0, generation, 0)
+            .map_err(|source| LoaderError::Map { map: names::MAP_ACTIVE_GENERATION, source })?;
+        self.active_generation = generation;
+        self.last_flip = Some(Instant::now());
+        if self.settings.ready == 0 {
+            self.settings.ready = 1;
+            self.write_settings()?;
+        }
+        Ok(ScopeWrite { generation, slots_written })
+    }
+
+    /// Per-reason frame counts, summed over CPUs.
+    pub fn reason_counts(&self) -> Result<ReasonCounts> {
+        read_reasons(&self.reasons, names::MAP_REASON_STATS)
+    }
+
+    /// Packets and bytes sprayed to each configured member, summed over CPUs.
+    pub fn member_counts(&self) -> Result<Vec<(u32, TrafficCounter)>> {
+        let mut out = Vec::new();
+        for (id, member) in self.members.iter().enumerate() {
+            if member.is_none() {
+                continue;
+            }
+            let values = self
+                .member_stats
+                .get(&(id as u32), 0)
+                .map_err(|source| LoaderError::Map { map: names::MAP_MEMBER_STATS, source })?;
+            out.push((id as u32, values.iter().fold(TrafficCounter::default(), |a, b| a.plus(*b))));
+        }
+        Ok(out)
+    }
+
+    /// Runs the sprayer on one frame with BPF_PROG_TEST_RUN (no attach needed).
+    pub fn test_run(&self, frame: &[u8]) -> Result<TestRunOutcome> {
+        self.program.test_run(frame)
+    }
+}
+
+impl std::fmt::Debug for EdgeProgram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeProgram")
+            .field("program", &self.program)
+            .field("settings", &self.settings)
+            .field("active_generation", &self.active_generation)
+            .finish_non_exhaustive()
+    }
+}
+
+fn check_member_id(id: u32) -> Result<()> {
+    if id >= limits::MAX_MEMBERS {
+        return Err(LoaderError::Invalid {
+            what: "member id",
+            detail: format!("{id} is not below {}", limits::MAX_MEMBERS),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! What the three programs share: loading an object, checking its symbols,
+//! taking typed maps, attaching, test runs and per-CPU counter sums.
+
+use crate::{error::privilege_hint, LoaderError, Result};
+use aya::{
+    maps::{MapData, PerCpuArray},
+    programs::{xdp::XdpLinkId, ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use handoff_common::counters::Reason;
+use std::{ffi::CString, time::Duration};
+
+/// XDP attach mode.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum AttachMode {
+    /// Native mode, run by the driver (fast; needs driver support).
+    #[default]
+    Driver,
+    /// Generic mode, run by the kernel's network stack (works everywhere, slower).
+    Skb,
+}
+
+impl AttachMode {
+    fn xdp_mode(self) -> XdpMode {
+        match self {
+            Self::Driver => XdpMode::Driver,
+            Self::Skb => XdpMode::Skb,
+        }
+    }
+    /// The mode's name as the CLI spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Driver => "driver",
+            Self::Skb => "skb",
+        }
+    }
+    fn other(self) -> Self {
+        match self {
+            Self::Driver => Self::Skb,
+            Self::Skb => Self::Driver,
+        }
+    }
+}
+
+impl std::str::FromStr for AttachMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "driver" | "native" => Ok(Self::Driver),
+            "skb" | "generic" => Ok(Self::Skb),
+            other => Err(format!("unknown XDP mode {other:?} (expected driver or skb)")),
+        }
+    }
+}
+
+/// A loaded object with one XDP program, optionally attached.
+#[derive(Debug)]
+pub(crate) struct LoadedProgram {
+    ebpf: Ebpf,
+    program: &'static str,
+    attached_to: Option<Attachment>,
+}
+
+/// Where a program is attached. The link belongs to the `Ebpf` object, so the
+/// program is detached at the latest when the object is dropped (including on
+/// unwinding), and the kernel detaches a bpf_link when its process exits.
+#[derive(Debug)]
+struct Attachment {
+    interface: String,
+    ifindex: u32,
+    link_id: XdpLinkId,
+}
+
+impl LoadedProgram {
+    /// Loads `object`, checks that it defines `program` and every map in
+    /// `maps`, and loads the program into the kernel (running the verifier).
+    pub(crate) fn load(
+        object: &'static [u8],
+        program: &'static str,
+        maps: &[&'static str],
+        max_entries: &[(&'static str, u32)],
+    ) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        for (map, size) in max_entries {
+            loader.map_max_entries(map, *size);
+        }
+        let mut ebpf = loader.load(object).map_err(|source| LoaderError::Load {
+            program,
+            hint: privilege_hint(&source),
+            source,
+        })?;
+        for map in maps {
+            if ebpf.map(map).is_none() {
+                return Err(LoaderError::MissingSymbol { object: program, what: "map", name: map });
+            }
+        }
+        let xdp = xdp_mut(&mut ebpf, program)?;
+        xdp.load().map_err(|source| LoaderError::Program {
+            program,
+            hint: privilege_hint(&source),
+            source,
+        })?;
+        Ok(Self { ebpf, program, attached_to: None })
+    }
+
+    /// Takes ownership of a map, converted to its typed handle.
+    pub(crate) fn take_map<M>(&mut self, name: &'static str) -> Result<M>
+    where
+        M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self.ebpf.take_map(name).ok_or(LoaderError::MissingSymbol {
+            object: self.program,
+            what: "map",
+            name,
+        })?;
+        M::try_from(map).map_err(|source| LoaderError::Map { map: name, source })
+    }
+
+    /// Attaches to `interface`; the error names the other mode to try.
+    pub(crate) fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<u32> {
+        let ifindex = ifindex(interface)?;
+        let program = self.program;
+        let xdp = xdp_mut(&mut self.ebpf, program)?;
+        let link_id = xdp.attach_to_if_index(ifindex, mode.xdp_mode()).map_err(|source| {
+            let hint = privilege_hint(&source);
+            let hint = if hint.is_empty() {
+                format!(
+                    "the driver may not support {} mode: try --xdp-mode {} (and check that no other XDP program is attached)",
+                    mode.name(),
+                    mode.other().name()
+                )
+            } else {
+                hint.trim_start_matches(" (").trim_end_matches(')').to_string()
+            };
+            LoaderError::Attach {
+                program,
+                interface: interface.to_string(),
+                mode: mode.name(),
+                hint,
+                source,
+            }
+        })?;
+        self.attached_to = Some(Attachment { interface: interface.to_string(), ifindex, link_id });
+        tracing::info!(program, interface, ifindex, mode = mode.name(), "attached");
+        Ok(ifindex)
+    }
+
+    /// Interface and ifindex this program is attached to.
+    pub(crate) fn attached_to(&self) -> Option<(&str, u32)> {
+        self.attached_to.as_ref().map(|a| (a.interface.as_str(), a.ifindex))
+    }
+
+    /// Detaches the program if it is attached.
+    pub(crate) fn detach(&mut self) -> Result<()> {
+        let Some(attachment) = self.attached_to.take() else {
+            return Ok(());
+        };
+        let program = self.program;
+        xdp_mut(&mut self.ebpf, program)?
+            .detach(attachment.link_id)
+            .map_err(|source| LoaderError::Program { program, hint: String::new(), source })?;
+        tracing::info!(program, interface = attachment.interface, "detached");
+        Ok(())
+    }
+
+    /// Runs the program once on `frame` with BPF_PROG_TEST_RUN.
+    pub(crate) fn test_run(&self, frame: &[u8]) -> Result<TestRunOutcome> {
+        let program = self.program;
+        let xdp: &Xdp = self
+            .ebpf
+            .program(program)
+            .ok_or(LoaderError::MissingSymbol { object: program, what: "program", name: program })?
+            .try_into()
+            .map_err(|source: ProgramError| LoaderError::Program { program, hint: String::new(), source })?;
+        // XDP test runs need room for the program to grow the frame.
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = xdp
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+            .map_err(|source| LoaderError::Program { program, hint: privilege_hint(&source), source })?;
+        out.truncate(result.data_size_out as usize);
+        Ok(TestRunOutcome {
+            action: result.return_value,
+            frame: out,
+            duration: result.duration,
+        })
+    }
+}
+
+fn xdp_mut<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut Xdp> {
+    ebpf.program_mut(program)
+        .ok_or(LoaderError::MissingSymbol { object: program, what: "program", name: program })?
+        .try_into()
+        .map_err(|source: ProgramError| LoaderError::Program { program, hint: String::new(), source })
+}
+
+/// The ifindex of `name` in the current network namespace.
+pub(crate) fn ifindex(name: &str) -> Result<u32> {
+    let c_name = CString::new(name).map_err(|_| LoaderError::UnknownInterface { name: name.to_string() })?;
+    // SAFETY: `c_name` is a valid NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    if index == 0 {
+        return Err(LoaderError::UnknownInterface { name: name.to_string() });
+    }
+    Ok(index)
+}
+
+/// What one BPF_PROG_TEST_RUN returned.
+#[derive(Debug, Clone)]
+pub struct TestRunOutcome {
+    /// The XDP action (`XDP_PASS`, `XDP_REDIRECT`, ...).
+    pub action: u32,
+    /// The frame as the program left it.
+    pub frame: Vec<u8>,
+    /// Kernel-measured run time.
+    pub duration: Duration,
+}
+
+/// Sums of the per-CPU reason counters, indexed by [`Reason`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReasonCounts(pub [u64; Reason::COUNT as usize]);
+
+impl ReasonCounts {
+    /// The count of one reason.
+    pub fn get(&self, reason: Reason) -> u64 {
+        self.0[reason as usize]
+    }
+    /// `(name, count)` for every reason, in map order.
+    pub fn named(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Reason::ALL.iter().map(|r| (r.name(), self.get(*r)))
+    }
+    /// Counts since `earlier`.
+    #[must_use]
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self(std::array::from_fn(|i| self.0[i].wrapping_sub(earlier.0[i])))
+    }
+}
+
+/// Reads and sums a per-CPU reason map.
+pub(crate) fn read_reasons(map: &PerCpuArray<MapData, u64>, name: &'static str) -> Result<ReasonCounts> {
+    let mut counts = ReasonCounts::default();
+    for reason in Reason::ALL {
+        let values = map
+            .get(&(reason as u32), 0)
+            .map_err(|source| LoaderError::Map { map: name, source })?;
+        counts.0[reason as usize] = values.iter().copied().fold(0u64, u64::wrapping_add);
+    }
+    Ok(counts)
+}

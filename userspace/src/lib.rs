@@ -1,0 +1,7 @@
+//! handoff: a kernel-bypass packet-forwarding dataplane whose nodes can be
+//! taken out of service while traffic runs, with no packet lost.
+//!
+//! The library holds the pure logic (hash scope, flow tables, the migration
+//! state machine) as plain `std` code, and the I/O behind traits.
+
+pub mod scope;

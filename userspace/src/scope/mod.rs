@@ -1,0 +1,127 @@
+//! The hash scope: which member owns which bucket.
+//!
+//! The edge sprays by it, the nodes use it to find a flow's owner, and the
+//! migration protocol moves a node's buckets by publishing a new version.
+//! Everything here is pure logic; `handoff_loader::EdgeProgram` writes tables
+//! into the kernel.
+
+pub mod maglev;
+
+use handoff_common::{
+    flow_key::FlowKey,
+    hash::{bucket_of, flow_hash, HashMode},
+};
+pub use maglev::{BuildError, WeightedMember, UNOWNED};
+use serde::{Deserialize, Serialize};
+
+/// How flows map to buckets. The edge and every node must agree on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HashParams {
+    /// Buckets per scope (a power of two).
+    pub buckets: u32,
+    /// Hash both directions of a connection alike.
+    pub symmetric: bool,
+    /// Hash seed.
+    pub seed: u32,
+}
+
+impl HashParams {
+    /// The kernel-side mode value.
+    pub fn mode(&self) -> HashMode {
+        if self.symmetric {
+            HashMode::Symmetric
+        } else {
+            HashMode::Directional
+        }
+    }
+
+    /// The bucket of a flow, bit-identical to the edge's XDP program.
+    pub fn bucket(&self, key: &FlowKey) -> u32 {
+        bucket_of(flow_hash(key, self.mode(), self.seed), self.buckets - 1)
+    }
+}
+
+impl Default for HashParams {
+    fn default() -> Self {
+        Self { buckets: handoff_common::names::limits::DEFAULT_BUCKETS, symmetric: false, seed: 0 }
+    }
+}
+
+/// A versioned bucket -> member table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scope {
+    /// Increases with every published change.
+    pub version: u64,
+    /// Owner of each bucket, [`UNOWNED`] for none.
+    pub table: Vec<u32>,
+}
+
+impl Scope {
+    /// A first scope over `members`.
+    pub fn initial(buckets: u32, members: &[u32]) -> Result<Self, BuildError> {
+        Ok(Self { version: 1, table: maglev::build(buckets, &equal_weights(members), None)? })
+    }
+
+    /// The next version over `members`, moving as few buckets as possible.
+    pub fn rebuilt(&self, members: &[u32]) -> Result<Self, BuildError> {
+        Ok(Self {
+            version: self.version + 1,
+            table: maglev::build(self.table.len() as u32, &equal_weights(members), Some(&self.table))?,
+        })
+    }
+
+    /// The owner of `bucket`.
+    pub fn owner(&self, bucket: u32) -> u32 {
+        self.table.get(bucket as usize).copied().unwrap_or(UNOWNED)
+    }
+
+    /// Buckets owned by `member`.
+    pub fn buckets_of(&self, member: u32) -> impl Iterator<Item = u32> + '_ {
+        self.table.iter().enumerate().filter(move |(_, &o)| o == member).map(|(b, _)| b as u32)
+    }
+
+    /// Members that own at least one bucket, sorted.
+    pub fn members(&self) -> Vec<u32> {
+        let mut m: Vec<u32> = self.table.iter().copied().filter(|&o| o != UNOWNED).collect();
+        m.sort_unstable();
+        m.dedup();
+        m
+    }
+
+    /// `(bucket, old owner, new owner)` for every bucket that differs.
+    pub fn moves<'a>(&'a self, next: &'a Scope) -> impl Iterator<Item = (u32, u32, u32)> + 'a {
+        self.table
+            .iter()
+            .zip(&next.table)
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .map(|(i, (&a, &b))| (i as u32, a, b))
+    }
+}
+
+fn equal_weights(members: &[u32]) -> Vec<WeightedMember> {
+    members.iter().map(|&id| WeightedMember { id, weight: 1 }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rebuilt_without_a_member_moves_only_its_buckets_and_bumps_version() {
+        let s1 = Scope::initial(1024, &[1, 2, 3]).unwrap();
+        let s2 = s1.rebuilt(&[1, 3]).unwrap();
+        assert_eq!(s2.version, 2);
+        assert!(s1.moves(&s2).all(|(_, old, new)| old == 2 && new != 2));
+        assert_eq!(s1.moves(&s2).count(), s1.buckets_of(2).count());
+        assert_eq!(s2.members(), vec![1, 3]);
+    }
+
+    #[test]
+    fn bucket_matches_the_shared_hash() {
+        let p = HashParams { buckets: 256, symmetric: true, seed: 9 };
+        let k = FlowKey::new("10.0.0.1".parse().unwrap(), "10.0.9.1".parse().unwrap(), 1000, 80, 6);
+        assert_eq!(p.bucket(&k), p.bucket(&k.reversed()));
+        assert_eq!(p.bucket(&k), flow_hash(&k, HashMode::Symmetric, 9) & 255);
+    }
+}
