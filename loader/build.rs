@@ -6,8 +6,7 @@
 //! build, or an object that is empty or not eBPF fails this build loudly.
 
 use std::{
-    env,
-    fs,
+    env, fs,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -18,7 +17,8 @@ const PROGRAMS: [&str; 3] = ["handoff-edge", "handoff-xsk", "handoff-baseline"];
 const EM_BPF: u16 = 247;
 
 fn main() {
-    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let ebpf_dir = manifest.join("../xdp-ebpf/programs");
     let common_dir = manifest.join("../xdp-ebpf/common");
@@ -34,7 +34,9 @@ fn main() {
     }
 
     if !Path::new(BPF_RUSTC).exists() {
-        fail(&format!("{BPF_RUSTC} not found: run scripts/bootstrap (installs Debian's rustc-web)"));
+        fail(&format!(
+            "{BPF_RUSTC} not found: run scripts/bootstrap (installs Debian's rustc-web)"
+        ));
     }
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let target_dir = out_dir.join("ebpf-target");
@@ -51,9 +53,12 @@ fn main() {
             cmd.env_remove(&key);
         }
     }
-    let cargo_home = env::var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", env::var("HOME").unwrap_or_default()));
+    let cargo_home = env::var("CARGO_HOME")
+        .unwrap_or_else(|_| format!("{}/.cargo", env::var("HOME").unwrap_or_default()));
     let path = format!("{cargo_home}/bin:{}", env::var("PATH").unwrap_or_default());
-    cmd.env("RUSTC", BPF_RUSTC).env("RUSTC_BOOTSTRAP", "1").env("PATH", path);
+    cmd.env("RUSTC", BPF_RUSTC)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("PATH", path);
     let status = cmd
         .status()
         .unwrap_or_else(|e| fail(&format!("could not run cargo for the eBPF build: {e}")));
@@ -72,11 +77,18 @@ fn main() {
 
 fn check_bpf_object(path: &Path, bytes: &[u8]) {
     if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" {
-        fail(&format!("{} is empty or not an ELF object ({} bytes)", path.display(), bytes.len()));
+        fail(&format!(
+            "{} is empty or not an ELF object ({} bytes)",
+            path.display(),
+            bytes.len()
+        ));
     }
     let machine = u16::from_le_bytes([bytes[18], bytes[19]]);
     if machine != EM_BPF {
-        fail(&format!("{} is an ELF for machine {machine}, not eBPF ({EM_BPF})", path.display()));
+        fail(&format!(
+            "{} is an ELF for machine {machine}, not eBPF ({EM_BPF})",
+            path.display()
+        ));
     }
 }
 

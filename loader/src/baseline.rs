@@ -17,8 +17,12 @@ pub struct BaselineProgram {
 impl BaselineProgram {
     /// Loads the baseline program.
     pub fn load() -> Result<Self> {
-        let mut program =
-            LoadedProgram::load(crate::objects::BASELINE, names::PROG_BASELINE, &names::BASELINE_MAPS, &[])?;
+        let mut program = LoadedProgram::load(
+            crate::objects::BASELINE,
+            names::PROG_BASELINE,
+            &names::BASELINE_MAPS,
+            &[],
+        )?;
         Ok(Self {
             egress: program.take_map(names::MAP_BASELINE_EGRESS)?,
             member: program.take_map(names::MAP_BASELINE_MEMBER)?,
@@ -27,13 +31,32 @@ impl BaselineProgram {
     }
 
     /// Sends every frame out of `egress_ifindex` with the given MACs.
-    pub fn set_target(&mut self, dst_mac: [u8; 6], src_mac: [u8; 6], egress_ifindex: u32) -> Result<()> {
+    pub fn set_target(
+        &mut self,
+        dst_mac: [u8; 6],
+        src_mac: [u8; 6],
+        egress_ifindex: u32,
+    ) -> Result<()> {
         self.egress
             .set(0, egress_ifindex, None, 0)
-            .map_err(|source| LoaderError::XdpMap { map: names::MAP_BASELINE_EGRESS, source })?;
+            .map_err(|source| LoaderError::XdpMap {
+                map: names::MAP_BASELINE_EGRESS,
+                source,
+            })?;
         self.member
-            .set(0, Member { dst_mac, src_mac, flags: MEMBER_ENABLED }, 0)
-            .map_err(|source| LoaderError::Map { map: names::MAP_BASELINE_MEMBER, source })
+            .set(
+                0,
+                Member {
+                    dst_mac,
+                    src_mac,
+                    flags: MEMBER_ENABLED,
+                },
+                0,
+            )
+            .map_err(|source| LoaderError::Map {
+                map: names::MAP_BASELINE_MEMBER,
+                source,
+            })
     }
 
     /// Attaches to the ingress interface.
@@ -44,6 +67,8 @@ impl BaselineProgram {
 
 impl std::fmt::Debug for BaselineProgram {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BaselineProgram").field("program", &self.program).finish_non_exhaustive()
+        f.debug_struct("BaselineProgram")
+            .field("program", &self.program)
+            .finish_non_exhaustive()
     }
 }

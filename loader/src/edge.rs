@@ -54,10 +54,14 @@ impl FromStr for Prefix {
             Some((a, l)) => (a, Some(l)),
             None => (s, None),
         };
-        let addr: IpAddr = addr.parse().map_err(|e| format!("bad address in prefix {s:?}: {e}"))?;
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|e| format!("bad address in prefix {s:?}: {e}"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let len = match len {
-            Some(l) => l.parse::<u8>().map_err(|e| format!("bad length in prefix {s:?}: {e}"))?,
+            Some(l) => l
+                .parse::<u8>()
+                .map_err(|e| format!("bad length in prefix {s:?}: {e}"))?,
             None => max,
         };
         if len > max {
@@ -112,7 +116,10 @@ impl EdgeProgram {
         if !buckets.is_power_of_two() || !(2..=limits::MAX_BUCKETS).contains(&buckets) {
             return Err(LoaderError::Invalid {
                 what: "bucket count",
-                detail: format!("{buckets} is not a power of two in 2..={}", limits::MAX_BUCKETS),
+                detail: format!(
+                    "{buckets} is not a power of two in 2..={}",
+                    limits::MAX_BUCKETS
+                ),
             });
         }
         let mut program = LoadedProgram::load(
@@ -161,7 +168,10 @@ impl EdgeProgram {
     fn write_settings(&mut self) -> Result<()> {
         self.settings_map
             .set(0, self.settings, 0)
-            .map_err(|source| LoaderError::Map { map: names::MAP_EDGE_SETTINGS, source })
+            .map_err(|source| LoaderError::Map {
+                map: names::MAP_EDGE_SETTINGS,
+                source,
+            })
     }
 
     /// Attaches the sprayer to `interface`, where cluster traffic enters.
@@ -176,15 +186,31 @@ impl EdgeProgram {
 
     /// Configures member `id`: frames for it leave through `egress_ifindex`
     /// with destination MAC `dst_mac` and source MAC `src_mac`.
-    pub fn set_member(&mut self, id: u32, dst_mac: [u8; 6], src_mac: [u8; 6], egress_ifindex: u32) -> Result<()> {
+    pub fn set_member(
+        &mut self,
+        id: u32,
+        dst_mac: [u8; 6],
+        src_mac: [u8; 6],
+        egress_ifindex: u32,
+    ) -> Result<()> {
         check_member_id(id)?;
         self.egress_map
             .set(id, egress_ifindex, None, 0)
-            .map_err(|source| LoaderError::XdpMap { map: names::MAP_EGRESS, source })?;
-        let member = Member { dst_mac, src_mac, flags: MEMBER_ENABLED };
+            .map_err(|source| LoaderError::XdpMap {
+                map: names::MAP_EGRESS,
+                source,
+            })?;
+        let member = Member {
+            dst_mac,
+            src_mac,
+            flags: MEMBER_ENABLED,
+        };
         self.members_map
             .set(id, member, 0)
-            .map_err(|source| LoaderError::Map { map: names::MAP_MEMBERS, source })?;
+            .map_err(|source| LoaderError::Map {
+                map: names::MAP_MEMBERS,
+                source,
+            })?;
         self.members[id as usize] = Some(member);
         Ok(())
     }
@@ -200,7 +226,10 @@ impl EdgeProgram {
         }
         self.members_map
             .set(id, Member::default(), 0)
-            .map_err(|source| LoaderError::Map { map: names::MAP_MEMBERS, source })?;
+            .map_err(|source| LoaderError::Map {
+                map: names::MAP_MEMBERS,
+                source,
+            })?;
         self.members[id as usize] = None;
         Ok(())
     }
@@ -209,14 +238,20 @@ impl EdgeProgram {
     pub fn add_destination_match(&mut self, prefix: Prefix) -> Result<()> {
         self.dst_match
             .insert(&prefix.lpm_key(), 1, 0)
-            .map_err(|source| LoaderError::Map { map: names::MAP_DST_MATCH, source })
+            .map_err(|source| LoaderError::Map {
+                map: names::MAP_DST_MATCH,
+                source,
+            })
     }
 
     /// Adds a source prefix (backends) that makes a packet cluster traffic.
     pub fn add_source_match(&mut self, prefix: Prefix) -> Result<()> {
         self.src_match
             .insert(&prefix.lpm_key(), 1, 0)
-            .map_err(|source| LoaderError::Map { map: names::MAP_SRC_MATCH, source })
+            .map_err(|source| LoaderError::Map {
+                map: names::MAP_SRC_MATCH,
+                source,
+            })
     }
 
     /// Adds one of the host's own addresses: always passed to the kernel.
@@ -224,7 +259,10 @@ impl EdgeProgram {
         let version = if addr.is_ipv4() { IP_V4 } else { IP_V6 };
         self.local_addrs
             .insert(match_key(&addr_words(addr), version), 1, 0)
-            .map_err(|source| LoaderError::Map { map: names::MAP_LOCAL_ADDRS, source })
+            .map_err(|source| LoaderError::Map {
+                map: names::MAP_LOCAL_ADDRS,
+                source,
+            })
     }
 
     /// The active generation (0 or 1).
@@ -248,11 +286,9 @@ impl EdgeProgram {
                 detail: format!("{} slots, expected {}", table.len(), self.buckets()),
             });
         }
-        if let Some((bucket, member)) = table
-            .iter()
-            .enumerate()
-            .find(|(_, &m)| m != NO_MEMBER && self.members.get(m as usize).is_none_or(Option::is_none))
-        {
+        if let Some((bucket, member)) = table.iter().enumerate().find(|(_, &m)| {
+            m != NO_MEMBER && self.members.get(m as usize).is_none_or(Option::is_none)
+        }) {
             return Err(LoaderError::Invalid {
                 what: "scope table",
                 detail: format!("bucket {bucket} maps to member {member}, which is not configured"),
@@ -267,25 +303,38 @@ impl EdgeProgram {
         let generation = self.active_generation ^ 1;
         let base = generation * self.buckets();
         let mut slots_written = 0;
-        for (bucket, (&want, have)) in table.iter().zip(self.shadow[generation as usize].iter_mut()).enumerate() {
+        for (bucket, (&want, have)) in table
+            .iter()
+            .zip(self.shadow[generation as usize].iter_mut())
+            .enumerate()
+        {
             if want != *have {
                 self.scope_map
                     .set(base + bucket as u32, want, 0)
-                    .map_err(|source| LoaderError::Map { map: names::MAP_SCOPE, source })?;
+                    .map_err(|source| LoaderError::Map {
+                        map: names::MAP_SCOPE,
+                        source,
+                    })?;
                 *have = want;
                 slots_written += 1;
             }
         }
         self.active_map
             .set(0, generation, 0)
-            .map_err(|source| LoaderError::Map { map: names::MAP_ACTIVE_GENERATION, source })?;
+            .map_err(|source| LoaderError::Map {
+                map: names::MAP_ACTIVE_GENERATION,
+                source,
+            })?;
         self.active_generation = generation;
         self.last_flip = Some(Instant::now());
         if self.settings.ready == 0 {
             self.settings.ready = 1;
             self.write_settings()?;
         }
-        Ok(ScopeWrite { generation, slots_written })
+        Ok(ScopeWrite {
+            generation,
+            slots_written,
+        })
     }
 
     /// Per-reason frame counts, summed over CPUs.
@@ -300,11 +349,19 @@ impl EdgeProgram {
             if member.is_none() {
                 continue;
             }
-            let values = self
-                .member_stats
-                .get(&(id as u32), 0)
-                .map_err(|source| LoaderError::Map { map: names::MAP_MEMBER_STATS, source })?;
-            out.push((id as u32, values.iter().fold(TrafficCounter::default(), |a, b| a.plus(*b))));
+            let values =
+                self.member_stats
+                    .get(&(id as u32), 0)
+                    .map_err(|source| LoaderError::Map {
+                        map: names::MAP_MEMBER_STATS,
+                        source,
+                    })?;
+            out.push((
+                id as u32,
+                values
+                    .iter()
+                    .fold(TrafficCounter::default(), |a, b| a.plus(*b)),
+            ));
         }
         Ok(out)
     }

@@ -26,7 +26,7 @@ mod xsk;
 pub use baseline::BaselineProgram;
 pub use edge::{EdgeProgram, Prefix, ScopeWrite, GENERATION_GRACE};
 pub use error::LoaderError;
-pub use program::{AttachMode, ReasonCounts, TestRunOutcome};
+pub use program::{interface_index, interface_mac, AttachMode, ReasonCounts, TestRunOutcome};
 pub use xsk::XskProgram;
 
 /// Result type of this crate.

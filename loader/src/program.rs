@@ -48,7 +48,9 @@ impl std::str::FromStr for AttachMode {
         match s {
             "driver" | "native" => Ok(Self::Driver),
             "skb" | "generic" => Ok(Self::Skb),
-            other => Err(format!("unknown XDP mode {other:?} (expected driver or skb)")),
+            other => Err(format!(
+                "unknown XDP mode {other:?} (expected driver or skb)"
+            )),
         }
     }
 }
@@ -58,10 +60,10 @@ impl std::str::FromStr for AttachMode {
 pub(crate) struct LoadedProgram {
     ebpf: Ebpf,
     program: &'static str,
-    attached_to: Option<Attachment>,
+    attachments: Vec<Attachment>,
 }
 
-/// Where a program is attached. The link belongs to the `Ebpf` object, so the
+/// Where a program is attached (one program may serve several interfaces). The link belongs to the `Ebpf` object, so the
 /// program is detached at the latest when the object is dropped (including on
 /// unwinding), and the kernel detaches a bpf_link when its process exits.
 #[derive(Debug)]
@@ -91,7 +93,11 @@ impl LoadedProgram {
         })?;
         for map in maps {
             if ebpf.map(map).is_none() {
-                return Err(LoaderError::MissingSymbol { object: program, what: "map", name: map });
+                return Err(LoaderError::MissingSymbol {
+                    object: program,
+                    what: "map",
+                    name: map,
+                });
             }
         }
         let xdp = xdp_mut(&mut ebpf, program)?;
@@ -100,7 +106,11 @@ impl LoadedProgram {
             hint: privilege_hint(&source),
             source,
         })?;
-        Ok(Self { ebpf, program, attached_to: None })
+        Ok(Self {
+            ebpf,
+            program,
+            attachments: Vec::new(),
+        })
     }
 
     /// Takes ownership of a map, converted to its typed handle.
@@ -140,26 +150,35 @@ impl LoadedProgram {
                 source,
             }
         })?;
-        self.attached_to = Some(Attachment { interface: interface.to_string(), ifindex, link_id });
+        self.attachments.push(Attachment {
+            interface: interface.to_string(),
+            ifindex,
+            link_id,
+        });
         tracing::info!(program, interface, ifindex, mode = mode.name(), "attached");
         Ok(ifindex)
     }
 
-    /// Interface and ifindex this program is attached to.
-    pub(crate) fn attached_to(&self) -> Option<(&str, u32)> {
-        self.attached_to.as_ref().map(|a| (a.interface.as_str(), a.ifindex))
+    /// Interfaces and ifindexes this program is attached to.
+    pub(crate) fn attachments(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.attachments
+            .iter()
+            .map(|a| (a.interface.as_str(), a.ifindex))
     }
 
-    /// Detaches the program if it is attached.
+    /// Detaches the program from every interface.
     pub(crate) fn detach(&mut self) -> Result<()> {
-        let Some(attachment) = self.attached_to.take() else {
-            return Ok(());
-        };
         let program = self.program;
-        xdp_mut(&mut self.ebpf, program)?
-            .detach(attachment.link_id)
-            .map_err(|source| LoaderError::Program { program, hint: String::new(), source })?;
-        tracing::info!(program, interface = attachment.interface, "detached");
+        while let Some(attachment) = self.attachments.pop() {
+            xdp_mut(&mut self.ebpf, program)?
+                .detach(attachment.link_id)
+                .map_err(|source| LoaderError::Program {
+                    program,
+                    hint: String::new(),
+                    source,
+                })?;
+            tracing::info!(program, interface = attachment.interface, "detached");
+        }
         Ok(())
     }
 
@@ -169,9 +188,17 @@ impl LoadedProgram {
         let xdp: &Xdp = self
             .ebpf
             .program(program)
-            .ok_or(LoaderError::MissingSymbol { object: program, what: "program", name: program })?
+            .ok_or(LoaderError::MissingSymbol {
+                object: program,
+                what: "program",
+                name: program,
+            })?
             .try_into()
-            .map_err(|source: ProgramError| LoaderError::Program { program, hint: String::new(), source })?;
+            .map_err(|source: ProgramError| LoaderError::Program {
+                program,
+                hint: String::new(),
+                source,
+            })?;
         // XDP test runs need room for the program to grow the frame.
         let mut out = vec![0u8; frame.len() + 256];
         let result = xdp
@@ -180,7 +207,11 @@ impl LoadedProgram {
                 data_out: Some(&mut out),
                 ..TestRunOptions::default()
             })
-            .map_err(|source| LoaderError::Program { program, hint: privilege_hint(&source), source })?;
+            .map_err(|source| LoaderError::Program {
+                program,
+                hint: privilege_hint(&source),
+                source,
+            })?;
         out.truncate(result.data_size_out as usize);
         Ok(TestRunOutcome {
             action: result.return_value,
@@ -192,18 +223,30 @@ impl LoadedProgram {
 
 fn xdp_mut<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut Xdp> {
     ebpf.program_mut(program)
-        .ok_or(LoaderError::MissingSymbol { object: program, what: "program", name: program })?
+        .ok_or(LoaderError::MissingSymbol {
+            object: program,
+            what: "program",
+            name: program,
+        })?
         .try_into()
-        .map_err(|source: ProgramError| LoaderError::Program { program, hint: String::new(), source })
+        .map_err(|source: ProgramError| LoaderError::Program {
+            program,
+            hint: String::new(),
+            source,
+        })
 }
 
 /// The ifindex of `name` in the current network namespace.
 pub(crate) fn ifindex(name: &str) -> Result<u32> {
-    let c_name = CString::new(name).map_err(|_| LoaderError::UnknownInterface { name: name.to_string() })?;
+    let c_name = CString::new(name).map_err(|_| LoaderError::UnknownInterface {
+        name: name.to_string(),
+    })?;
     // SAFETY: `c_name` is a valid NUL-terminated string that outlives the call.
     let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
     if index == 0 {
-        return Err(LoaderError::UnknownInterface { name: name.to_string() });
+        return Err(LoaderError::UnknownInterface {
+            name: name.to_string(),
+        });
     }
     Ok(index)
 }
@@ -235,12 +278,17 @@ impl ReasonCounts {
     /// Counts since `earlier`.
     #[must_use]
     pub fn since(&self, earlier: &Self) -> Self {
-        Self(std::array::from_fn(|i| self.0[i].wrapping_sub(earlier.0[i])))
+        Self(std::array::from_fn(|i| {
+            self.0[i].wrapping_sub(earlier.0[i])
+        }))
     }
 }
 
 /// Reads and sums a per-CPU reason map.
-pub(crate) fn read_reasons(map: &PerCpuArray<MapData, u64>, name: &'static str) -> Result<ReasonCounts> {
+pub(crate) fn read_reasons(
+    map: &PerCpuArray<MapData, u64>,
+    name: &'static str,
+) -> Result<ReasonCounts> {
     let mut counts = ReasonCounts::default();
     for reason in Reason::ALL {
         let values = map
@@ -249,4 +297,48 @@ pub(crate) fn read_reasons(map: &PerCpuArray<MapData, u64>, name: &'static str) 
         counts.0[reason as usize] = values.iter().copied().fold(0u64, u64::wrapping_add);
     }
     Ok(counts)
+}
+
+/// The MAC address of `name` in the current network namespace (SIOCGIFHWADDR).
+pub fn interface_mac(name: &str) -> Result<[u8; 6]> {
+    let unknown = || LoaderError::UnknownInterface {
+        name: name.to_string(),
+    };
+    if name.len() >= libc::IFNAMSIZ || name.contains('\0') {
+        return Err(unknown());
+    }
+    // SAFETY: plain socket(2) call; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(LoaderError::Invalid {
+            what: "socket",
+            detail: std::io::Error::last_os_error().to_string(),
+        });
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR reads ifr_name and writes ifr_hwaddr inside `req`.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SIOCGIFHWADDR,
+            &mut req,
+        )
+    };
+    if rc != 0 {
+        return Err(unknown());
+    }
+    // SAFETY: the kernel filled the hwaddr member of the union.
+    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    Ok(std::array::from_fn(|i| data[i] as u8))
+}
+
+/// The ifindex of `name` in the current network namespace.
+pub fn interface_index(name: &str) -> Result<u32> {
+    ifindex(name)
 }

@@ -24,7 +24,8 @@ impl XskProgram {
     /// Loads the steering program. Until a socket is registered for a queue,
     /// frames on that queue go to the kernel.
     pub fn load() -> Result<Self> {
-        let mut program = LoadedProgram::load(crate::objects::XSK, names::PROG_XSK, &names::XSK_MAPS, &[])?;
+        let mut program =
+            LoadedProgram::load(crate::objects::XSK, names::PROG_XSK, &names::XSK_MAPS, &[])?;
         Ok(Self {
             sockets: program.take_map(names::MAP_XSKS)?,
             reasons: program.take_map(names::MAP_REASON_STATS)?,
@@ -43,23 +44,29 @@ impl XskProgram {
         self.program.detach()
     }
 
-    /// The interface and ifindex the program is attached to.
-    pub fn attached_to(&self) -> Option<(&str, u32)> {
-        self.program.attached_to()
+    /// Interfaces and ifindexes the program is attached to.
+    pub fn attachments(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.program.attachments()
     }
 
     /// Steers RX queue `queue` to `socket`.
     pub fn register_socket(&mut self, queue: u32, socket: &impl AsRawFd) -> Result<()> {
         self.sockets
             .set(queue, socket.as_raw_fd(), 0)
-            .map_err(|source| LoaderError::Map { map: names::MAP_XSKS, source })
+            .map_err(|source| LoaderError::Map {
+                map: names::MAP_XSKS,
+                source,
+            })
     }
 
     /// Stops steering RX queue `queue`.
     pub fn unregister_socket(&mut self, queue: u32) -> Result<()> {
         self.sockets
             .unset(queue)
-            .map_err(|source| LoaderError::Map { map: names::MAP_XSKS, source })
+            .map_err(|source| LoaderError::Map {
+                map: names::MAP_XSKS,
+                source,
+            })
     }
 
     /// Adds one of the host's own addresses: its traffic stays with the kernel.
@@ -67,7 +74,10 @@ impl XskProgram {
         let version = if addr.is_ipv4() { IP_V4 } else { IP_V6 };
         self.local_addrs
             .insert(match_key(&addr_words(addr), version), 1, 0)
-            .map_err(|source| LoaderError::Map { map: names::MAP_LOCAL_ADDRS, source })
+            .map_err(|source| LoaderError::Map {
+                map: names::MAP_LOCAL_ADDRS,
+                source,
+            })
     }
 
     /// Per-reason frame counts, summed over CPUs.
@@ -83,6 +93,8 @@ impl XskProgram {
 
 impl std::fmt::Debug for XskProgram {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("XskProgram").field("program", &self.program).finish_non_exhaustive()
+        f.debug_struct("XskProgram")
+            .field("program", &self.program)
+            .finish_non_exhaustive()
     }
 }

@@ -45,7 +45,12 @@ impl Permutation {
         let offset = murmur3_words(&words, OFFSET_SEED) as u64 & mask;
         let skip = ((murmur3_words(&words, SKIP_SEED) as u64) << 1 | 1) & mask.max(1);
         let skip = if buckets == 1 { 0 } else { skip };
-        Self { offset, skip, skip_inverse: odd_inverse(skip.max(1)) & mask, mask }
+        Self {
+            offset,
+            skip,
+            skip_inverse: odd_inverse(skip.max(1)) & mask,
+            mask,
+        }
     }
 
     /// The bucket at position `j` of the preference order.
@@ -55,7 +60,10 @@ impl Permutation {
 
     /// The position of `bucket` in the preference order.
     fn rank(&self, bucket: usize) -> u64 {
-        ((bucket as u64).wrapping_sub(self.offset).wrapping_mul(self.skip_inverse)) & self.mask
+        ((bucket as u64)
+            .wrapping_sub(self.offset)
+            .wrapping_mul(self.skip_inverse))
+            & self.mask
     }
 }
 
@@ -116,7 +124,11 @@ pub enum BuildError {
 
 /// Builds a table of `buckets` entries over `members`, keeping as much of
 /// `previous` as the quotas allow. With no members every bucket is [`UNOWNED`].
-pub fn build(buckets: u32, members: &[WeightedMember], previous: Option<&[u32]>) -> Result<Vec<u32>, BuildError> {
+pub fn build(
+    buckets: u32,
+    members: &[WeightedMember],
+    previous: Option<&[u32]>,
+) -> Result<Vec<u32>, BuildError> {
     if !buckets.is_power_of_two() {
         return Err(BuildError::BucketsNotPowerOfTwo(buckets));
     }
@@ -134,7 +146,10 @@ pub fn build(buckets: u32, members: &[WeightedMember], previous: Option<&[u32]>)
     }
     if let Some(p) = previous {
         if p.len() != buckets as usize {
-            return Err(BuildError::PreviousSize { got: p.len(), expected: buckets });
+            return Err(BuildError::PreviousSize {
+                got: p.len(),
+                expected: buckets,
+            });
         }
     }
     let mut table = vec![UNOWNED; buckets as usize];
@@ -142,7 +157,10 @@ pub fn build(buckets: u32, members: &[WeightedMember], previous: Option<&[u32]>)
         return Ok(table);
     }
     let quota = quotas(members, buckets);
-    let perms: Vec<Permutation> = members.iter().map(|m| Permutation::new(m.id, buckets)).collect();
+    let perms: Vec<Permutation> = members
+        .iter()
+        .map(|m| Permutation::new(m.id, buckets))
+        .collect();
     let index_of: std::collections::HashMap<u32, usize> =
         members.iter().enumerate().map(|(i, m)| (m.id, i)).collect();
     let mut held = vec![0u32; members.len()];
@@ -199,7 +217,9 @@ mod tests {
     use super::*;
 
     fn equal(ids: impl IntoIterator<Item = u32>) -> Vec<WeightedMember> {
-        ids.into_iter().map(|id| WeightedMember { id, weight: 1 }).collect()
+        ids.into_iter()
+            .map(|id| WeightedMember { id, weight: 1 })
+            .collect()
     }
 
     fn counts(table: &[u32]) -> std::collections::BTreeMap<u32, usize> {
@@ -297,7 +317,10 @@ mod tests {
 
     #[test]
     fn weights_set_shares() {
-        let members = [WeightedMember { id: 1, weight: 1 }, WeightedMember { id: 2, weight: 3 }];
+        let members = [
+            WeightedMember { id: 1, weight: 1 },
+            WeightedMember { id: 2, weight: 3 },
+        ];
         let table = build(1024, &members, None).unwrap();
         let c = counts(&table);
         assert_eq!(c[&1], 256);
@@ -306,19 +329,34 @@ mod tests {
 
     #[test]
     fn bad_input_is_rejected() {
-        assert_eq!(build(1000, &equal([1]), None), Err(BuildError::BucketsNotPowerOfTwo(1000)));
-        assert_eq!(build(8, &equal([1, 1]), None), Err(BuildError::DuplicateMember(1)));
+        assert_eq!(
+            build(1000, &equal([1]), None),
+            Err(BuildError::BucketsNotPowerOfTwo(1000))
+        );
+        assert_eq!(
+            build(8, &equal([1, 1]), None),
+            Err(BuildError::DuplicateMember(1))
+        );
         assert_eq!(
             build(8, &[WeightedMember { id: 1, weight: 0 }], None),
             Err(BuildError::ZeroWeight(1))
         );
-        assert_eq!(build(8, &equal([UNOWNED]), None), Err(BuildError::ReservedId));
-        assert!(matches!(build(8, &equal([1]), Some(&[0; 4])), Err(BuildError::PreviousSize { .. })));
+        assert_eq!(
+            build(8, &equal([UNOWNED]), None),
+            Err(BuildError::ReservedId)
+        );
+        assert!(matches!(
+            build(8, &equal([1]), Some(&[0; 4])),
+            Err(BuildError::PreviousSize { .. })
+        ));
         assert!(build(8, &[], None).unwrap().iter().all(|&o| o == UNOWNED));
     }
 
     #[test]
     fn deterministic() {
-        assert_eq!(build(4096, &equal(0..7), None), build(4096, &equal(0..7), None));
+        assert_eq!(
+            build(4096, &equal(0..7), None),
+            build(4096, &equal(0..7), None)
+        );
     }
 }

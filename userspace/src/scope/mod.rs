@@ -43,7 +43,11 @@ impl HashParams {
 
 impl Default for HashParams {
     fn default() -> Self {
-        Self { buckets: handoff_common::names::limits::DEFAULT_BUCKETS, symmetric: false, seed: 0 }
+        Self {
+            buckets: handoff_common::names::limits::DEFAULT_BUCKETS,
+            symmetric: false,
+            seed: 0,
+        }
     }
 }
 
@@ -59,14 +63,21 @@ pub struct Scope {
 impl Scope {
     /// A first scope over `members`.
     pub fn initial(buckets: u32, members: &[u32]) -> Result<Self, BuildError> {
-        Ok(Self { version: 1, table: maglev::build(buckets, &equal_weights(members), None)? })
+        Ok(Self {
+            version: 1,
+            table: maglev::build(buckets, &equal_weights(members), None)?,
+        })
     }
 
     /// The next version over `members`, moving as few buckets as possible.
     pub fn rebuilt(&self, members: &[u32]) -> Result<Self, BuildError> {
         Ok(Self {
             version: self.version + 1,
-            table: maglev::build(self.table.len() as u32, &equal_weights(members), Some(&self.table))?,
+            table: maglev::build(
+                self.table.len() as u32,
+                &equal_weights(members),
+                Some(&self.table),
+            )?,
         })
     }
 
@@ -77,12 +88,21 @@ impl Scope {
 
     /// Buckets owned by `member`.
     pub fn buckets_of(&self, member: u32) -> impl Iterator<Item = u32> + '_ {
-        self.table.iter().enumerate().filter(move |(_, &o)| o == member).map(|(b, _)| b as u32)
+        self.table
+            .iter()
+            .enumerate()
+            .filter(move |(_, &o)| o == member)
+            .map(|(b, _)| b as u32)
     }
 
     /// Members that own at least one bucket, sorted.
     pub fn members(&self) -> Vec<u32> {
-        let mut m: Vec<u32> = self.table.iter().copied().filter(|&o| o != UNOWNED).collect();
+        let mut m: Vec<u32> = self
+            .table
+            .iter()
+            .copied()
+            .filter(|&o| o != UNOWNED)
+            .collect();
         m.sort_unstable();
         m.dedup();
         m
@@ -100,7 +120,10 @@ impl Scope {
 }
 
 fn equal_weights(members: &[u32]) -> Vec<WeightedMember> {
-    members.iter().map(|&id| WeightedMember { id, weight: 1 }).collect()
+    members
+        .iter()
+        .map(|&id| WeightedMember { id, weight: 1 })
+        .collect()
 }
 
 #[cfg(test)]
@@ -119,8 +142,18 @@ mod tests {
 
     #[test]
     fn bucket_matches_the_shared_hash() {
-        let p = HashParams { buckets: 256, symmetric: true, seed: 9 };
-        let k = FlowKey::new("10.0.0.1".parse().unwrap(), "10.0.9.1".parse().unwrap(), 1000, 80, 6);
+        let p = HashParams {
+            buckets: 256,
+            symmetric: true,
+            seed: 9,
+        };
+        let k = FlowKey::new(
+            "10.0.0.1".parse().unwrap(),
+            "10.0.9.1".parse().unwrap(),
+            1000,
+            80,
+            6,
+        );
         assert_eq!(p.bucket(&k), p.bucket(&k.reversed()));
         assert_eq!(p.bucket(&k), flow_hash(&k, HashMode::Symmetric, 9) & 255);
     }

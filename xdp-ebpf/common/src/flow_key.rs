@@ -132,9 +132,19 @@ mod user {
             };
             let (s, d) = (self.src_ip(), self.dst_ip());
             if self.ip_version == IP_V6 {
-                write!(f, "{proto} [{s}]:{} -> [{d}]:{}", self.src_port.get(), self.dst_port.get())
+                write!(
+                    f,
+                    "{proto} [{s}]:{} -> [{d}]:{}",
+                    self.src_port.get(),
+                    self.dst_port.get()
+                )
             } else {
-                write!(f, "{proto} {s}:{} -> {d}:{}", self.src_port.get(), self.dst_port.get())
+                write!(
+                    f,
+                    "{proto} {s}:{} -> {d}:{}",
+                    self.src_port.get(),
+                    self.dst_port.get()
+                )
             }
         }
     }

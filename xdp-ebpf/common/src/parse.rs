@@ -114,12 +114,21 @@ pub mod tcp_flags {
 
 #[inline(always)]
 fn be16<P: PacketBytes + ?Sized>(p: &P, offset: usize) -> Result<u16, ParseError> {
-    p.load::<u16>(offset).map(u16::from_be).ok_or(ParseError::Truncated)
+    p.load::<u16>(offset)
+        .map(u16::from_be)
+        .ok_or(ParseError::Truncated)
 }
 
+/// Loads a header as a byte array. Whole-header loads (never single bytes)
+/// also keep the verifier able to follow every bounds check: LLVM turns a
+/// one-byte check `ptr + 1 > end` into `ptr >= end`, from which the verifier
+/// learns no range (kernel/bpf/verifier.c, find_good_pkt_pointers).
 #[inline(always)]
-fn byte<P: PacketBytes + ?Sized>(p: &P, offset: usize) -> Result<u8, ParseError> {
-    p.load::<u8>(offset).ok_or(ParseError::Truncated)
+fn header<P: PacketBytes + ?Sized, const N: usize>(
+    p: &P,
+    offset: usize,
+) -> Result<[u8; N], ParseError> {
+    p.load::<[u8; N]>(offset).ok_or(ParseError::Truncated)
 }
 
 /// Parses the Ethernet header and up to [`MAX_VLAN_TAGS`] VLAN tags.
@@ -139,7 +148,10 @@ pub fn parse_ethernet<P: PacketBytes + ?Sized>(p: &P) -> Result<L2, ParseError> 
     if ethertype == ethertype::VLAN || ethertype == ethertype::QINQ {
         return Err(ParseError::NotIp);
     }
-    Ok(L2 { ethertype, l3_offset: offset })
+    Ok(L2 {
+        ethertype,
+        l3_offset: offset,
+    })
 }
 
 /// Parses the IP packet that starts at `l2.l3_offset`.
@@ -161,33 +173,25 @@ pub fn parse_frame<P: PacketBytes + ?Sized>(p: &P) -> Result<Headers, ParseError
 
 #[inline(always)]
 fn parse_ipv4<P: PacketBytes + ?Sized>(p: &P, l3: usize) -> Result<Headers, ParseError> {
-    let version_ihl = byte(p, l3)?;
-    // The fixed header must be present before any field is trusted.
-    if p.load::<[u8; IPV4_MIN_HLEN]>(l3).is_none() {
-        return Err(ParseError::Truncated);
-    }
-    if version_ihl >> 4 != 4 {
+    let h: [u8; IPV4_MIN_HLEN] = header(p, l3)?;
+    if h[0] >> 4 != 4 {
         return Err(ParseError::BadHeader);
     }
-    let header_len = ((version_ihl & 0x0f) as usize) * 4;
+    let header_len = ((h[0] & 0x0f) as usize) * 4;
     if header_len < IPV4_MIN_HLEN {
         return Err(ParseError::BadHeader);
     }
-    let total_len = be16(p, l3 + 2)? as usize;
+    let total_len = u16::from_be_bytes([h[2], h[3]]) as usize;
     let l3_end = l3 + total_len;
     if total_len < header_len || l3_end > p.len() {
         return Err(ParseError::BadHeader);
     }
-    let fragment_bits = be16(p, l3 + 6)?;
     // More-fragments flag or a non-zero fragment offset.
-    let fragment = fragment_bits & 0x3fff != 0;
-    let protocol = byte(p, l3 + 9)?;
-    let src = p.load::<u32>(l3 + 12).ok_or(ParseError::Truncated)?;
-    let dst = p.load::<u32>(l3 + 16).ok_or(ParseError::Truncated)?;
+    let fragment = u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0;
     let key = FlowKey {
-        src_addr: [src, 0, 0, 0],
-        dst_addr: [dst, 0, 0, 0],
-        protocol,
+        src_addr: [u32::from_ne_bytes([h[12], h[13], h[14], h[15]]), 0, 0, 0],
+        dst_addr: [u32::from_ne_bytes([h[16], h[17], h[18], h[19]]), 0, 0, 0],
+        protocol: h[9],
         ip_version: IP_V4,
         ..FlowKey::default()
     };
@@ -196,34 +200,37 @@ fn parse_ipv4<P: PacketBytes + ?Sized>(p: &P, l3: usize) -> Result<Headers, Pars
 
 #[inline(always)]
 fn parse_ipv6<P: PacketBytes + ?Sized>(p: &P, l3: usize) -> Result<Headers, ParseError> {
+    let fixed: [u8; 8] = header(p, l3)?;
     let Some(addrs) = p.load::<[u32; 8]>(l3 + 8) else {
         return Err(ParseError::Truncated);
     };
-    if byte(p, l3)? >> 4 != 6 {
+    if fixed[0] >> 4 != 6 {
         return Err(ParseError::BadHeader);
     }
-    let payload_len = be16(p, l3 + 4)? as usize;
+    let payload_len = u16::from_be_bytes([fixed[4], fixed[5]]) as usize;
     let l3_end = l3 + IPV6_HLEN + payload_len;
     if l3_end > p.len() {
         return Err(ParseError::BadHeader);
     }
-    let mut next = byte(p, l3 + 6)?;
+    let mut next = fixed[6];
     let mut offset = l3 + IPV6_HLEN;
     let mut fragment = false;
     let mut skipped = 0;
     while skipped < MAX_IPV6_EXT_HEADERS {
+        if !is_ipv6_extension(next) {
+            break;
+        }
+        // Every extension header starts with (next header, length).
+        let [following, units]: [u8; 2] = header(p, offset)?;
         let len = match next {
-            ipproto::HOPOPTS | ipproto::ROUTING | ipproto::DSTOPTS => {
-                (byte(p, offset + 1)? as usize + 1) * 8
-            }
-            ipproto::AH => (byte(p, offset + 1)? as usize + 2) * 4,
+            ipproto::AH => (units as usize + 2) * 4,
             ipproto::FRAGMENT => {
                 fragment = true;
                 8
             }
-            _ => break,
+            _ => (units as usize + 1) * 8,
         };
-        next = byte(p, offset)?;
+        next = following;
         offset += len;
         if offset > l3_end || offset > MAX_PARSE_OFFSET {
             return Err(ParseError::BadHeader);
@@ -284,9 +291,7 @@ fn finish_l4<P: PacketBytes + ?Sized>(
             key.dst_port = NetU16(udp[1]);
         }
         ipproto::TCP => {
-            let Some(tcp) = p.load::<[u8; TCP_MIN_HLEN]>(l4) else {
-                return Err(ParseError::Truncated);
-            };
+            let tcp: [u8; TCP_MIN_HLEN] = header(p, l4)?;
             let data_offset = ((tcp[12] >> 4) as usize) * 4;
             if data_offset < TCP_MIN_HLEN || l4 + data_offset > l3_end {
                 return Err(ParseError::BadHeader);

@@ -34,8 +34,8 @@ fn steer(ctx: &XdpContext, frame: &XdpFrame) -> (u32, Reason) {
         }
     };
     // Broadcast and multicast destinations (I/G bit) belong to the kernel.
-    match frame.load::<u8>(0) {
-        Some(first) if first & 1 == 0 => {}
+    match frame.load::<[u8; 2]>(0) {
+        Some([first, _]) if first & 1 == 0 => {}
         _ => return (action::PASS, Reason::PassNotCluster),
     }
     if l2.ethertype != FABRIC_ETHERTYPE {

@@ -1,0 +1,333 @@
+//! The standard test bed of the design note: a client, an edge, flow
+//! distributor nodes and service nodes, all in namespaces of this run.
+//!
+//! ```text
+//!  client ──veth── edge ──veth── [bridge in `fabric`] ──veth── fd-a, fd-b, fd-c
+//!  10.77.0.2    .0.1  1.1                                ├──veth── svc-1, svc-2, svc-3
+//! ```
+//! The edge routes between the client network (10.77.0.0/24) and the fabric
+//! (10.77.1.0/24). Services answer through the edge (their default route), so
+//! replies are sprayed like requests. The VIP 10.77.9.1 is routed to the edge.
+
+use crate::{
+    netns::{sweep_stale, veth, Netns, RunPrefix, VethEnd},
+    process::Spawned,
+};
+use anyhow::{Context, Result};
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+/// The client network.
+pub const CLIENT_NET: &str = "10.77.0.0/24";
+/// The fabric network.
+pub const FABRIC_NET: &str = "10.77.1.0/24";
+/// The service VIP.
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 9, 1);
+/// The client's address.
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+/// The edge's client-side address.
+pub const EDGE_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+/// The edge's fabric-side address.
+pub const EDGE_FABRIC_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 1);
+
+/// Shape of the test bed.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// Flow-distributor nodes (fd-a, fd-b, ...).
+    pub nodes: usize,
+    /// Service nodes (svc-1, ...).
+    pub services: usize,
+    /// RX/TX queues on every veth.
+    pub queues: u32,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            services: 3,
+            queues: 1,
+        }
+    }
+}
+
+/// A host's interface on the test bed.
+#[derive(Clone, Debug)]
+pub struct Port {
+    /// Interface name inside its namespace.
+    pub ifname: String,
+    /// MAC address.
+    pub mac: [u8; 6],
+    /// IPv4 address.
+    pub ip: Ipv4Addr,
+}
+
+/// A namespace with one interface on the fabric.
+#[derive(Debug)]
+pub struct Host {
+    /// Role name: `fd-a`, `svc-1`, ...
+    pub name: String,
+    /// Its interface.
+    pub port: Port,
+    /// Its namespace.
+    pub ns: Netns,
+}
+
+/// The running test bed. Processes stop before namespaces are deleted
+/// (fields drop in declaration order).
+#[derive(Debug)]
+pub struct Cluster {
+    processes: Vec<Spawned>,
+    /// Per-run name prefix.
+    pub prefix: RunPrefix,
+    /// Where process logs go.
+    pub log_dir: PathBuf,
+    /// The client's interface.
+    pub client_port: Port,
+    /// The edge's client-side interface.
+    pub edge_client_port: Port,
+    /// The edge's fabric-side interface.
+    pub edge_fabric_port: Port,
+    /// Flow-distributor nodes.
+    pub nodes: Vec<Host>,
+    /// Service nodes.
+    pub services: Vec<Host>,
+    /// The client namespace.
+    pub client: Netns,
+    /// The edge namespace.
+    pub edge: Netns,
+    /// The namespace holding the fabric bridge.
+    pub fabric: Netns,
+}
+
+fn mac(kind: u8, index: u8) -> [u8; 6] {
+    [0x02, 0x68, 0x6f, 0x00, kind, index]
+}
+
+/// The name of the i-th node: fd-a, fd-b, ...
+pub fn node_name(i: usize) -> String {
+    format!("fd-{}", (b'a' + i as u8) as char)
+}
+
+impl Cluster {
+    /// Creates every namespace, link, address and route of `spec`.
+    pub fn create(spec: &ClusterSpec) -> Result<Self> {
+        sweep_stale();
+        let prefix = RunPrefix::new();
+        let log_dir = std::env::temp_dir().join(format!("handoff-{prefix}"));
+        std::fs::create_dir_all(&log_dir)?;
+        let client = Netns::create(&prefix, "client")?;
+        let edge = Netns::create(&prefix, "edge")?;
+        let fabric = Netns::create(&prefix, "fabric")?;
+        let bridge = prefix.ifname("br");
+        fabric.ip(&["link", "add", &bridge, "type", "bridge"])?;
+        fabric.ip(&["link", "set", &bridge, "up"])?;
+        let q = spec.queues;
+
+        let client_port = Port {
+            ifname: prefix.ifname("c0"),
+            mac: mac(1, 2),
+            ip: CLIENT_IP,
+        };
+        let edge_client_port = Port {
+            ifname: prefix.ifname("e0"),
+            mac: mac(1, 1),
+            ip: EDGE_CLIENT_IP,
+        };
+        veth(
+            &VethEnd {
+                ns: &client,
+                name: client_port.ifname.clone(),
+                mac: Some(client_port.mac),
+            },
+            &VethEnd {
+                ns: &edge,
+                name: edge_client_port.ifname.clone(),
+                mac: Some(edge_client_port.mac),
+            },
+            q,
+        )?;
+        let edge_fabric_port = Port {
+            ifname: prefix.ifname("e1"),
+            mac: mac(2, 1),
+            ip: EDGE_FABRIC_IP,
+        };
+        attach_to_bridge(&prefix, &fabric, &bridge, &edge, &edge_fabric_port, "pe", q)?;
+
+        addr(&client, &client_port, 24)?;
+        addr(&edge, &edge_client_port, 24)?;
+        addr(&edge, &edge_fabric_port, 24)?;
+        client.ip(&[
+            "route",
+            "add",
+            "10.77.9.0/24",
+            "via",
+            &EDGE_CLIENT_IP.to_string(),
+        ])?;
+        client.ip(&[
+            "route",
+            "add",
+            FABRIC_NET,
+            "via",
+            &EDGE_CLIENT_IP.to_string(),
+        ])?;
+        edge.sysctl("net.ipv4.ip_forward", "1")?;
+        for ns in [&client, &edge] {
+            ns.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+            ns.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+        }
+
+        let mut nodes = Vec::new();
+        for i in 0..spec.nodes {
+            let name = node_name(i);
+            let ns = Netns::create(&prefix, &name)?;
+            let port = Port {
+                ifname: prefix.ifname(&format!("n{i}")),
+                mac: mac(3, i as u8 + 1),
+                ip: Ipv4Addr::new(10, 77, 1, 11 + i as u8),
+            };
+            attach_to_bridge(&prefix, &fabric, &bridge, &ns, &port, &format!("pn{i}"), q)?;
+            addr(&ns, &port, 24)?;
+            ns.ip(&[
+                "route",
+                "add",
+                CLIENT_NET,
+                "via",
+                &EDGE_FABRIC_IP.to_string(),
+            ])?;
+            nodes.push(Host { name, port, ns });
+        }
+        let mut services = Vec::new();
+        for i in 0..spec.services {
+            let name = format!("svc-{}", i + 1);
+            let ns = Netns::create(&prefix, &name)?;
+            let port = Port {
+                ifname: prefix.ifname(&format!("s{i}")),
+                mac: mac(4, i as u8 + 1),
+                ip: Ipv4Addr::new(10, 77, 1, 21 + i as u8),
+            };
+            attach_to_bridge(&prefix, &fabric, &bridge, &ns, &port, &format!("ps{i}"), q)?;
+            addr(&ns, &port, 24)?;
+            ns.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                &EDGE_FABRIC_IP.to_string(),
+            ])?;
+            services.push(Host { name, port, ns });
+        }
+        Ok(Self {
+            processes: Vec::new(),
+            prefix,
+            log_dir,
+            client_port,
+            edge_client_port,
+            edge_fabric_port,
+            nodes,
+            services,
+            client,
+            edge,
+            fabric,
+        })
+    }
+
+    /// Starts `program args...` inside `ns` and keeps it until the cluster
+    /// is dropped (or [`Self::stop`] is called). Returns its index.
+    pub fn spawn(
+        &mut self,
+        name: &str,
+        ns: NsRef,
+        program: &Path,
+        args: &[String],
+    ) -> Result<usize> {
+        let mut cmd = self.ns(ns).command(program);
+        cmd.args(args).env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        let spawned = Spawned::start(name, cmd, &self.log_dir)?;
+        self.processes.push(spawned);
+        Ok(self.processes.len() - 1)
+    }
+
+    /// A process started with [`Self::spawn`].
+    pub fn process(&mut self, index: usize) -> &mut Spawned {
+        &mut self.processes[index]
+    }
+
+    /// The namespace `ns` refers to.
+    pub fn ns(&self, ns: NsRef) -> &Netns {
+        match ns {
+            NsRef::Client => &self.client,
+            NsRef::Edge => &self.edge,
+            NsRef::Node(i) => &self.nodes[i].ns,
+            NsRef::Service(i) => &self.services[i].ns,
+        }
+    }
+
+    /// Writes `contents` to a file in the run's log directory.
+    pub fn write_file(&self, name: &str, contents: &str) -> Result<PathBuf> {
+        let path = self.log_dir.join(name);
+        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+}
+
+/// Names one of the cluster's namespaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NsRef {
+    /// The client.
+    Client,
+    /// The edge.
+    Edge,
+    /// A flow-distributor node.
+    Node(usize),
+    /// A service node.
+    Service(usize),
+}
+
+fn addr(ns: &Netns, port: &Port, len: u8) -> Result<()> {
+    ns.ip(&[
+        "addr",
+        "add",
+        &format!("{}/{len}", port.ip),
+        "dev",
+        &port.ifname,
+    ])
+    .map(drop)
+}
+
+/// Connects `port` in `ns` to the bridge through a veth whose bridge end is
+/// `<prefix><bridge_role>`. GRO on the bridge end lets XDP redirect into the
+/// pair (veth drops redirected frames when its peer has neither an XDP
+/// program nor NAPI; drivers/net/veth.c, veth_xdp_xmit).
+fn attach_to_bridge(
+    prefix: &RunPrefix,
+    fabric: &Netns,
+    bridge: &str,
+    ns: &Netns,
+    port: &Port,
+    bridge_role: &str,
+    queues: u32,
+) -> Result<()> {
+    let bridge_end = prefix.ifname(bridge_role);
+    veth(
+        &VethEnd {
+            ns,
+            name: port.ifname.clone(),
+            mac: Some(port.mac),
+        },
+        &VethEnd {
+            ns: fabric,
+            name: bridge_end.clone(),
+            mac: None,
+        },
+        queues,
+    )?;
+    fabric.ip(&["link", "set", &bridge_end, "master", bridge])?;
+    fabric.exec("ethtool", &["-K", &bridge_end, "gro", "on"])?;
+    Ok(())
+}

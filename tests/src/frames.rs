@@ -1,0 +1,182 @@
+//! A packet builder for tests: valid frames from `etherparse` (an independent,
+//! maintained implementation), and the surgical edits that make them malformed.
+
+use etherparse::PacketBuilder;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// Source MAC of built frames.
+pub const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+/// Destination MAC of built frames.
+pub const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+/// Offset of the IP header in an untagged frame.
+pub const L3: usize = 14;
+
+/// UDP over IPv4.
+pub fn udp4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .udp(sport, dport);
+    write(b, payload)
+}
+
+/// TCP over IPv4 with the SYN flag.
+pub fn tcp4_syn(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .tcp(sport, dport, 1000, 65535)
+        .syn();
+    write(b, &[])
+}
+
+/// ICMP echo request over IPv4.
+pub fn icmp4(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .icmpv4_echo_request(7, 1);
+    write(b, b"ping")
+}
+
+/// UDP over IPv6.
+pub fn udp6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+        .ipv6(src.octets(), dst.octets(), 64)
+        .udp(sport, dport);
+    write(b, payload)
+}
+
+/// TCP over IPv6 with the SYN flag.
+pub fn tcp6_syn(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+        .ipv6(src.octets(), dst.octets(), 64)
+        .tcp(sport, dport, 1000, 65535)
+        .syn();
+    write(b, &[])
+}
+
+fn write<B: Writable>(b: B, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    b.write_to(&mut out, payload);
+    out
+}
+
+trait Writable {
+    fn write_to(self, out: &mut Vec<u8>, payload: &[u8]);
+}
+
+macro_rules! writable {
+    ($($t:ty),*) => {$(
+        impl Writable for etherparse::PacketBuilderStep<$t> {
+            fn write_to(self, out: &mut Vec<u8>, payload: &[u8]) {
+                self.write(out, payload).expect("etherparse builds a valid frame");
+            }
+        }
+    )*};
+}
+writable!(
+    etherparse::UdpHeader,
+    etherparse::TcpHeader,
+    etherparse::Icmpv4Header
+);
+
+/// An ARP request.
+pub fn arp() -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&SRC_MAC);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&SRC_MAC);
+    f.extend_from_slice(&[10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 10, 0, 0, 2]);
+    f
+}
+
+/// Inserts VLAN tags after the MAC addresses, outermost first (`0x88a8` for
+/// an 802.1ad service tag, `0x8100` for 802.1Q).
+pub fn with_tags(frame: &[u8], tpids: &[u16]) -> Vec<u8> {
+    let mut out = frame[..12].to_vec();
+    for (i, tpid) in tpids.iter().enumerate() {
+        out.extend_from_slice(&tpid.to_be_bytes());
+        out.extend_from_slice(&(100 + i as u16).to_be_bytes());
+    }
+    out.extend_from_slice(&frame[12..]);
+    out
+}
+
+/// Rewrites an IPv4 header byte at `offset` (relative to the IP header of an
+/// untagged frame) and fixes the header checksum.
+pub fn ipv4_set(frame: &mut [u8], offset: usize, value: u8) {
+    frame[L3 + offset] = value;
+    fix_ipv4_checksum(frame);
+}
+
+/// Recomputes the IPv4 header checksum of an untagged frame.
+pub fn fix_ipv4_checksum(frame: &mut [u8]) {
+    let ihl = ((frame[L3] & 0x0f) as usize * 4)
+        .max(20)
+        .min(frame.len() - L3);
+    frame[L3 + 10] = 0;
+    frame[L3 + 11] = 0;
+    let mut sum = 0u32;
+    for c in frame[L3..L3 + ihl].chunks(2) {
+        sum += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let csum = !(sum as u16);
+    frame[L3 + 10..L3 + 12].copy_from_slice(&csum.to_be_bytes());
+}
+
+/// Adds IPv4 options (`words` 4-byte NOP words) to an untagged IPv4 frame.
+pub fn with_ipv4_options(frame: &[u8], words: usize) -> Vec<u8> {
+    let mut out = frame[..L3 + 20].to_vec();
+    out.extend(std::iter::repeat_n(1u8, words * 4));
+    out.extend_from_slice(&frame[L3 + 20..]);
+    out[L3] = 0x40 | (5 + words as u8);
+    let total = u16::from_be_bytes([out[L3 + 2], out[L3 + 3]]) + (words * 4) as u16;
+    out[L3 + 2..L3 + 4].copy_from_slice(&total.to_be_bytes());
+    fix_ipv4_checksum(&mut out);
+    out
+}
+
+/// Marks an untagged IPv4 frame as a fragment: `more` sets MF, `offset8` is
+/// the fragment offset in 8-byte units.
+pub fn as_ipv4_fragment(frame: &[u8], more: bool, offset8: u16) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    let bits = (if more { 0x2000 } else { 0 }) | (offset8 & 0x1fff);
+    out[L3 + 6..L3 + 8].copy_from_slice(&bits.to_be_bytes());
+    fix_ipv4_checksum(&mut out);
+    out
+}
+
+/// Inserts IPv6 extension headers (each `(next_header_kind, 8-byte units - 1)`)
+/// between the IPv6 header and the payload of an untagged IPv6 frame. Kinds:
+/// 0 hop-by-hop, 43 routing, 44 fragment, 60 destination options.
+pub fn with_ipv6_extensions(frame: &[u8], headers: &[(u8, u8)]) -> Vec<u8> {
+    let upper = frame[L3 + 6];
+    let mut out = frame[..L3 + 40].to_vec();
+    let mut added = 0usize;
+    for (i, &(kind, len_units)) in headers.iter().enumerate() {
+        let next = headers.get(i + 1).map_or(upper, |h| h.0);
+        let len = if kind == 44 {
+            8
+        } else {
+            (len_units as usize + 1) * 8
+        };
+        let mut h = vec![0u8; len];
+        h[0] = next;
+        if kind != 44 {
+            h[1] = len_units;
+            // PadN option filling the rest, so the header is valid.
+            h[2] = 1;
+            h[3] = (len - 4) as u8;
+        }
+        out.extend_from_slice(&h);
+        added += len;
+    }
+    out.extend_from_slice(&frame[L3 + 40..]);
+    if let Some(first) = headers.first() {
+        out[L3 + 6] = first.0;
+    }
+    let payload = u16::from_be_bytes([out[L3 + 4], out[L3 + 5]]) + added as u16;
+    out[L3 + 4..L3 + 6].copy_from_slice(&payload.to_be_bytes());
+    out
+}

@@ -1,0 +1,428 @@
+//! Table-driven BPF_PROG_TEST_RUN tests of the edge sprayer: every frame is
+//! run through the verified kernel program, and the verdict, the reason
+//! counter and the chosen member are checked against the shared userspace
+//! parser and hash (the same code the nodes use to find a flow's owner).
+
+use handoff::scope::Scope;
+use handoff_common::{
+    counters::Reason,
+    edge::NO_MEMBER,
+    hash::HashMode,
+    parse::{parse_frame, ParseError},
+};
+use handoff_loader::{EdgeProgram, Prefix};
+use handoff_testbed::{frames::*, privileged};
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 9, 1);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 9, 0, 0, 0, 1);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 21);
+const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const BUCKETS: u32 = 1024;
+const SEED: u32 = 0x5eed;
+const MEMBERS: [u32; 3] = [0, 1, 2];
+
+fn member_mac(id: u32) -> [u8; 6] {
+    [0x02, 0xaa, 0, 0, 0, id as u8]
+}
+
+struct Edge {
+    program: EdgeProgram,
+    scope: Scope,
+    mode: HashMode,
+}
+
+fn edge(mode: HashMode) -> Edge {
+    let mut program = EdgeProgram::load(BUCKETS).expect("load edge program (verifier)");
+    program.set_hash(mode, SEED).unwrap();
+    for id in MEMBERS {
+        // Loopback (ifindex 1) is a valid devmap target; test runs never transmit.
+        program
+            .set_member(id, member_mac(id), [0x02, 0xee, 0, 0, 0, 1], 1)
+            .unwrap();
+    }
+    program
+        .add_destination_match("10.0.9.0/24".parse::<Prefix>().unwrap())
+        .unwrap();
+    program
+        .add_destination_match("fd00:0:0:9::/64".parse::<Prefix>().unwrap())
+        .unwrap();
+    program
+        .add_source_match(Prefix {
+            addr: BACKEND.into(),
+            len: 32,
+        })
+        .unwrap();
+    program.add_local_address(LOCAL.into()).unwrap();
+    let scope = Scope::initial(BUCKETS, &MEMBERS).unwrap();
+    program.publish_scope(&scope.table).unwrap();
+    Edge {
+        program,
+        scope,
+        mode,
+    }
+}
+
+impl Edge {
+    /// The member userspace expects for a frame: shared parser, shared hash.
+    fn expected_member(&self, frame: &[u8]) -> u32 {
+        let headers = parse_frame(frame).expect("valid frame");
+        let params = handoff::scope::HashParams {
+            buckets: BUCKETS,
+            symmetric: self.mode == HashMode::Symmetric,
+            seed: SEED,
+        };
+        self.scope.owner(params.bucket(&headers.key))
+    }
+
+    /// Runs one frame; returns (action, reasons counted, output frame).
+    fn run(&self, frame: &[u8]) -> (u32, Vec<Reason>, Vec<u8>) {
+        let before = self.program.reason_counts().unwrap();
+        let out = self.program.test_run(frame).unwrap();
+        let delta = self.program.reason_counts().unwrap().since(&before);
+        let reasons = Reason::ALL
+            .iter()
+            .copied()
+            .filter(|r| delta.get(*r) > 0)
+            .collect();
+        for r in Reason::ALL {
+            assert!(
+                delta.get(r) <= 1,
+                "reason {r:?} counted {} times for one frame",
+                delta.get(r)
+            );
+        }
+        (out.action, reasons, out.frame)
+    }
+}
+
+struct Case {
+    name: &'static str,
+    frame: Vec<u8>,
+    action: u32,
+    reasons: Vec<Reason>,
+}
+
+fn sprayed(name: &'static str, frame: Vec<u8>) -> Case {
+    Case {
+        name,
+        frame,
+        action: XDP_REDIRECT,
+        reasons: vec![Reason::Sprayed],
+    }
+}
+
+fn sprayed_by_address(name: &'static str, frame: Vec<u8>) -> Case {
+    Case {
+        name,
+        frame,
+        action: XDP_REDIRECT,
+        reasons: vec![Reason::Sprayed, Reason::SprayedAddressesOnly],
+    }
+}
+
+fn verdict(name: &'static str, frame: Vec<u8>, action: u32, reason: Reason) -> Case {
+    Case {
+        name,
+        frame,
+        action,
+        reasons: vec![reason],
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let udp = udp4(CLIENT, VIP, 40000, 7000, b"hello");
+    let udp_v6 = udp6(CLIENT6, VIP6, 40000, 7000, b"hello");
+    let mut cases = vec![
+        sprayed("udp4", udp.clone()),
+        sprayed("tcp4 syn", tcp4_syn(CLIENT, VIP, 40001, 80)),
+        sprayed("udp6", udp_v6.clone()),
+        sprayed("tcp6 syn", tcp6_syn(CLIENT6, VIP6, 40002, 80)),
+        sprayed(
+            "udp4 zero-length payload",
+            udp4(CLIENT, VIP, 40003, 7000, b""),
+        ),
+        sprayed("802.1Q tagged", with_tags(&udp, &[0x8100])),
+        sprayed(
+            "802.1ad + 802.1Q tagged",
+            with_tags(&udp, &[0x88a8, 0x8100]),
+        ),
+        sprayed("ipv4 with options", with_ipv4_options(&udp, 3)),
+        sprayed(
+            "ipv6 hop-by-hop + dstopts",
+            with_ipv6_extensions(&udp_v6, &[(0, 0), (60, 1)]),
+        ),
+        sprayed(
+            "ipv6 six extension headers",
+            with_ipv6_extensions(
+                &udp_v6,
+                &[(0, 0), (60, 0), (43, 0), (60, 0), (60, 0), (60, 0)],
+            ),
+        ),
+        sprayed(
+            "reply from a backend",
+            udp4(BACKEND, CLIENT, 7000, 40000, b"reply"),
+        ),
+        sprayed_by_address("icmp4", icmp4(CLIENT, VIP)),
+        sprayed_by_address("ipv4 first fragment", as_ipv4_fragment(&udp, true, 0)),
+        sprayed_by_address("ipv4 later fragment", as_ipv4_fragment(&udp, false, 100)),
+        sprayed_by_address(
+            "ipv6 fragment header",
+            with_ipv6_extensions(&udp_v6, &[(44, 0)]),
+        ),
+        verdict(
+            "not cluster traffic",
+            udp4(CLIENT, Ipv4Addr::new(10, 0, 0, 9), 1, 2, b"x"),
+            XDP_PASS,
+            Reason::PassNotCluster,
+        ),
+        verdict(
+            "to the host itself",
+            udp4(CLIENT, LOCAL, 1, 2, b"x"),
+            XDP_PASS,
+            Reason::PassLocal,
+        ),
+        verdict("arp", arp(), XDP_PASS, Reason::PassNotIp),
+        verdict(
+            "three vlan tags",
+            with_tags(&udp, &[0x88a8, 0x8100, 0x8100]),
+            XDP_PASS,
+            Reason::PassNotIp,
+        ),
+        verdict(
+            "ethernet header only",
+            udp[..14].to_vec(),
+            XDP_DROP,
+            Reason::DropTruncated,
+        ),
+        verdict(
+            "ipv6 extension chain over the bound",
+            with_ipv6_extensions(
+                &udp_v6,
+                &[
+                    (60, 0),
+                    (60, 0),
+                    (60, 0),
+                    (60, 0),
+                    (60, 0),
+                    (60, 0),
+                    (60, 0),
+                ],
+            ),
+            XDP_DROP,
+            Reason::DropBadHeader,
+        ),
+    ];
+    let mut bad = |name, edit: &dyn Fn(&mut Vec<u8>)| {
+        let mut f = udp.clone();
+        edit(&mut f);
+        cases.push(verdict(name, f, XDP_DROP, Reason::DropBadHeader));
+    };
+    bad("ihl 4", &|f| ipv4_set(f, 0, 0x44));
+    bad("ihl 0", &|f| ipv4_set(f, 0, 0x40));
+    bad("ip version 6 in an ipv4 ethertype", &|f| {
+        ipv4_set(f, 0, 0x65)
+    });
+    bad("total length beyond the frame", &|f| ipv4_set(f, 2, 0x05));
+    bad("total length below the header", &|f| {
+        f[L3 + 2] = 0;
+        ipv4_set(f, 3, 19);
+    });
+    bad("udp length below 8", &|f| f[L3 + 20 + 5] = 7);
+    bad("udp length beyond the ip packet", &|f| {
+        f[L3 + 20 + 4] = 0x10
+    });
+    let mut tcp = tcp4_syn(CLIENT, VIP, 1, 2);
+    tcp[L3 + 20 + 12] = 0x40; // data offset 4
+    cases.push(verdict(
+        "tcp data offset 4",
+        tcp,
+        XDP_DROP,
+        Reason::DropBadHeader,
+    ));
+    let mut v6 = udp_v6.clone();
+    v6[L3 + 4] = 0x10; // payload length beyond the frame
+    cases.push(verdict(
+        "ipv6 payload length beyond the frame",
+        v6,
+        XDP_DROP,
+        Reason::DropBadHeader,
+    ));
+    cases
+}
+
+#[test]
+fn table_of_frames_gets_the_expected_verdict_reason_and_member() {
+    if !privileged("table_of_frames_gets_the_expected_verdict_reason_and_member") {
+        return;
+    }
+    let edge = edge(HashMode::Directional);
+    for case in cases() {
+        let (action, reasons, out) = edge.run(&case.frame);
+        assert_eq!(action, case.action, "{}: action", case.name);
+        assert_eq!(reasons, case.reasons, "{}: reasons", case.name);
+        if action == XDP_REDIRECT {
+            let member = edge.expected_member(&case.frame);
+            assert_eq!(
+                out[..6],
+                member_mac(member),
+                "{}: kernel and userspace disagree on the member",
+                case.name
+            );
+            assert_eq!(
+                out[6..12],
+                [0x02, 0xee, 0, 0, 0, 1],
+                "{}: source MAC",
+                case.name
+            );
+            assert_eq!(
+                out[12..],
+                case.frame[12..],
+                "{}: only the MACs may change",
+                case.name
+            );
+        } else {
+            assert_eq!(
+                out, case.frame,
+                "{}: unsprayed frames are untouched",
+                case.name
+            );
+        }
+    }
+}
+
+#[test]
+fn every_truncation_is_counted_and_agrees_with_the_userspace_parser() {
+    if !privileged("every_truncation_is_counted_and_agrees_with_the_userspace_parser") {
+        return;
+    }
+    let edge = edge(HashMode::Directional);
+    let full = [
+        with_tags(&udp4(CLIENT, VIP, 1, 7000, b"payload"), &[0x8100]),
+        with_ipv6_extensions(&udp6(CLIENT6, VIP6, 1, 7000, b"payload"), &[(0, 0)]),
+        tcp4_syn(CLIENT, VIP, 1, 80),
+    ];
+    for frame in full {
+        // The kernel needs at least an Ethernet header for a test run.
+        for cut in 14..frame.len() {
+            let f = &frame[..cut];
+            let (action, reasons, _) = edge.run(f);
+            let expected = match parse_frame(f) {
+                Ok(_) => Reason::Sprayed,
+                Err(ParseError::Truncated) => Reason::DropTruncated,
+                Err(ParseError::BadHeader) => Reason::DropBadHeader,
+                Err(ParseError::NotIp) => Reason::PassNotIp,
+            };
+            assert_eq!(reasons.first(), Some(&expected), "cut at {cut}");
+            assert_ne!(
+                expected,
+                Reason::Sprayed,
+                "a truncated frame parsed as valid at {cut}"
+            );
+            assert_eq!(action, XDP_DROP, "cut at {cut}");
+        }
+    }
+}
+
+#[test]
+fn symmetric_mode_sends_both_directions_to_the_same_member() {
+    if !privileged("symmetric_mode_sends_both_directions_to_the_same_member") {
+        return;
+    }
+    let edge = edge(HashMode::Symmetric);
+    let mut differ_directional = 0;
+    for port in 0..64u16 {
+        let request = udp4(CLIENT, VIP, 20000 + port, 7000, b"q");
+        let reply = udp4(BACKEND, CLIENT, 7000, 20000 + port, b"r");
+        let reply_to_vip = udp4(VIP, CLIENT, 7000, 20000 + port, b"r");
+        let (_, _, a) = edge.run(&request);
+        let (_, _, b) = edge.run(&reply);
+        assert_eq!(a[..6], member_mac(edge.expected_member(&request)));
+        assert_eq!(b[..6], member_mac(edge.expected_member(&reply)));
+        // The un-rewritten reply (VIP -> client) is the exact reverse 5-tuple.
+        assert_eq!(
+            edge.expected_member(&request),
+            edge.expected_member(&reply_to_vip)
+        );
+        if edge.expected_member(&request) != edge.expected_member(&reply) {
+            differ_directional += 1;
+        }
+    }
+    // DNAT replies are a different 5-tuple and may land elsewhere: nodes fix that.
+    assert!(differ_directional > 0);
+}
+
+#[test]
+fn a_flip_switches_every_bucket_at_once_and_writes_only_changed_slots() {
+    if !privileged("a_flip_switches_every_bucket_at_once_and_writes_only_changed_slots") {
+        return;
+    }
+    let mut edge = edge(HashMode::Directional);
+    let next = edge.scope.rebuilt(&[0, 2]).unwrap();
+    let write = edge.program.publish_scope(&next.table).unwrap();
+    assert_eq!(write.generation, 0);
+    // Generation 0 was all zeros (member 0): the write touched every slot that
+    // is not member 0's in the new table, and nothing else.
+    assert_eq!(
+        write.slots_written,
+        next.table.iter().filter(|&&m| m != 0).count()
+    );
+    edge.scope = next;
+    for port in 0..200u16 {
+        let f = udp4(CLIENT, VIP, port, 7000, b"x");
+        let (_, _, out) = edge.run(&f);
+        let member = edge.expected_member(&f);
+        assert_ne!(member, 1);
+        assert_eq!(out[..6], member_mac(member));
+    }
+    // Publishing the same table again writes nothing into the other generation
+    // beyond what differs from what it held.
+    let again = edge
+        .program
+        .publish_scope(&edge.scope.table.clone())
+        .unwrap();
+    assert_eq!(again.generation, 1);
+    let old_gen1 = Scope::initial(BUCKETS, &MEMBERS).unwrap();
+    assert_eq!(again.slots_written, old_gen1.moves(&edge.scope).count());
+}
+
+#[test]
+fn unowned_buckets_and_an_unready_program_are_handled() {
+    if !privileged("unowned_buckets_and_an_unready_program_are_handled") {
+        return;
+    }
+    let mut program = EdgeProgram::load(BUCKETS).unwrap();
+    program
+        .add_destination_match("10.0.9.0/24".parse().unwrap())
+        .unwrap();
+    let frame = udp4(CLIENT, VIP, 1, 2, b"x");
+    // Before the first scope, everything goes to the kernel.
+    assert_eq!(program.test_run(&frame).unwrap().action, XDP_PASS);
+    program
+        .publish_scope(&vec![NO_MEMBER; BUCKETS as usize])
+        .unwrap();
+    assert_eq!(program.test_run(&frame).unwrap().action, XDP_DROP);
+    assert_eq!(
+        program.reason_counts().unwrap().get(Reason::DropNoMember),
+        1
+    );
+    // A table naming an unconfigured member is refused, nothing written.
+    assert!(program.publish_scope(&vec![7; BUCKETS as usize]).is_err());
+    assert!(program.publish_scope(&[0; 3]).is_err());
+}
+
+#[test]
+fn bad_bucket_counts_are_refused() {
+    if !privileged("bad_bucket_counts_are_refused") {
+        return;
+    }
+    for buckets in [0, 3, 1000, 1 << 21] {
+        assert!(EdgeProgram::load(buckets).is_err(), "{buckets}");
+    }
+}
