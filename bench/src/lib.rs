@@ -1,1 +1,10 @@
-//! placeholder
+//! handoff's measuring instruments: a packet generator, a loss/reorder/latency
+//! sink, and the service-node workloads (UDP echo, TCP request/response).
+//! The `handoff-bench` binary exposes them; tests use them as a library.
+
+pub mod capture;
+pub mod flows;
+pub mod gen;
+pub mod payload;
+pub mod report;
+pub mod sink;

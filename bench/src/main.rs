@@ -1,1 +1,336 @@
-fn main() {}
+//! `handoff-bench`: the generator, the sink and the service workloads.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use handoff::io::afxdp::BindMode;
+use handoff_bench::{
+    capture::{capture, CaptureBackend, CaptureLimits},
+    flows::{FlowSet, FrameBuilder},
+    gen::{self, GenBackend, GenConfig},
+    report::SinkReport,
+};
+use handoff_loader::AttachMode;
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::{atomic::AtomicBool, Arc},
+    time::Duration,
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "handoff-bench",
+    version,
+    about = "handoff's packet generator, sink and service workloads"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Send UDP over N flows, each packet carrying flow id, sequence and send time.
+    Gen(GenArgs),
+    /// Count received bench packets per flow: loss, reordering, duplicates, latency.
+    Sink(SinkArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum GenBackendArg {
+    AfXdp,
+    RawSocket,
+    None,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SinkBackendArg {
+    AfXdp,
+    Packet,
+}
+
+#[derive(Args, Debug)]
+struct FlowArgs {
+    /// Number of flows (distinct 5-tuples).
+    #[arg(long, default_value_t = 1000)]
+    flows: u32,
+    /// First source address (flows beyond one port range use the next addresses).
+    #[arg(long, default_value = "10.77.0.2")]
+    src: Ipv4Addr,
+    /// First source port.
+    #[arg(long, default_value_t = 1024)]
+    first_port: u16,
+    /// Destination address.
+    #[arg(long, default_value = "10.77.9.1")]
+    dst: Ipv4Addr,
+    /// Destination port.
+    #[arg(long, default_value_t = 7000)]
+    dst_port: u16,
+}
+
+impl FlowArgs {
+    fn flow_set(&self) -> FlowSet {
+        FlowSet {
+            count: self.flows,
+            src_base: self.src,
+            first_port: self.first_port,
+            dst: self.dst,
+            dst_port: self.dst_port,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct GenArgs {
+    #[command(flatten)]
+    flows: FlowArgs,
+    /// Interface to send on (AF_XDP backend).
+    #[arg(long)]
+    interface: Option<String>,
+    #[arg(long, value_enum, default_value = "af-xdp")]
+    backend: GenBackendArg,
+    /// Queues to send on (AF_XDP), comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    queues: Vec<u32>,
+    /// AF_XDP bind mode.
+    #[arg(long, default_value = "auto", value_parser = parse_bind_mode)]
+    bind_mode: BindMode,
+    /// Frame size in bytes without FCS (60 to 1514).
+    #[arg(long, default_value_t = 60)]
+    frame_size: usize,
+    /// Packets to send.
+    #[arg(long, default_value_t = 100_000)]
+    count: u64,
+    /// Seconds to send at most.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Packets per second; omit for as fast as possible.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Destination MAC (the next hop). Resolved from --next-hop if omitted.
+    #[arg(long, value_parser = parse_mac)]
+    dst_mac: Option<[u8; 6]>,
+    /// Next-hop address whose MAC to resolve (AF_XDP backend).
+    #[arg(long)]
+    next_hop: Option<Ipv4Addr>,
+    /// Also write the traffic to this pcap file.
+    #[arg(long)]
+    pcap: Option<PathBuf>,
+    /// Write the JSON report here instead of stdout.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct SinkArgs {
+    /// Interface to receive on.
+    #[arg(long)]
+    interface: String,
+    #[arg(long, value_enum, default_value = "af-xdp")]
+    backend: SinkBackendArg,
+    /// Queues to receive on (AF_XDP), comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    queues: Vec<u32>,
+    /// XDP attach mode for the steering program.
+    #[arg(long, default_value = "driver")]
+    xdp_mode: AttachMode,
+    /// AF_XDP bind mode.
+    #[arg(long, default_value = "auto", value_parser = parse_bind_mode)]
+    bind_mode: BindMode,
+    /// Flows the generator uses (flow ids at or above are counted as unknown).
+    #[arg(long, default_value_t = 1000)]
+    flows: u32,
+    /// Seconds to run at most.
+    #[arg(long, default_value_t = 60.0)]
+    duration: f64,
+    /// Stop after this many idle seconds once traffic has started.
+    #[arg(long)]
+    idle: Option<f64>,
+    /// Packets the generator sent, to report exact loss.
+    #[arg(long)]
+    sent: Option<u64>,
+    /// Include per-flow counters in the JSON.
+    #[arg(long)]
+    per_flow: bool,
+    /// Write the JSON report here instead of stdout.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"));
+    }
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(parts) {
+        *b = u8::from_str_radix(p, 16).map_err(|_| format!("{s:?} is not a MAC address"))?;
+    }
+    Ok(mac)
+}
+
+fn parse_bind_mode(s: &str) -> Result<BindMode, String> {
+    match s {
+        "auto" => Ok(BindMode::Auto),
+        "copy" => Ok(BindMode::Copy),
+        "zero-copy" => Ok(BindMode::ZeroCopy),
+        _ => Err(format!("unknown bind mode {s:?} (auto, copy, zero-copy)")),
+    }
+}
+
+/// The MAC of `next_hop` from the kernel's neighbor table, prompting ARP with
+/// one datagram to the discard port if needed.
+fn resolve_mac(next_hop: Ipv4Addr) -> Result<[u8; 6]> {
+    let lookup = || -> Option<[u8; 6]> {
+        let table = std::fs::read_to_string("/proc/net/arp").ok()?;
+        table.lines().skip(1).find_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            (cols.first() == Some(&next_hop.to_string().as_str()) && cols.get(2) != Some(&"0x0"))
+                .then(|| cols.get(3).and_then(|m| parse_mac(m).ok()))
+                .flatten()
+        })
+    };
+    if let Some(mac) = lookup() {
+        return Ok(mac);
+    }
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    for _ in 0..20 {
+        let _ = probe.send_to(&[0], (next_hop, 9));
+        std::thread::sleep(Duration::from_millis(50));
+        if let Some(mac) = lookup() {
+            return Ok(mac);
+        }
+    }
+    bail!("could not resolve the MAC of {next_hop}: pass --dst-mac")
+}
+
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("installing a signal handler")?;
+    }
+    Ok(stop)
+}
+
+fn write_json<T: serde::Serialize>(value: &T, path: Option<&PathBuf>) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    match path {
+        Some(p) => {
+            std::fs::write(p, text + "\n").with_context(|| format!("writing {}", p.display()))
+        }
+        None => {
+            println!("{text}");
+            Ok(())
+        }
+    }
+}
+
+fn gen_command(args: GenArgs) -> Result<()> {
+    let flows = args.flows.flow_set();
+    let (backend, src_mac, dst_mac) = match args.backend {
+        GenBackendArg::AfXdp => {
+            let ifname = args
+                .interface
+                .as_deref()
+                .context("--interface is required for the af-xdp backend")?;
+            let ifindex = handoff_loader::interface_index(ifname)?;
+            let src_mac = handoff_loader::interface_mac(ifname)?;
+            let dst_mac = match (args.dst_mac, args.next_hop) {
+                (Some(mac), _) => mac,
+                (None, Some(hop)) => resolve_mac(hop)?,
+                (None, None) => bail!("the af-xdp backend needs --dst-mac or --next-hop"),
+            };
+            (
+                GenBackend::AfXdp {
+                    ifindex,
+                    queues: args.queues.clone(),
+                    bind_mode: args.bind_mode,
+                },
+                src_mac,
+                dst_mac,
+            )
+        }
+        GenBackendArg::RawSocket => (GenBackend::RawSocket, [0; 6], [0; 6]),
+        GenBackendArg::None => (
+            GenBackend::None,
+            [0x02, 0, 0, 0, 0, 1],
+            args.dst_mac.unwrap_or([0x02, 0, 0, 0, 0, 2]),
+        ),
+    };
+    if !args.duration.is_finite() || args.duration <= 0.0 {
+        bail!("--duration must be a positive number of seconds");
+    }
+    let config = GenConfig {
+        frames: FrameBuilder::new(flows, args.frame_size, src_mac, dst_mac)?,
+        count: args.count,
+        duration: Duration::from_secs_f64(args.duration),
+        rate: args.rate,
+        pcap: args.pcap.clone(),
+    };
+    let stop = stop_flag()?;
+    let report = gen::run(&config, &backend, &stop)?;
+    eprintln!(
+        "gen: sent {} packets over {} flows in {:.2}s = {:.0} pps ({} backend, {}-byte frames)",
+        report.sent,
+        report.flows,
+        report.duration_s,
+        report.rate_pps,
+        report.backend,
+        report.frame_len
+    );
+    write_json(&report, args.json.as_ref())
+}
+
+fn sink_command(args: SinkArgs) -> Result<()> {
+    if !args.duration.is_finite() || args.duration <= 0.0 {
+        bail!("--duration must be a positive number of seconds");
+    }
+    let backend = match args.backend {
+        SinkBackendArg::AfXdp => CaptureBackend::AfXdp {
+            queues: args.queues.clone(),
+            mode: args.xdp_mode,
+            bind_mode: args.bind_mode,
+        },
+        SinkBackendArg::Packet => CaptureBackend::Packet,
+    };
+    let limits = CaptureLimits {
+        max_duration: Duration::from_secs_f64(args.duration),
+        idle: args
+            .idle
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(Duration::from_secs_f64),
+    };
+    let stop = stop_flag()?;
+    // Readiness line for scripts and tests: the sink is receiving from here on.
+    eprintln!("sink: ready on {}", args.interface);
+    let captured = capture(&args.interface, &backend, args.flows, limits, &stop)?;
+    let report: SinkReport = captured
+        .sink
+        .report(captured.active_s, args.sent, args.per_flow);
+    eprintln!(
+        "sink: received {} (lost {}, reordered {}, duplicated {}) over {} flows, {:.0} pps, latency p50 {:.1}us p99 {:.1}us",
+        report.received,
+        report.lost.map_or("unknown".to_string(), |l| l.to_string()),
+        report.reordered,
+        report.duplicated,
+        report.flows_seen,
+        report.rate_pps,
+        report.latency_us.p50,
+        report.latency_us.p99
+    );
+    write_json(&report, args.json.as_ref())
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Gen(args) => gen_command(args),
+        Command::Sink(args) => sink_command(args),
+    }
+}

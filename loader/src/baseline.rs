@@ -15,7 +15,8 @@ pub struct BaselineProgram {
 }
 
 impl BaselineProgram {
-    /// Loads the baseline program.
+    /// Loads the baseline program. Until [`Self::set_target`] it drops every
+    /// frame (a null sink).
     pub fn load() -> Result<Self> {
         let mut program = LoadedProgram::load(
             crate::objects::BASELINE,

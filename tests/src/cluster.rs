@@ -331,3 +331,57 @@ fn attach_to_bridge(
     fabric.exec("ethtool", &["-K", &bridge_end, "gro", "on"])?;
     Ok(())
 }
+
+impl Cluster {
+    /// The admin socket path of this run's edge daemon.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.log_dir.join("edge.sock")
+    }
+
+    /// An edge configuration for this test bed: the sprayer on the client
+    /// side (and on the fabric side when `spray_replies`), every node a
+    /// member, the VIP as cluster destination and the services as sources.
+    pub fn edge_config(&self, spray_replies: bool) -> String {
+        let mut interfaces = vec![format!("{:?}", self.edge_client_port.ifname)];
+        if spray_replies {
+            interfaces.push(format!("{:?}", self.edge_fabric_port.ifname));
+        }
+        let sources: Vec<String> = self
+            .services
+            .iter()
+            .map(|s| format!("\"{}/32\"", s.port.ip))
+            .collect();
+        let mut text = format!(
+            "[edge]\ninterfaces = [{}]\nadmin_socket = {:?}\nlocal_addresses = [\"{}\", \"{}\"]\n\n[cluster]\ndestinations = [\"{}/32\"]\nsources = [{}]\n",
+            interfaces.join(", "),
+            self.admin_socket().display().to_string(),
+            EDGE_CLIENT_IP,
+            EDGE_FABRIC_IP,
+            VIP,
+            sources.join(", "),
+        );
+        for (i, node) in self.nodes.iter().enumerate() {
+            text.push_str(&format!(
+                "\n[[members]]\nname = {:?}\nid = {i}\nmac = {:?}\ninterface = {:?}\n",
+                node.name,
+                crate::netns::mac_string(node.port.mac),
+                self.edge_fabric_port.ifname
+            ));
+        }
+        text
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: std::time::Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

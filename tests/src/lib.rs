@@ -12,7 +12,7 @@ pub mod netns;
 pub mod privilege;
 pub mod process;
 
-pub use cluster::{Cluster, ClusterSpec};
+pub use cluster::{wait_until, Cluster, ClusterSpec, NsRef};
 pub use netns::{Netns, RunPrefix};
 pub use privilege::privileged;
 pub use process::Spawned;

@@ -1,5 +1,6 @@
 //! The benchmark baseline: rewrite the MACs and redirect, with no parsing, no
 //! lookup and no counters. What any XDP forwarder costs at least on this host.
+//! Unconfigured, it drops every frame: the benchmarks' null sink.
 #![no_std]
 #![no_main]
 
@@ -21,8 +22,11 @@ static BASELINE_MEMBER: Array<Member> = Array::with_max_entries(1, 0);
 pub fn handoff_baseline(ctx: XdpContext) -> u32 {
     let frame = XdpFrame::new(&ctx);
     let Some(member) = BASELINE_MEMBER.get(0) else {
-        return action::PASS;
+        return action::DROP;
     };
+    if member.flags == 0 {
+        return action::DROP;
+    }
     if frame.store(0, member.dst_mac).is_none() || frame.store(6, member.src_mac).is_none() {
         return action::DROP;
     }

@@ -1,0 +1,394 @@
+//! The packet generator: UDP over a flow set, each packet carrying a
+//! [`BenchHeader`], at a fixed rate or as fast as possible, always bounded
+//! by a packet count and a duration.
+//!
+//! Backends: AF_XDP TX (the fast path: one socket and one thread per queue,
+//! each queue owning the flows `f % queues == q`, so a flow's packets leave
+//! in order on one queue) and a raw IPv4 socket with `sendmmsg` (works
+//! anywhere; about 0.3 Mpps on the reference host).
+
+use crate::{
+    flows::FrameBuilder,
+    payload::{monotonic_ns, BenchHeader},
+    report::{GenReport, GEN_SCHEMA},
+};
+use anyhow::{bail, Context, Result};
+use handoff::io::{
+    afxdp::{AfXdpConfig, AfXdpPort, BindMode},
+    PacketIo, SendError,
+};
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+/// Where generated packets go.
+#[derive(Clone, Debug)]
+pub enum GenBackend {
+    /// AF_XDP TX on `ifindex`, one socket per queue.
+    AfXdp {
+        /// Interface index.
+        ifindex: u32,
+        /// Queues to send on.
+        queues: Vec<u32>,
+        /// Copy or zero-copy.
+        bind_mode: BindMode,
+    },
+    /// A raw IPv4 socket (the kernel routes and resolves the next hop).
+    RawSocket,
+    /// Nowhere: only the pcap file is written.
+    None,
+}
+
+/// What to send.
+#[derive(Clone, Debug)]
+pub struct GenConfig {
+    /// Frames to build.
+    pub frames: FrameBuilder,
+    /// Packets to send at most.
+    pub count: u64,
+    /// Time to send at most.
+    pub duration: Duration,
+    /// Packets per second, or as fast as possible.
+    pub rate: Option<u64>,
+    /// Also write every frame to this pcap file.
+    pub pcap: Option<PathBuf>,
+}
+
+/// Paces a sender: how many packets it may send by now.
+#[derive(Debug)]
+struct Pacer {
+    start: Instant,
+    rate: Option<u64>,
+}
+
+impl Pacer {
+    fn allowed(&self, sent: u64) -> u64 {
+        match self.rate {
+            None => u64::MAX,
+            Some(rate) => {
+                let due = (self.start.elapsed().as_nanos() * rate as u128 / 1_000_000_000) as u64;
+                due.saturating_sub(sent)
+            }
+        }
+    }
+}
+
+const BATCH: u64 = 64;
+
+/// One sender's share: flows `first, first + stride, ...`.
+#[derive(Clone, Copy, Debug)]
+struct Share {
+    first: u32,
+    stride: u32,
+    flows: u32,
+    count: u64,
+}
+
+impl Share {
+    fn split(total_flows: u32, count: u64, parts: u32) -> Vec<Share> {
+        (0..parts)
+            .filter(|&q| q < total_flows)
+            .map(|q| Share {
+                first: q,
+                stride: parts,
+                flows: (total_flows - q).div_ceil(parts),
+                count: count / parts as u64 + u64::from((q as u64) < count % parts as u64),
+            })
+            .collect()
+    }
+
+    /// The header of this share's `k`-th packet (round-robin over its flows).
+    fn header(&self, k: u64, sent_ns: u64) -> BenchHeader {
+        BenchHeader {
+            flow: self.first + self.stride * (k % self.flows as u64) as u32,
+            seq: (k / self.flows as u64) as u32,
+            sent_ns,
+        }
+    }
+}
+
+/// Runs the generator until the count, the duration or `stop` ends it.
+pub fn run(config: &GenConfig, backend: &GenBackend, stop: &AtomicBool) -> Result<GenReport> {
+    if config.frames.flows().count == 0 {
+        bail!("the flow set is empty");
+    }
+    let start = Instant::now();
+    let (name, sent, waits) = match backend {
+        GenBackend::AfXdp {
+            ifindex,
+            queues,
+            bind_mode,
+        } => {
+            if queues.is_empty() {
+                bail!("no queues to send on");
+            }
+            let shares = Share::split(
+                config.frames.flows().count,
+                config.count,
+                queues.len() as u32,
+            );
+            let results: Vec<Result<(u64, u64)>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = shares
+                    .iter()
+                    .zip(queues)
+                    .map(|(share, &queue)| {
+                        let share = *share;
+                        scope.spawn(move || {
+                            af_xdp_sender(config, *ifindex, queue, *bind_mode, share, stop)
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(anyhow::anyhow!("sender thread panicked")))
+                    })
+                    .collect()
+            });
+            let mut sent = 0;
+            let mut waits = 0;
+            for r in results {
+                let (s, w) = r?;
+                sent += s;
+                waits += w;
+            }
+            ("af_xdp", sent, waits)
+        }
+        GenBackend::RawSocket => {
+            let share = Share::split(config.frames.flows().count, config.count, 1)[0];
+            let (s, w) = raw_socket_sender(config, share, stop)?;
+            ("raw_socket", s, w)
+        }
+        GenBackend::None => ("none", 0, 0),
+    };
+    if let Some(path) = &config.pcap {
+        write_pcap(config, path)?;
+    }
+    let duration_s = start.elapsed().as_secs_f64();
+    Ok(GenReport {
+        schema: GEN_SCHEMA.to_string(),
+        backend: name.to_string(),
+        sent,
+        flows: config.frames.flows().count,
+        frame_len: config.frames.frame_len(),
+        duration_s,
+        rate_pps: if duration_s > 0.0 {
+            sent as f64 / duration_s
+        } else {
+            0.0
+        },
+        target_pps: config.rate,
+        backpressure_waits: waits,
+    })
+}
+
+fn af_xdp_sender(
+    config: &GenConfig,
+    ifindex: u32,
+    queue: u32,
+    bind_mode: BindMode,
+    share: Share,
+    stop: &AtomicBool,
+) -> Result<(u64, u64)> {
+    let port_config = AfXdpConfig {
+        bind_mode,
+        ..AfXdpConfig::default()
+    };
+    let mut port =
+        AfXdpPort::open(ifindex, queue, port_config).context("opening the AF_XDP sender")?;
+    // Each queue paces its share of the rate.
+    let rate = config
+        .rate
+        .map(|r| ((r as u128 * share.count as u128 / config.count.max(1) as u128) as u64).max(1));
+    let pacer = Pacer {
+        start: Instant::now(),
+        rate,
+    };
+    let deadline = Instant::now() + config.duration;
+    let len = config.frames.frame_len();
+    let mut sent = 0u64;
+    let mut waits = 0u64;
+    while sent < share.count && !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        let batch = BATCH.min(share.count - sent).min(pacer.allowed(sent));
+        if batch == 0 {
+            port.flush()?;
+            std::thread::sleep(Duration::from_micros(50));
+            continue;
+        }
+        let now = monotonic_ns();
+        for _ in 0..batch {
+            let header = share.header(sent, now);
+            match port.send_with(len, |buf| config.frames.write(&header, buf)) {
+                Ok(()) => sent += 1,
+                Err(SendError::PoolEmpty) => {
+                    waits += 1;
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        port.flush()?;
+    }
+    // Let the last frames leave before the socket closes.
+    let drain_deadline = Instant::now() + Duration::from_secs(1);
+    while !port.pending().is_empty() && Instant::now() < drain_deadline {
+        port.flush()?;
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    Ok((sent, waits))
+}
+
+fn raw_socket_sender(config: &GenConfig, share: Share, stop: &AtomicBool) -> Result<(u64, u64)> {
+    // SAFETY: socket(2); the descriptor is owned right below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_RAW,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("opening a raw IPv4 socket (needs root or CAP_NET_RAW)");
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&socket);
+    let flows = config.frames.flows();
+    let dst = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(flows.dst.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = config.frames.frame_len();
+    const N: usize = 32;
+    let mut buffers = vec![vec![0u8; len]; N];
+    let pacer = Pacer {
+        start: Instant::now(),
+        rate: config.rate,
+    };
+    let deadline = Instant::now() + config.duration;
+    let mut sent = 0u64;
+    let mut waits = 0u64;
+    while sent < share.count && !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        let batch = (N as u64).min(share.count - sent).min(pacer.allowed(sent)) as usize;
+        if batch == 0 {
+            std::thread::sleep(Duration::from_micros(50));
+            continue;
+        }
+        let now = monotonic_ns();
+        let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(batch);
+        for (i, buf) in buffers.iter_mut().take(batch).enumerate() {
+            config
+                .frames
+                .write(&share.header(sent + i as u64, now), buf);
+            iovecs.push(libc::iovec {
+                iov_base: buf[14..].as_mut_ptr().cast(),
+                iov_len: len - 14,
+            });
+        }
+        let mut msgs: Vec<libc::mmsghdr> = iovecs
+            .iter_mut()
+            .map(|iov| {
+                // SAFETY: msghdr is plain data; zero is a valid initial value.
+                let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+                hdr.msg_name = (&dst as *const libc::sockaddr_in).cast_mut().cast();
+                hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+                hdr.msg_iov = iov;
+                hdr.msg_iovlen = 1;
+                libc::mmsghdr {
+                    msg_hdr: hdr,
+                    msg_len: 0,
+                }
+            })
+            .collect();
+        // SAFETY: `msgs` points at `batch` valid headers whose buffers live until the call returns.
+        let rc = unsafe { libc::sendmmsg(raw, msgs.as_mut_ptr(), batch as u32, 0) };
+        if rc < 0 {
+            let err = std::io::Error::last_os_error();
+            if matches!(
+                err.raw_os_error(),
+                Some(libc::ENOBUFS) | Some(libc::EAGAIN) | Some(libc::EINTR)
+            ) {
+                waits += 1;
+                std::thread::sleep(Duration::from_micros(100));
+                continue;
+            }
+            return Err(err).context("sendmmsg on the raw socket");
+        }
+        sent += rc as u64;
+    }
+    Ok((sent, waits))
+}
+
+fn write_pcap(config: &GenConfig, path: &PathBuf) -> Result<()> {
+    use pcap_file::pcap::{PcapPacket, PcapWriter};
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut writer =
+        PcapWriter::new(std::io::BufWriter::new(file)).context("writing the pcap header")?;
+    let share = Share::split(config.frames.flows().count, config.count, 1)[0];
+    let len = config.frames.frame_len();
+    let mut buf = vec![0u8; len];
+    let interval_ns = config.rate.map_or(0, |r| 1_000_000_000 / r.max(1));
+    for k in 0..config.count {
+        let ts = k * interval_ns;
+        config.frames.write(&share.header(k, ts), &mut buf);
+        writer
+            .write_packet(&PcapPacket::new(Duration::from_nanos(ts), len as u32, &buf))
+            .context("writing a pcap record")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_cover_every_flow_once_and_the_whole_count() {
+        let shares = Share::split(10, 1003, 3);
+        assert_eq!(shares.iter().map(|s| s.count).sum::<u64>(), 1003);
+        let mut seen = std::collections::BTreeSet::new();
+        for s in &shares {
+            for k in 0..s.flows as u64 {
+                assert!(seen.insert(s.header(k, 0).flow));
+            }
+        }
+        assert_eq!(seen.len(), 10);
+        assert_eq!(
+            shares[1].header(4, 0),
+            BenchHeader {
+                flow: 1,
+                seq: 1,
+                sent_ns: 0
+            }
+        );
+        assert!(Share::split(2, 10, 4).len() == 2);
+    }
+
+    #[test]
+    fn pacer_allows_by_elapsed_time() {
+        let p = Pacer {
+            start: Instant::now() - Duration::from_millis(100),
+            rate: Some(1000),
+        };
+        let allowed = p.allowed(0);
+        assert!((100..200).contains(&allowed), "{allowed}");
+        assert_eq!(p.allowed(1_000_000), 0);
+        assert_eq!(
+            Pacer {
+                start: Instant::now(),
+                rate: None
+            }
+            .allowed(5),
+            u64::MAX
+        );
+    }
+}

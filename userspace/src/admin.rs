@@ -1,0 +1,230 @@
+//! The edge daemon's admin socket: a Unix socket speaking JSON lines, one
+//! request and one response per line. Operators reach it through the
+//! `handoff` CLI; a Unix socket because it is local-only by construction and
+//! works across network namespaces.
+
+use anyhow::{bail, Context, Result};
+use crossbeam::channel::{bounded, Sender};
+use serde::{Deserialize, Serialize};
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    os::unix::net::{UnixListener, UnixStream},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+/// Longest request line accepted.
+const MAX_LINE: u64 = 64 * 1024;
+
+/// A request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AdminRequest {
+    /// Members and scope.
+    Status,
+    /// Data-plane counters.
+    Stats,
+    /// Flip the scope without `member` (no state migration: its flows break).
+    ScopeRemove {
+        /// Member name.
+        member: String,
+    },
+    /// Flip the scope with `member` added back.
+    ScopeAdd {
+        /// Member name.
+        member: String,
+    },
+}
+
+/// A response.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum AdminResponse {
+    /// Answer to [`AdminRequest::Status`].
+    Status(serde_json::Value),
+    /// Answer to [`AdminRequest::Stats`].
+    Stats(serde_json::Value),
+    /// The scope changed.
+    ScopeChanged {
+        /// New scope version.
+        version: u64,
+        /// Buckets that changed owner.
+        moved_buckets: usize,
+        /// Active generation after the flip.
+        generation: u32,
+    },
+    /// The request failed.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// A request with the channel its response goes back on.
+pub type AdminCall = (AdminRequest, Sender<AdminResponse>);
+
+/// Serves the admin socket at `path` on a background thread, handing each
+/// request to `calls` and writing back the response. Removes a stale socket
+/// file first; the returned guard removes the socket when dropped.
+pub fn serve(path: &Path, calls: Sender<AdminCall>, stop: Arc<AtomicBool>) -> Result<AdminSocket> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            bail!("{} is in use by a running daemon", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding admin socket {}", path.display()))?;
+    listener.set_nonblocking(true)?;
+    let thread_stop = Arc::clone(&stop);
+    std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            while !thread_stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        if let Err(e) = handle(stream, &calls) {
+                            tracing::warn!(error = %e, "admin connection");
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+        })?;
+    Ok(AdminSocket {
+        path: path.to_path_buf(),
+    })
+}
+
+/// Removes the socket file on drop.
+#[derive(Debug)]
+pub struct AdminSocket {
+    path: PathBuf,
+}
+
+impl Drop for AdminSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn handle(stream: UnixStream, calls: &Sender<AdminCall>) -> Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = String::new();
+    BufReader::new((&stream).take(MAX_LINE)).read_line(&mut line)?;
+    let response = match serde_json::from_str::<AdminRequest>(line.trim()) {
+        Err(e) => AdminResponse::Error {
+            message: format!("malformed request: {e}"),
+        },
+        Ok(request) => {
+            let (tx, rx) = bounded(1);
+            if calls.send((request, tx)).is_err() {
+                AdminResponse::Error {
+                    message: "the daemon is shutting down".into(),
+                }
+            } else {
+                // Scope changes wait out the generation grace period; migrations report progress separately.
+                rx.recv_timeout(Duration::from_secs(30))
+                    .unwrap_or(AdminResponse::Error {
+                        message: "the daemon did not answer in time".into(),
+                    })
+            }
+        }
+    };
+    let mut out = serde_json::to_string(&response)?;
+    out.push('\n');
+    (&stream).write_all(out.as_bytes())?;
+    Ok(())
+}
+
+/// Sends one request to the daemon at `path` and returns its response.
+pub fn call(path: &Path, request: &AdminRequest, timeout: Duration) -> Result<AdminResponse> {
+    let stream = UnixStream::connect(path).with_context(|| {
+        format!(
+            "connecting to {} (is the edge daemon running?)",
+            path.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut line = serde_json::to_string(request)?;
+    line.push('\n');
+    (&stream).write_all(line.as_bytes())?;
+    let mut reply = String::new();
+    BufReader::new((&stream).take(16 * 1024 * 1024))
+        .read_line(&mut reply)
+        .context("reading the response")?;
+    serde_json::from_str(reply.trim()).with_context(|| format!("malformed response {reply:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_malformed_ones_get_an_error() {
+        let dir = std::env::temp_dir().join(format!("handoff-admin-test-{}", std::process::id()));
+        let path = dir.join("a.sock");
+        let (tx, rx) = crossbeam::channel::unbounded::<AdminCall>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let _socket = serve(&path, tx, Arc::clone(&stop)).unwrap();
+        let server = std::thread::spawn(move || {
+            let (req, reply) = rx.recv().unwrap();
+            assert_eq!(
+                req,
+                AdminRequest::ScopeRemove {
+                    member: "fd-a".into()
+                }
+            );
+            reply
+                .send(AdminResponse::ScopeChanged {
+                    version: 2,
+                    moved_buckets: 10,
+                    generation: 1,
+                })
+                .unwrap();
+        });
+        let r = call(
+            &path,
+            &AdminRequest::ScopeRemove {
+                member: "fd-a".into(),
+            },
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            AdminResponse::ScopeChanged {
+                version: 2,
+                moved_buckets: 10,
+                generation: 1
+            }
+        );
+        server.join().unwrap();
+        let stream = UnixStream::connect(&path).unwrap();
+        (&stream).write_all(b"{\"cmd\":\"nope\"}\n").unwrap();
+        let mut reply = String::new();
+        BufReader::new(&stream).read_line(&mut reply).unwrap();
+        assert!(reply.contains("malformed request"), "{reply}");
+        // A second daemon on the same socket is refused.
+        let (tx2, _rx2) = crossbeam::channel::unbounded::<AdminCall>();
+        assert!(serve(&path, tx2, Arc::clone(&stop)).is_err());
+        stop.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,390 @@
+//! The edge daemon's configuration file (TOML).
+//!
+//! ```toml
+//! [edge]
+//! interfaces = ["eth1", "eth2"]     # where cluster traffic enters
+//! xdp_mode = "driver"               # or "skb"
+//! buckets = 65536
+//! symmetric_hash = false
+//! hash_seed = 0
+//! admin_socket = "/run/handoff/edge.sock"
+//!
+//! [cluster]
+//! destinations = ["10.77.9.0/24"]   # VIPs
+//! sources = ["10.77.1.21/32"]       # backends whose replies return through the edge
+//!
+//! [[members]]
+//! name = "fd-a"
+//! id = 0
+//! mac = "02:68:6f:00:03:01"
+//! interface = "eth2"                # egress towards the member
+//! ```
+
+use crate::scope::HashParams;
+use handoff_loader::{AttachMode, Prefix};
+use serde::Deserialize;
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or a field of the wrong type (the message has line and column).
+    #[error("{path}: {message}")]
+    Syntax {
+        /// File.
+        path: PathBuf,
+        /// The parser's message, with line, column and field.
+        message: String,
+    },
+    /// A value is invalid.
+    #[error("{path}:{line}: field `{field}`: {detail}")]
+    Invalid {
+        /// File.
+        path: PathBuf,
+        /// Line of the field, or 0 when unknown.
+        line: usize,
+        /// Field path.
+        field: String,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    edge: RawEdge,
+    #[serde(default)]
+    cluster: RawCluster,
+    #[serde(default)]
+    members: Vec<RawMember>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEdge {
+    interfaces: Vec<String>,
+    #[serde(default = "default_mode")]
+    xdp_mode: String,
+    #[serde(default = "default_buckets")]
+    buckets: u32,
+    #[serde(default)]
+    symmetric_hash: bool,
+    #[serde(default)]
+    hash_seed: u32,
+    #[serde(default)]
+    local_addresses: Vec<String>,
+    admin_socket: PathBuf,
+    #[serde(default)]
+    control_listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    #[serde(default)]
+    destinations: Vec<String>,
+    #[serde(default)]
+    sources: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMember {
+    name: String,
+    id: u32,
+    mac: String,
+    interface: String,
+}
+
+fn default_mode() -> String {
+    "driver".into()
+}
+
+fn default_buckets() -> u32 {
+    handoff_common::names::limits::DEFAULT_BUCKETS
+}
+
+/// A statically configured member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberConfig {
+    /// Name, e.g. `fd-a`.
+    pub name: String,
+    /// Id (index in the edge maps and the value in scope tables).
+    pub id: u32,
+    /// MAC address.
+    pub mac: [u8; 6],
+    /// Egress interface towards it.
+    pub interface: String,
+}
+
+/// A validated edge configuration.
+#[derive(Clone, Debug)]
+pub struct EdgeConfig {
+    /// Interfaces the sprayer attaches to.
+    pub interfaces: Vec<String>,
+    /// Attach mode.
+    pub xdp_mode: AttachMode,
+    /// How flows map to buckets.
+    pub hash: HashParams,
+    /// The host's own addresses (always passed to the kernel).
+    pub local_addresses: Vec<std::net::IpAddr>,
+    /// Destination prefixes of cluster traffic.
+    pub destinations: Vec<Prefix>,
+    /// Source prefixes of cluster traffic.
+    pub sources: Vec<Prefix>,
+    /// Static members.
+    pub members: Vec<MemberConfig>,
+    /// Where the admin socket listens.
+    pub admin_socket: PathBuf,
+    /// Where the migration manager listens for nodes, if anywhere.
+    pub control_listen: Option<std::net::SocketAddr>,
+}
+
+/// The line in `text` where `needle` first appears after `section`, for error messages.
+fn line_of(text: &str, section: &str, needle: &str) -> usize {
+    let start = text.find(section).unwrap_or(0);
+    text[start..]
+        .find(needle)
+        .map(|i| text[..start + i].matches('\n').count() + 1)
+        .unwrap_or(0)
+}
+
+/// Parses a MAC address `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+impl EdgeConfig {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates configuration text; `path` only names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawFile = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        let invalid =
+            |section: &str, field: &str, needle: &str, detail: String| ConfigError::Invalid {
+                path: path.into(),
+                line: line_of(text, section, needle),
+                field: field.to_string(),
+                detail,
+            };
+        let xdp_mode: AttachMode = raw
+            .edge
+            .xdp_mode
+            .parse()
+            .map_err(|e| invalid("[edge]", "edge.xdp_mode", "xdp_mode", e))?;
+        if raw.edge.interfaces.is_empty() {
+            return Err(invalid(
+                "[edge]",
+                "edge.interfaces",
+                "interfaces",
+                "at least one interface is needed".into(),
+            ));
+        }
+        let buckets = raw.edge.buckets;
+        if !buckets.is_power_of_two()
+            || !(2..=handoff_common::names::limits::MAX_BUCKETS).contains(&buckets)
+        {
+            return Err(invalid(
+                "[edge]",
+                "edge.buckets",
+                "buckets",
+                format!(
+                    "{buckets} is not a power of two in 2..={}",
+                    handoff_common::names::limits::MAX_BUCKETS
+                ),
+            ));
+        }
+        let mut local_addresses = Vec::new();
+        for a in &raw.edge.local_addresses {
+            local_addresses.push(a.parse().map_err(|_| {
+                invalid(
+                    "[edge]",
+                    "edge.local_addresses",
+                    a,
+                    format!("{a:?} is not an IP address"),
+                )
+            })?);
+        }
+        let prefixes = |list: &[String], field: &str| -> Result<Vec<Prefix>, ConfigError> {
+            list.iter()
+                .map(|p| {
+                    p.parse::<Prefix>()
+                        .map_err(|e| invalid("[cluster]", field, p, e))
+                })
+                .collect()
+        };
+        let destinations = prefixes(&raw.cluster.destinations, "cluster.destinations")?;
+        let sources = prefixes(&raw.cluster.sources, "cluster.sources")?;
+        let mut members = Vec::new();
+        let (mut ids, mut names) = (HashSet::new(), HashSet::new());
+        for (i, m) in raw.members.iter().enumerate() {
+            let field = |f: &str| format!("members[{i}].{f}");
+            let mac = parse_mac(&m.mac).ok_or_else(|| {
+                invalid(
+                    "[[members]]",
+                    &field("mac"),
+                    &m.mac,
+                    format!("{:?} is not a MAC address", m.mac),
+                )
+            })?;
+            if m.id >= handoff_common::names::limits::MAX_MEMBERS {
+                return Err(invalid(
+                    "[[members]]",
+                    &field("id"),
+                    &format!("id = {}", m.id),
+                    format!(
+                        "{} is not below {}",
+                        m.id,
+                        handoff_common::names::limits::MAX_MEMBERS
+                    ),
+                ));
+            }
+            if !ids.insert(m.id) {
+                return Err(invalid(
+                    "[[members]]",
+                    &field("id"),
+                    &format!("id = {}", m.id),
+                    format!("id {} is used twice", m.id),
+                ));
+            }
+            if !names.insert(m.name.clone()) {
+                return Err(invalid(
+                    "[[members]]",
+                    &field("name"),
+                    &m.name,
+                    format!("name {:?} is used twice", m.name),
+                ));
+            }
+            members.push(MemberConfig {
+                name: m.name.clone(),
+                id: m.id,
+                mac,
+                interface: m.interface.clone(),
+            });
+        }
+        let control_listen = match &raw.edge.control_listen {
+            Some(a) => Some(a.parse().map_err(|_| {
+                invalid(
+                    "[edge]",
+                    "edge.control_listen",
+                    a,
+                    format!("{a:?} is not an address:port"),
+                )
+            })?),
+            None => None,
+        };
+        Ok(Self {
+            interfaces: raw.edge.interfaces,
+            xdp_mode,
+            hash: HashParams {
+                buckets,
+                symmetric: raw.edge.symmetric_hash,
+                seed: raw.edge.hash_seed,
+            },
+            local_addresses,
+            destinations,
+            sources,
+            members,
+            admin_socket: raw.edge.admin_socket,
+            control_listen,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[edge]
+interfaces = ["e0"]
+admin_socket = "/tmp/x.sock"
+
+[cluster]
+destinations = ["10.0.9.0/24", "fd00::/64"]
+
+[[members]]
+name = "fd-a"
+id = 0
+mac = "02:00:00:00:00:01"
+interface = "e1"
+"#;
+
+    fn err(text: &str) -> String {
+        EdgeConfig::parse(text, Path::new("edge.toml"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn a_good_file_parses() {
+        let c = EdgeConfig::parse(GOOD, Path::new("edge.toml")).unwrap();
+        assert_eq!(c.hash.buckets, 65536);
+        assert_eq!(c.members[0].mac, [2, 0, 0, 0, 0, 1]);
+        assert_eq!(c.destinations.len(), 2);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let e = err(&GOOD.replace("02:00:00:00:00:01", "02:00:zz"));
+        assert!(e.starts_with("edge.toml:12: field `members[0].mac`"), "{e}");
+        let e = err(&GOOD.replace("10.0.9.0/24", "10.0.9.0/33"));
+        assert!(
+            e.starts_with("edge.toml:7: field `cluster.destinations`"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("admin_socket", "buckets = 1000\nadmin_socket"));
+        assert!(
+            e.contains("field `edge.buckets`") && e.contains("edge.toml:4"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("interfaces", "interfacez"));
+        assert!(
+            e.contains("unknown field `interfacez`") && e.contains("line 3"),
+            "{e}"
+        );
+        let e = err(&format!("{GOOD}\n[[members]]\nname = \"fd-b\"\nid = 0\nmac = \"02:00:00:00:00:02\"\ninterface = \"e1\"\n"));
+        assert!(
+            e.contains("members[1].id") && e.contains("used twice"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn mac_parsing() {
+        assert_eq!(
+            parse_mac("aa:BB:cc:00:01:ff"),
+            Some([0xaa, 0xbb, 0xcc, 0, 1, 0xff])
+        );
+        assert_eq!(parse_mac("aa:bb:cc:00:01"), None);
+        assert_eq!(parse_mac("aa:bb:cc:00:01:ff:00"), None);
+    }
+}
