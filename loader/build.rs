@@ -17,8 +17,7 @@ const PROGRAMS: [&str; 3] = ["handoff-edge", "handoff-xsk", "handoff-baseline"];
 const EM_BPF: u16 = 247;
 
 fn main() {
-    let manifest =
-        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let ebpf_dir = manifest.join("../xdp-ebpf/programs");
     let common_dir = manifest.join("../xdp-ebpf/common");
@@ -53,8 +52,8 @@ fn main() {
             cmd.env_remove(&key);
         }
     }
-    let cargo_home = env::var("CARGO_HOME")
-        .unwrap_or_else(|_| format!("{}/.cargo", env::var("HOME").unwrap_or_default()));
+    let cargo_home =
+        env::var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", env::var("HOME").unwrap_or_default()));
     let path = format!("{cargo_home}/bin:{}", env::var("PATH").unwrap_or_default());
     cmd.env("RUSTC", BPF_RUSTC)
         .env("RUSTC_BOOTSTRAP", "1")
@@ -63,7 +62,9 @@ fn main() {
         .status()
         .unwrap_or_else(|e| fail(&format!("could not run cargo for the eBPF build: {e}")));
     if !status.success() {
-        fail("building xdp-ebpf/programs failed (see the output above; is bpf-linker installed? run scripts/bootstrap)");
+        fail(
+            "building xdp-ebpf/programs failed (see the output above; is bpf-linker installed? run scripts/bootstrap)",
+        );
     }
 
     for program in PROGRAMS {

@@ -144,8 +144,7 @@ fn packet_socket(
     // SAFETY: socket(2); the descriptor is owned right below.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
     if fd < 0 {
-        return Err(std::io::Error::last_os_error())
-            .context("opening an AF_PACKET socket (needs root or CAP_NET_RAW)");
+        return Err(std::io::Error::last_os_error()).context("opening an AF_PACKET socket (needs root or CAP_NET_RAW)");
     }
     // SAFETY: `fd` is fresh and owned by nobody else.
     let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
@@ -203,7 +202,7 @@ fn packet_socket(
             }
             return Err(err).context("receiving on the AF_PACKET socket");
         }
-        if from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+        if from.sll_pkttype == libc::PACKET_OUTGOING {
             continue;
         }
         sink.frame(&buf[..n as usize], now_ns());

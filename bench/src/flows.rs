@@ -41,19 +41,14 @@ impl FlowSet {
     pub fn source(&self, flow: u32) -> (Ipv4Addr, u16) {
         let per = self.ports_per_address();
         let addr = u32::from(self.src_base).wrapping_add(flow / per);
-        (
-            Ipv4Addr::from(addr),
-            (self.first_port as u32 + flow % per) as u16,
-        )
+        (Ipv4Addr::from(addr), (self.first_port as u32 + flow % per) as u16)
     }
 
     /// The flow index of a reply addressed to `dst:dst_port`, if it is one of ours.
     pub fn flow_of_reply(&self, dst: Ipv4Addr, dst_port: u16) -> Option<u32> {
         let offset = u32::from(dst).checked_sub(u32::from(self.src_base))?;
         let port = (dst_port as u32).checked_sub(self.first_port as u32)?;
-        let flow = offset
-            .checked_mul(self.ports_per_address())?
-            .checked_add(port)?;
+        let flow = offset.checked_mul(self.ports_per_address())?.checked_add(port)?;
         (flow < self.count).then_some(flow)
     }
 }
@@ -84,12 +79,7 @@ impl FrameBuilder {
     pub const MAX_FRAME: usize = 1514;
 
     /// A builder for `frame_len`-byte frames (without FCS).
-    pub fn new(
-        flows: FlowSet,
-        frame_len: usize,
-        src_mac: [u8; 6],
-        dst_mac: [u8; 6],
-    ) -> Result<Self, FrameSizeError> {
+    pub fn new(flows: FlowSet, frame_len: usize, src_mac: [u8; 6], dst_mac: [u8; 6]) -> Result<Self, FrameSizeError> {
         if !(MIN_FRAME..=Self::MAX_FRAME).contains(&frame_len) {
             return Err(FrameSizeError {
                 size: frame_len,
@@ -124,9 +114,7 @@ impl FrameBuilder {
         out[6..12].copy_from_slice(&self.src_mac);
         out[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
         let ip = &mut out[14..34];
-        ip.copy_from_slice(&[
-            0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-        ]);
+        ip.copy_from_slice(&[0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
         ip[12..16].copy_from_slice(&src.octets());
         ip[16..20].copy_from_slice(&self.flows.dst.octets());
@@ -141,8 +129,7 @@ impl FrameBuilder {
         // The header is followed by zero padding up to the frame size.
         payload[HEADER_LEN..].fill(0);
         header.write(payload);
-        let pseudo =
-            sum16(&src.octets(), 0) + sum16(&self.flows.dst.octets(), 0) + 17 + udp_len as u32;
+        let pseudo = sum16(&src.octets(), 0) + sum16(&self.flows.dst.octets(), 0) + 17 + udp_len as u32;
         let mut csum = !fold(sum16(udp, pseudo));
         if csum == 0 {
             csum = 0xffff;

@@ -124,20 +124,14 @@ pub fn run(config: &GenConfig, backend: &GenBackend, stop: &AtomicBool) -> Resul
             if queues.is_empty() {
                 bail!("no queues to send on");
             }
-            let shares = Share::split(
-                config.frames.flows().count,
-                config.count,
-                queues.len() as u32,
-            );
+            let shares = Share::split(config.frames.flows().count, config.count, queues.len() as u32);
             let results: Vec<Result<(u64, u64)>> = std::thread::scope(|scope| {
                 let handles: Vec<_> = shares
                     .iter()
                     .zip(queues)
                     .map(|(share, &queue)| {
                         let share = *share;
-                        scope.spawn(move || {
-                            af_xdp_sender(config, *ifindex, queue, *bind_mode, share, stop)
-                        })
+                        scope.spawn(move || af_xdp_sender(config, *ifindex, queue, *bind_mode, share, stop))
                     })
                     .collect();
                 handles
@@ -197,8 +191,7 @@ fn af_xdp_sender(
         bind_mode,
         ..AfXdpConfig::default()
     };
-    let mut port =
-        AfXdpPort::open(ifindex, queue, port_config).context("opening the AF_XDP sender")?;
+    let mut port = AfXdpPort::open(ifindex, queue, port_config).context("opening the AF_XDP sender")?;
     // Each queue paces its share of the rate.
     let rate = config
         .rate
@@ -243,16 +236,9 @@ fn af_xdp_sender(
 
 fn raw_socket_sender(config: &GenConfig, share: Share, stop: &AtomicBool) -> Result<(u64, u64)> {
     // SAFETY: socket(2); the descriptor is owned right below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_RAW,
-        )
-    };
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
     if fd < 0 {
-        return Err(std::io::Error::last_os_error())
-            .context("opening a raw IPv4 socket (needs root or CAP_NET_RAW)");
+        return Err(std::io::Error::last_os_error()).context("opening a raw IPv4 socket (needs root or CAP_NET_RAW)");
     }
     // SAFETY: `fd` is a fresh descriptor nobody else owns.
     let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
@@ -285,9 +271,7 @@ fn raw_socket_sender(config: &GenConfig, share: Share, stop: &AtomicBool) -> Res
         let now = monotonic_ns();
         let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(batch);
         for (i, buf) in buffers.iter_mut().take(batch).enumerate() {
-            config
-                .frames
-                .write(&share.header(sent + i as u64, now), buf);
+            config.frames.write(&share.header(sent + i as u64, now), buf);
             iovecs.push(libc::iovec {
                 iov_base: buf[14..].as_mut_ptr().cast(),
                 iov_len: len - 14,
@@ -329,10 +313,8 @@ fn raw_socket_sender(config: &GenConfig, share: Share, stop: &AtomicBool) -> Res
 
 fn write_pcap(config: &GenConfig, path: &PathBuf) -> Result<()> {
     use pcap_file::pcap::{PcapPacket, PcapWriter};
-    let file =
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut writer =
-        PcapWriter::new(std::io::BufWriter::new(file)).context("writing the pcap header")?;
+    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut writer = PcapWriter::new(std::io::BufWriter::new(file)).context("writing the pcap header")?;
     let share = Share::split(config.frames.flows().count, config.count, 1)[0];
     let len = config.frames.frame_len();
     let mut buf = vec![0u8; len];

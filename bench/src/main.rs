@@ -207,8 +207,7 @@ fn resolve_mac(next_hop: Ipv4Addr) -> Result<[u8; 6]> {
 fn stop_flag() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))
-            .context("installing a signal handler")?;
+        signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing a signal handler")?;
     }
     Ok(stop)
 }
@@ -216,9 +215,7 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
 fn write_json<T: serde::Serialize>(value: &T, path: Option<&PathBuf>) -> Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     match path {
-        Some(p) => {
-            std::fs::write(p, text + "\n").with_context(|| format!("writing {}", p.display()))
-        }
+        Some(p) => std::fs::write(p, text + "\n").with_context(|| format!("writing {}", p.display())),
         None => {
             println!("{text}");
             Ok(())
@@ -272,12 +269,7 @@ fn gen_command(args: GenArgs) -> Result<()> {
     let report = gen::run(&config, &backend, &stop)?;
     eprintln!(
         "gen: sent {} packets over {} flows in {:.2}s = {:.0} pps ({} backend, {}-byte frames)",
-        report.sent,
-        report.flows,
-        report.duration_s,
-        report.rate_pps,
-        report.backend,
-        report.frame_len
+        report.sent, report.flows, report.duration_s, report.rate_pps, report.backend, report.frame_len
     );
     write_json(&report, args.json.as_ref())
 }
@@ -305,9 +297,7 @@ fn sink_command(args: SinkArgs) -> Result<()> {
     // Readiness line for scripts and tests: the sink is receiving from here on.
     eprintln!("sink: ready on {}", args.interface);
     let captured = capture(&args.interface, &backend, args.flows, limits, &stop)?;
-    let report: SinkReport = captured
-        .sink
-        .report(captured.active_s, args.sent, args.per_flow);
+    let report: SinkReport = captured.sink.report(captured.active_s, args.sent, args.per_flow);
     eprintln!(
         "sink: received {} (lost {}, reordered {}, duplicated {}) over {} flows, {:.0} pps, latency p50 {:.1}us p99 {:.1}us",
         report.received,
@@ -324,9 +314,7 @@ fn sink_command(args: SinkArgs) -> Result<()> {
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {

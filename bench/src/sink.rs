@@ -41,11 +41,7 @@ impl FlowCounters {
         }
         if seq > self.highest {
             let shift = seq - self.highest;
-            self.window = if shift >= WINDOW {
-                0
-            } else {
-                self.window << shift
-            };
+            self.window = if shift >= WINDOW { 0 } else { self.window << shift };
             self.window |= 1;
             self.highest = seq;
             self.received += 1;
@@ -100,8 +96,7 @@ impl Sink {
         Self {
             flows: vec![FlowCounters::default(); flows as usize],
             // 1 ns .. 60 s with 3 significant digits.
-            latency_ns: Histogram::new_with_bounds(1, 60_000_000_000, 3)
-                .expect("constant histogram bounds are valid"),
+            latency_ns: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("constant histogram bounds are valid"),
             foreign: HashMap::new(),
             foreign_frames: 0,
             foreign_overflow: 0,
@@ -143,9 +138,7 @@ impl Sink {
             return;
         };
         flow.record(h.seq);
-        let _ = self
-            .latency_ns
-            .record(now_ns.saturating_sub(h.sent_ns).max(1));
+        let _ = self.latency_ns.record(now_ns.saturating_sub(h.sent_ns).max(1));
     }
 
     fn foreign(&mut self, key: &FlowKey) {
@@ -190,12 +183,7 @@ impl Sink {
 
     /// The report; `sent` is what the generator(s) sent in total, when known.
     /// Since `received` counts unique packets, `sent - received` is exact.
-    pub fn report(
-        &self,
-        duration_s: f64,
-        sent: Option<u64>,
-        per_flow: bool,
-    ) -> crate::report::SinkReport {
+    pub fn report(&self, duration_s: f64, sent: Option<u64>, per_flow: bool) -> crate::report::SinkReport {
         use crate::report::*;
         let received: u64 = self.flows.iter().map(|f| f.received).sum();
         let lost = sent.map(|sent| sent.saturating_sub(received));

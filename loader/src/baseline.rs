@@ -32,17 +32,12 @@ impl BaselineProgram {
     }
 
     /// Sends every frame out of `egress_ifindex` with the given MACs.
-    pub fn set_target(
-        &mut self,
-        dst_mac: [u8; 6],
-        src_mac: [u8; 6],
-        egress_ifindex: u32,
-    ) -> Result<()> {
+    pub fn set_target(&mut self, dst_mac: [u8; 6], src_mac: [u8; 6], egress_ifindex: u32) -> Result<()> {
         self.egress
             .set(0, egress_ifindex, None, 0)
             .map_err(|source| LoaderError::XdpMap {
                 map: names::MAP_BASELINE_EGRESS,
-                source,
+                source: Box::new(source),
             })?;
         self.member
             .set(
@@ -56,7 +51,7 @@ impl BaselineProgram {
             )
             .map_err(|source| LoaderError::Map {
                 map: names::MAP_BASELINE_MEMBER,
-                source,
+                source: Box::new(source),
             })
     }
 

@@ -54,9 +54,7 @@ impl FromStr for Prefix {
             Some((a, l)) => (a, Some(l)),
             None => (s, None),
         };
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|e| format!("bad address in prefix {s:?}: {e}"))?;
+        let addr: IpAddr = addr.parse().map_err(|e| format!("bad address in prefix {s:?}: {e}"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let len = match len {
             Some(l) => l
@@ -116,10 +114,7 @@ impl EdgeProgram {
         if !buckets.is_power_of_two() || !(2..=limits::MAX_BUCKETS).contains(&buckets) {
             return Err(LoaderError::Invalid {
                 what: "bucket count",
-                detail: format!(
-                    "{buckets} is not a power of two in 2..={}",
-                    limits::MAX_BUCKETS
-                ),
+                detail: format!("{buckets} is not a power of two in 2..={}", limits::MAX_BUCKETS),
             });
         }
         let mut program = LoadedProgram::load(
@@ -170,7 +165,7 @@ impl EdgeProgram {
             .set(0, self.settings, 0)
             .map_err(|source| LoaderError::Map {
                 map: names::MAP_EDGE_SETTINGS,
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -186,31 +181,23 @@ impl EdgeProgram {
 
     /// Configures member `id`: frames for it leave through `egress_ifindex`
     /// with destination MAC `dst_mac` and source MAC `src_mac`.
-    pub fn set_member(
-        &mut self,
-        id: u32,
-        dst_mac: [u8; 6],
-        src_mac: [u8; 6],
-        egress_ifindex: u32,
-    ) -> Result<()> {
+    pub fn set_member(&mut self, id: u32, dst_mac: [u8; 6], src_mac: [u8; 6], egress_ifindex: u32) -> Result<()> {
         check_member_id(id)?;
         self.egress_map
             .set(id, egress_ifindex, None, 0)
             .map_err(|source| LoaderError::XdpMap {
                 map: names::MAP_EGRESS,
-                source,
+                source: Box::new(source),
             })?;
         let member = Member {
             dst_mac,
             src_mac,
             flags: MEMBER_ENABLED,
         };
-        self.members_map
-            .set(id, member, 0)
-            .map_err(|source| LoaderError::Map {
-                map: names::MAP_MEMBERS,
-                source,
-            })?;
+        self.members_map.set(id, member, 0).map_err(|source| LoaderError::Map {
+            map: names::MAP_MEMBERS,
+            source: Box::new(source),
+        })?;
         self.members[id as usize] = Some(member);
         Ok(())
     }
@@ -228,7 +215,7 @@ impl EdgeProgram {
             .set(id, Member::default(), 0)
             .map_err(|source| LoaderError::Map {
                 map: names::MAP_MEMBERS,
-                source,
+                source: Box::new(source),
             })?;
         self.members[id as usize] = None;
         Ok(())
@@ -240,7 +227,7 @@ impl EdgeProgram {
             .insert(&prefix.lpm_key(), 1, 0)
             .map_err(|source| LoaderError::Map {
                 map: names::MAP_DST_MATCH,
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -250,7 +237,7 @@ impl EdgeProgram {
             .insert(&prefix.lpm_key(), 1, 0)
             .map_err(|source| LoaderError::Map {
                 map: names::MAP_SRC_MATCH,
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -261,7 +248,7 @@ impl EdgeProgram {
             .insert(match_key(&addr_words(addr), version), 1, 0)
             .map_err(|source| LoaderError::Map {
                 map: names::MAP_LOCAL_ADDRS,
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -286,9 +273,11 @@ impl EdgeProgram {
                 detail: format!("{} slots, expected {}", table.len(), self.buckets()),
             });
         }
-        if let Some((bucket, member)) = table.iter().enumerate().find(|(_, &m)| {
-            m != NO_MEMBER && self.members.get(m as usize).is_none_or(Option::is_none)
-        }) {
+        if let Some((bucket, member)) = table
+            .iter()
+            .enumerate()
+            .find(|(_, &m)| m != NO_MEMBER && self.members.get(m as usize).is_none_or(Option::is_none))
+        {
             return Err(LoaderError::Invalid {
                 what: "scope table",
                 detail: format!("bucket {bucket} maps to member {member}, which is not configured"),
@@ -313,7 +302,7 @@ impl EdgeProgram {
                     .set(base + bucket as u32, want, 0)
                     .map_err(|source| LoaderError::Map {
                         map: names::MAP_SCOPE,
-                        source,
+                        source: Box::new(source),
                     })?;
                 *have = want;
                 slots_written += 1;
@@ -323,7 +312,7 @@ impl EdgeProgram {
             .set(0, generation, 0)
             .map_err(|source| LoaderError::Map {
                 map: names::MAP_ACTIVE_GENERATION,
-                source,
+                source: Box::new(source),
             })?;
         self.active_generation = generation;
         self.last_flip = Some(Instant::now());
@@ -349,18 +338,16 @@ impl EdgeProgram {
             if member.is_none() {
                 continue;
             }
-            let values =
-                self.member_stats
-                    .get(&(id as u32), 0)
-                    .map_err(|source| LoaderError::Map {
-                        map: names::MAP_MEMBER_STATS,
-                        source,
-                    })?;
+            let values = self
+                .member_stats
+                .get(&(id as u32), 0)
+                .map_err(|source| LoaderError::Map {
+                    map: names::MAP_MEMBER_STATS,
+                    source: Box::new(source),
+                })?;
             out.push((
                 id as u32,
-                values
-                    .iter()
-                    .fold(TrafficCounter::default(), |a, b| a.plus(*b)),
+                values.iter().fold(TrafficCounter::default(), |a, b| a.plus(*b)),
             ));
         }
         Ok(out)

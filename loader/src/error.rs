@@ -14,7 +14,7 @@ pub enum LoaderError {
         hint: String,
         /// The underlying error.
         #[source]
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
     },
     /// The verifier or the kernel refused the program.
     #[error("program {program}{hint}")]
@@ -25,7 +25,7 @@ pub enum LoaderError {
         hint: String,
         /// The underlying error.
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     /// The object lacks a program or map that the loader expects: the object
     /// and the loader were built from different sources.
@@ -45,7 +45,7 @@ pub enum LoaderError {
         map: &'static str,
         /// The underlying error.
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
     /// A devmap or xskmap update failed.
     #[error("map {map}")]
@@ -54,7 +54,7 @@ pub enum LoaderError {
         map: &'static str,
         /// The underlying error.
         #[source]
-        source: aya::maps::xdp::XdpMapError,
+        source: Box<aya::maps::xdp::XdpMapError>,
     },
     /// Attaching failed in the requested mode.
     #[error("attaching {program} to {interface} in {mode} mode failed; {hint}")]
@@ -69,7 +69,7 @@ pub enum LoaderError {
         hint: String,
         /// The underlying error.
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     /// The interface does not exist (in this network namespace).
     #[error("interface {name} not found in this network namespace")]
@@ -93,8 +93,7 @@ pub(crate) fn privilege_hint(err: &(dyn std::error::Error + 'static)) -> String 
     while let Some(e) = cur {
         if let Some(io) = e.downcast_ref::<io::Error>() {
             if matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) {
-                return " (permission denied: loading eBPF needs root or CAP_BPF + CAP_NET_ADMIN)"
-                    .to_string();
+                return " (permission denied: loading eBPF needs root or CAP_BPF + CAP_NET_ADMIN)".to_string();
             }
         }
         cur = e.source();

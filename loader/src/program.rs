@@ -48,9 +48,7 @@ impl std::str::FromStr for AttachMode {
         match s {
             "driver" | "native" => Ok(Self::Driver),
             "skb" | "generic" => Ok(Self::Skb),
-            other => Err(format!(
-                "unknown XDP mode {other:?} (expected driver or skb)"
-            )),
+            other => Err(format!("unknown XDP mode {other:?} (expected driver or skb)")),
         }
     }
 }
@@ -89,7 +87,7 @@ impl LoadedProgram {
         let mut ebpf = loader.load(object).map_err(|source| LoaderError::Load {
             program,
             hint: privilege_hint(&source),
-            source,
+            source: Box::new(source),
         })?;
         for map in maps {
             if ebpf.map(map).is_none() {
@@ -104,7 +102,7 @@ impl LoadedProgram {
         xdp.load().map_err(|source| LoaderError::Program {
             program,
             hint: privilege_hint(&source),
-            source,
+            source: Box::new(source),
         })?;
         Ok(Self {
             ebpf,
@@ -123,7 +121,7 @@ impl LoadedProgram {
             what: "map",
             name,
         })?;
-        M::try_from(map).map_err(|source| LoaderError::Map { map: name, source })
+        M::try_from(map).map_err(|source| LoaderError::Map { map: name, source: Box::new(source) })
     }
 
     /// Attaches to `interface`; the error names the other mode to try.
@@ -147,7 +145,7 @@ impl LoadedProgram {
                 interface: interface.to_string(),
                 mode: mode.name(),
                 hint,
-                source,
+                source: Box::new(source),
             }
         })?;
         self.attachments.push(Attachment {
@@ -161,9 +159,7 @@ impl LoadedProgram {
 
     /// Interfaces and ifindexes this program is attached to.
     pub(crate) fn attachments(&self) -> impl Iterator<Item = (&str, u32)> {
-        self.attachments
-            .iter()
-            .map(|a| (a.interface.as_str(), a.ifindex))
+        self.attachments.iter().map(|a| (a.interface.as_str(), a.ifindex))
     }
 
     /// Detaches the program from every interface.
@@ -175,7 +171,7 @@ impl LoadedProgram {
                 .map_err(|source| LoaderError::Program {
                     program,
                     hint: String::new(),
-                    source,
+                    source: Box::new(source),
                 })?;
             tracing::info!(program, interface = attachment.interface, "detached");
         }
@@ -197,7 +193,7 @@ impl LoadedProgram {
             .map_err(|source: ProgramError| LoaderError::Program {
                 program,
                 hint: String::new(),
-                source,
+                source: Box::new(source),
             })?;
         // XDP test runs need room for the program to grow the frame.
         let mut out = vec![0u8; frame.len() + 256];
@@ -210,7 +206,7 @@ impl LoadedProgram {
             .map_err(|source| LoaderError::Program {
                 program,
                 hint: privilege_hint(&source),
-                source,
+                source: Box::new(source),
             })?;
         out.truncate(result.data_size_out as usize);
         Ok(TestRunOutcome {
@@ -232,21 +228,17 @@ fn xdp_mut<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut Xdp>
         .map_err(|source: ProgramError| LoaderError::Program {
             program,
             hint: String::new(),
-            source,
+            source: Box::new(source),
         })
 }
 
 /// The ifindex of `name` in the current network namespace.
 pub(crate) fn ifindex(name: &str) -> Result<u32> {
-    let c_name = CString::new(name).map_err(|_| LoaderError::UnknownInterface {
-        name: name.to_string(),
-    })?;
+    let c_name = CString::new(name).map_err(|_| LoaderError::UnknownInterface { name: name.to_string() })?;
     // SAFETY: `c_name` is a valid NUL-terminated string that outlives the call.
     let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
     if index == 0 {
-        return Err(LoaderError::UnknownInterface {
-            name: name.to_string(),
-        });
+        return Err(LoaderError::UnknownInterface { name: name.to_string() });
     }
     Ok(index)
 }
@@ -278,22 +270,17 @@ impl ReasonCounts {
     /// Counts since `earlier`.
     #[must_use]
     pub fn since(&self, earlier: &Self) -> Self {
-        Self(std::array::from_fn(|i| {
-            self.0[i].wrapping_sub(earlier.0[i])
-        }))
+        Self(std::array::from_fn(|i| self.0[i].wrapping_sub(earlier.0[i])))
     }
 }
 
 /// Reads and sums a per-CPU reason map.
-pub(crate) fn read_reasons(
-    map: &PerCpuArray<MapData, u64>,
-    name: &'static str,
-) -> Result<ReasonCounts> {
+pub(crate) fn read_reasons(map: &PerCpuArray<MapData, u64>, name: &'static str) -> Result<ReasonCounts> {
     let mut counts = ReasonCounts::default();
     for reason in Reason::ALL {
         let values = map
             .get(&(reason as u32), 0)
-            .map_err(|source| LoaderError::Map { map: name, source })?;
+            .map_err(|source| LoaderError::Map { map: name, source: Box::new(source) })?;
         counts.0[reason as usize] = values.iter().copied().fold(0u64, u64::wrapping_add);
     }
     Ok(counts)
@@ -301,9 +288,7 @@ pub(crate) fn read_reasons(
 
 /// The MAC address of `name` in the current network namespace (SIOCGIFHWADDR).
 pub fn interface_mac(name: &str) -> Result<[u8; 6]> {
-    let unknown = || LoaderError::UnknownInterface {
-        name: name.to_string(),
-    };
+    let unknown = || LoaderError::UnknownInterface { name: name.to_string() };
     if name.len() >= libc::IFNAMSIZ || name.contains('\0') {
         return Err(unknown());
     }
@@ -323,13 +308,7 @@ pub fn interface_mac(name: &str) -> Result<[u8; 6]> {
         *dst = src as libc::c_char;
     }
     // SAFETY: SIOCGIFHWADDR reads ifr_name and writes ifr_hwaddr inside `req`.
-    let rc = unsafe {
-        libc::ioctl(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            libc::SIOCGIFHWADDR,
-            &mut req,
-        )
-    };
+    let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::SIOCGIFHWADDR, &mut req) };
     if rc != 0 {
         return Err(unknown());
     }

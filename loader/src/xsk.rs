@@ -24,8 +24,7 @@ impl XskProgram {
     /// Loads the steering program. Until a socket is registered for a queue,
     /// frames on that queue go to the kernel.
     pub fn load() -> Result<Self> {
-        let mut program =
-            LoadedProgram::load(crate::objects::XSK, names::PROG_XSK, &names::XSK_MAPS, &[])?;
+        let mut program = LoadedProgram::load(crate::objects::XSK, names::PROG_XSK, &names::XSK_MAPS, &[])?;
         Ok(Self {
             sockets: program.take_map(names::MAP_XSKS)?,
             reasons: program.take_map(names::MAP_REASON_STATS)?,
@@ -55,18 +54,16 @@ impl XskProgram {
             .set(queue, socket.as_raw_fd(), 0)
             .map_err(|source| LoaderError::Map {
                 map: names::MAP_XSKS,
-                source,
+                source: Box::new(source),
             })
     }
 
     /// Stops steering RX queue `queue`.
     pub fn unregister_socket(&mut self, queue: u32) -> Result<()> {
-        self.sockets
-            .unset(queue)
-            .map_err(|source| LoaderError::Map {
-                map: names::MAP_XSKS,
-                source,
-            })
+        self.sockets.unset(queue).map_err(|source| LoaderError::Map {
+            map: names::MAP_XSKS,
+            source: Box::new(source),
+        })
     }
 
     /// Adds one of the host's own addresses: its traffic stays with the kernel.
@@ -76,7 +73,7 @@ impl XskProgram {
             .insert(match_key(&addr_words(addr), version), 1, 0)
             .map_err(|source| LoaderError::Map {
                 map: names::MAP_LOCAL_ADDRS,
-                source,
+                source: Box::new(source),
             })
     }
 

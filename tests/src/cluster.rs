@@ -159,20 +159,8 @@ impl Cluster {
         addr(&client, &client_port, 24)?;
         addr(&edge, &edge_client_port, 24)?;
         addr(&edge, &edge_fabric_port, 24)?;
-        client.ip(&[
-            "route",
-            "add",
-            "10.77.9.0/24",
-            "via",
-            &EDGE_CLIENT_IP.to_string(),
-        ])?;
-        client.ip(&[
-            "route",
-            "add",
-            FABRIC_NET,
-            "via",
-            &EDGE_CLIENT_IP.to_string(),
-        ])?;
+        client.ip(&["route", "add", "10.77.9.0/24", "via", &EDGE_CLIENT_IP.to_string()])?;
+        client.ip(&["route", "add", FABRIC_NET, "via", &EDGE_CLIENT_IP.to_string()])?;
         edge.sysctl("net.ipv4.ip_forward", "1")?;
         for ns in [&client, &edge] {
             ns.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
@@ -190,13 +178,7 @@ impl Cluster {
             };
             attach_to_bridge(&prefix, &fabric, &bridge, &ns, &port, &format!("pn{i}"), q)?;
             addr(&ns, &port, 24)?;
-            ns.ip(&[
-                "route",
-                "add",
-                CLIENT_NET,
-                "via",
-                &EDGE_FABRIC_IP.to_string(),
-            ])?;
+            ns.ip(&["route", "add", CLIENT_NET, "via", &EDGE_FABRIC_IP.to_string()])?;
             nodes.push(Host { name, port, ns });
         }
         let mut services = Vec::new();
@@ -210,13 +192,7 @@ impl Cluster {
             };
             attach_to_bridge(&prefix, &fabric, &bridge, &ns, &port, &format!("ps{i}"), q)?;
             addr(&ns, &port, 24)?;
-            ns.ip(&[
-                "route",
-                "add",
-                "default",
-                "via",
-                &EDGE_FABRIC_IP.to_string(),
-            ])?;
+            ns.ip(&["route", "add", "default", "via", &EDGE_FABRIC_IP.to_string()])?;
             services.push(Host { name, port, ns });
         }
         Ok(Self {
@@ -236,18 +212,10 @@ impl Cluster {
 
     /// Starts `program args...` inside `ns` and keeps it until the cluster
     /// is dropped (or [`Self::stop`] is called). Returns its index.
-    pub fn spawn(
-        &mut self,
-        name: &str,
-        ns: NsRef,
-        program: &Path,
-        args: &[String],
-    ) -> Result<usize> {
+    pub fn spawn(&mut self, name: &str, ns: NsRef, program: &Path, args: &[String]) -> Result<usize> {
         let mut cmd = self.ns(ns).command(program);
-        cmd.args(args).env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        );
+        cmd.args(args)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
         let spawned = Spawned::start(name, cmd, &self.log_dir)?;
         self.processes.push(spawned);
         Ok(self.processes.len() - 1)
@@ -290,14 +258,8 @@ pub enum NsRef {
 }
 
 fn addr(ns: &Netns, port: &Port, len: u8) -> Result<()> {
-    ns.ip(&[
-        "addr",
-        "add",
-        &format!("{}/{len}", port.ip),
-        "dev",
-        &port.ifname,
-    ])
-    .map(drop)
+    ns.ip(&["addr", "add", &format!("{}/{len}", port.ip), "dev", &port.ifname])
+        .map(drop)
 }
 
 /// Connects `port` in `ns` to the bridge through a veth whose bridge end is
@@ -346,11 +308,7 @@ impl Cluster {
         if spray_replies {
             interfaces.push(format!("{:?}", self.edge_fabric_port.ifname));
         }
-        let sources: Vec<String> = self
-            .services
-            .iter()
-            .map(|s| format!("\"{}/32\"", s.port.ip))
-            .collect();
+        let sources: Vec<String> = self.services.iter().map(|s| format!("\"{}/32\"", s.port.ip)).collect();
         let mut text = format!(
             "[edge]\ninterfaces = [{}]\nadmin_socket = {:?}\nlocal_addresses = [\"{}\", \"{}\"]\n\n[cluster]\ndestinations = [\"{}/32\"]\nsources = [{}]\n",
             interfaces.join(", "),
@@ -384,4 +342,119 @@ pub fn wait_until(timeout: std::time::Duration, mut condition: impl FnMut() -> b
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// A process argument.
+pub fn arg(s: impl ToString) -> String {
+    s.to_string()
+}
+
+impl Cluster {
+    /// Starts the edge daemon with `config` and waits for its admin socket.
+    pub fn start_edge(&mut self, config: &str) -> Result<usize> {
+        let handoff = crate::binaries::binary("handoff")?;
+        let path = self.write_file("edge.toml", config)?;
+        let idx = self.spawn(
+            "edge",
+            NsRef::Edge,
+            &handoff,
+            &[arg("edge"), arg("--config"), arg(path.display())],
+        )?;
+        let admin = self.admin_socket();
+        if !wait_until(std::time::Duration::from_secs(15), || admin.exists()) {
+            anyhow::bail!("the edge daemon did not start: {}", self.process(idx).stderr());
+        }
+        Ok(idx)
+    }
+
+    /// Starts an AF_XDP sink on node `i`'s interface; returns its process
+    /// index and JSON path once its program is attached.
+    pub fn start_node_sink(&mut self, i: usize, flows: u32, idle_s: u32) -> Result<(usize, PathBuf)> {
+        let bench = crate::binaries::binary("handoff-bench")?;
+        let name = format!("sink-{}", node_name(i));
+        let json = self.log_dir.join(format!("{name}.json"));
+        let ifname = self.nodes[i].port.ifname.clone();
+        let idx = self.spawn(
+            &name,
+            NsRef::Node(i),
+            &bench,
+            &[
+                arg("sink"),
+                arg("--interface"),
+                ifname,
+                arg("--flows"),
+                arg(flows),
+                arg("--per-flow"),
+                arg("--idle"),
+                arg(idle_s),
+                arg("--duration"),
+                arg(120),
+                arg("--json"),
+                arg(json.display()),
+            ],
+        )?;
+        if !wait_until(std::time::Duration::from_secs(15), || {
+            self.process(idx).stderr().contains("attached")
+        }) {
+            anyhow::bail!(
+                "the sink on {} did not start: {}",
+                node_name(i),
+                self.process(idx).stderr()
+            );
+        }
+        Ok((idx, json))
+    }
+
+    /// Starts the AF_XDP generator in the client towards the VIP.
+    pub fn start_client_gen(&mut self, flows: u32, rate: u64, count: u64) -> Result<(usize, PathBuf)> {
+        let bench = crate::binaries::binary("handoff-bench")?;
+        let json = self.log_dir.join("gen.json");
+        let args = [
+            arg("gen"),
+            arg("--interface"),
+            self.client_port.ifname.clone(),
+            arg("--dst-mac"),
+            crate::netns::mac_string(self.edge_client_port.mac),
+            arg("--flows"),
+            arg(flows),
+            arg("--src"),
+            arg(self.client_port.ip),
+            arg("--dst"),
+            arg(VIP),
+            arg("--rate"),
+            arg(rate),
+            arg("--count"),
+            arg(count),
+            arg("--duration"),
+            arg(count / rate.max(1) + 30),
+            arg("--json"),
+            arg(json.display()),
+        ];
+        let idx = self.spawn("gen", NsRef::Client, &bench, &args)?;
+        Ok((idx, json))
+    }
+
+    /// Runs `handoff <args> --admin <socket>` and returns its parsed JSON output.
+    pub fn admin(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let handoff = crate::binaries::binary("handoff")?;
+        let out = std::process::Command::new(handoff)
+            .args(args)
+            .arg("--admin")
+            .arg(self.admin_socket())
+            .output()?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "handoff {args:?} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+}
+
+/// Reads a JSON report written by a process.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }

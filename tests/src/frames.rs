@@ -72,11 +72,7 @@ macro_rules! writable {
         }
     )*};
 }
-writable!(
-    etherparse::UdpHeader,
-    etherparse::TcpHeader,
-    etherparse::Icmpv4Header
-);
+writable!(etherparse::UdpHeader, etherparse::TcpHeader, etherparse::Icmpv4Header);
 
 /// An ARP request.
 pub fn arp() -> Vec<u8> {
@@ -109,9 +105,7 @@ pub fn ipv4_set(frame: &mut [u8], offset: usize, value: u8) {
 
 /// Recomputes the IPv4 header checksum of an untagged frame.
 pub fn fix_ipv4_checksum(frame: &mut [u8]) {
-    let ihl = ((frame[L3] & 0x0f) as usize * 4)
-        .max(20)
-        .min(frame.len() - L3);
+    let ihl = ((frame[L3] & 0x0f) as usize * 4).max(20).min(frame.len() - L3);
     frame[L3 + 10] = 0;
     frame[L3 + 11] = 0;
     let mut sum = 0u32;
@@ -156,11 +150,7 @@ pub fn with_ipv6_extensions(frame: &[u8], headers: &[(u8, u8)]) -> Vec<u8> {
     let mut added = 0usize;
     for (i, &(kind, len_units)) in headers.iter().enumerate() {
         let next = headers.get(i + 1).map_or(upper, |h| h.0);
-        let len = if kind == 44 {
-            8
-        } else {
-            (len_units as usize + 1) * 8
-        };
+        let len = if kind == 44 { 8 } else { (len_units as usize + 1) * 8 };
         let mut h = vec![0u8; len];
         h[0] = next;
         if kind != 44 {

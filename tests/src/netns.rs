@@ -20,11 +20,7 @@ impl RunPrefix {
     pub fn new() -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        Self(format!(
-            "h{}{}",
-            base36(std::process::id(), 5),
-            base36(n, 1)
-        ))
+        Self(format!("h{}{}", base36(std::process::id(), 5), base36(n, 1)))
     }
     /// The prefix itself.
     pub fn as_str(&self) -> &str {
@@ -69,10 +65,7 @@ fn pid_of_prefix(prefix: &str) -> Option<u32> {
 pub fn run(cmd: &mut Command) -> Result<Output> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(out)
 }
@@ -143,8 +136,7 @@ impl Netns {
 
     /// Sets a sysctl inside this namespace.
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        self.exec("sysctl", &["-qw", &format!("{key}={value}")])
-            .map(drop)
+        self.exec("sysctl", &["-qw", &format!("{key}={value}")]).map(drop)
     }
 }
 
@@ -177,12 +169,7 @@ pub fn veth(a: &VethEnd<'_>, b: &VethEnd<'_>, queues: u32) -> Result<()> {
         if let Some(mac) = e.mac {
             args.extend(["address".to_string(), mac_string(mac)]);
         }
-        args.extend([
-            "numtxqueues".into(),
-            q.clone(),
-            "numrxqueues".into(),
-            q.clone(),
-        ]);
+        args.extend(["numtxqueues".into(), q.clone(), "numrxqueues".into(), q.clone()]);
         args
     };
     run(Command::new("ip")
@@ -198,10 +185,7 @@ pub fn veth(a: &VethEnd<'_>, b: &VethEnd<'_>, queues: u32) -> Result<()> {
 
 /// `aa:bb:cc:dd:ee:ff`.
 pub fn mac_string(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 #[cfg(test)]
@@ -211,10 +195,7 @@ mod tests {
     #[test]
     fn prefix_encodes_pid_and_fits_interface_names() {
         let p = RunPrefix::new();
-        assert_eq!(
-            pid_of_prefix(p.as_str()),
-            Some(std::process::id() % 36u32.pow(5))
-        );
+        assert_eq!(pid_of_prefix(p.as_str()), Some(std::process::id() % 36u32.pow(5)));
         assert!(p.ifname("a-very-long-role-name").len() <= 15);
         assert_ne!(RunPrefix::new(), RunPrefix::new());
     }

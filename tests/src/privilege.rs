@@ -6,7 +6,9 @@ use std::process::Command;
 pub fn missing_privilege() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return Some("not running as root (network namespaces and XDP need CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF)".into());
+        return Some(
+            "not running as root (network namespaces and XDP need CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF)".into(),
+        );
     }
     match Command::new("ip").arg("-V").output() {
         Ok(o) if o.status.success() => {}

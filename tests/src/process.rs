@@ -27,9 +27,7 @@ impl Spawned {
         cmd.stdin(Stdio::null())
             .stdout(File::create(&stdout)?)
             .stderr(File::create(&stderr)?);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        let child = cmd.spawn().with_context(|| format!("starting {name}: {cmd:?}"))?;
         Ok(Self {
             name: name.to_string(),
             child,

@@ -62,11 +62,7 @@ fn edge(mode: HashMode) -> Edge {
     program.add_local_address(LOCAL.into()).unwrap();
     let scope = Scope::initial(BUCKETS, &MEMBERS).unwrap();
     program.publish_scope(&scope.table).unwrap();
-    Edge {
-        program,
-        scope,
-        mode,
-    }
+    Edge { program, scope, mode }
 }
 
 impl Edge {
@@ -86,11 +82,7 @@ impl Edge {
         let before = self.program.reason_counts().unwrap();
         let out = self.program.test_run(frame).unwrap();
         let delta = self.program.reason_counts().unwrap().since(&before);
-        let reasons = Reason::ALL
-            .iter()
-            .copied()
-            .filter(|r| delta.get(*r) > 0)
-            .collect();
+        let reasons = Reason::ALL.iter().copied().filter(|r| delta.get(*r) > 0).collect();
         for r in Reason::ALL {
             assert!(
                 delta.get(r) <= 1,
@@ -144,15 +136,9 @@ fn cases() -> Vec<Case> {
         sprayed("tcp4 syn", tcp4_syn(CLIENT, VIP, 40001, 80)),
         sprayed("udp6", udp_v6.clone()),
         sprayed("tcp6 syn", tcp6_syn(CLIENT6, VIP6, 40002, 80)),
-        sprayed(
-            "udp4 zero-length payload",
-            udp4(CLIENT, VIP, 40003, 7000, b""),
-        ),
+        sprayed("udp4 zero-length payload", udp4(CLIENT, VIP, 40003, 7000, b"")),
         sprayed("802.1Q tagged", with_tags(&udp, &[0x8100])),
-        sprayed(
-            "802.1ad + 802.1Q tagged",
-            with_tags(&udp, &[0x88a8, 0x8100]),
-        ),
+        sprayed("802.1ad + 802.1Q tagged", with_tags(&udp, &[0x88a8, 0x8100])),
         sprayed("ipv4 with options", with_ipv4_options(&udp, 3)),
         sprayed(
             "ipv6 hop-by-hop + dstopts",
@@ -160,22 +146,13 @@ fn cases() -> Vec<Case> {
         ),
         sprayed(
             "ipv6 six extension headers",
-            with_ipv6_extensions(
-                &udp_v6,
-                &[(0, 0), (60, 0), (43, 0), (60, 0), (60, 0), (60, 0)],
-            ),
+            with_ipv6_extensions(&udp_v6, &[(0, 0), (60, 0), (43, 0), (60, 0), (60, 0), (60, 0)]),
         ),
-        sprayed(
-            "reply from a backend",
-            udp4(BACKEND, CLIENT, 7000, 40000, b"reply"),
-        ),
+        sprayed("reply from a backend", udp4(BACKEND, CLIENT, 7000, 40000, b"reply")),
         sprayed_by_address("icmp4", icmp4(CLIENT, VIP)),
         sprayed_by_address("ipv4 first fragment", as_ipv4_fragment(&udp, true, 0)),
         sprayed_by_address("ipv4 later fragment", as_ipv4_fragment(&udp, false, 100)),
-        sprayed_by_address(
-            "ipv6 fragment header",
-            with_ipv6_extensions(&udp_v6, &[(44, 0)]),
-        ),
+        sprayed_by_address("ipv6 fragment header", with_ipv6_extensions(&udp_v6, &[(44, 0)])),
         verdict(
             "not cluster traffic",
             udp4(CLIENT, Ipv4Addr::new(10, 0, 0, 9), 1, 2, b"x"),
@@ -205,15 +182,7 @@ fn cases() -> Vec<Case> {
             "ipv6 extension chain over the bound",
             with_ipv6_extensions(
                 &udp_v6,
-                &[
-                    (60, 0),
-                    (60, 0),
-                    (60, 0),
-                    (60, 0),
-                    (60, 0),
-                    (60, 0),
-                    (60, 0),
-                ],
+                &[(60, 0), (60, 0), (60, 0), (60, 0), (60, 0), (60, 0), (60, 0)],
             ),
             XDP_DROP,
             Reason::DropBadHeader,
@@ -226,26 +195,17 @@ fn cases() -> Vec<Case> {
     };
     bad("ihl 4", &|f| ipv4_set(f, 0, 0x44));
     bad("ihl 0", &|f| ipv4_set(f, 0, 0x40));
-    bad("ip version 6 in an ipv4 ethertype", &|f| {
-        ipv4_set(f, 0, 0x65)
-    });
+    bad("ip version 6 in an ipv4 ethertype", &|f| ipv4_set(f, 0, 0x65));
     bad("total length beyond the frame", &|f| ipv4_set(f, 2, 0x05));
     bad("total length below the header", &|f| {
         f[L3 + 2] = 0;
         ipv4_set(f, 3, 19);
     });
     bad("udp length below 8", &|f| f[L3 + 20 + 5] = 7);
-    bad("udp length beyond the ip packet", &|f| {
-        f[L3 + 20 + 4] = 0x10
-    });
+    bad("udp length beyond the ip packet", &|f| f[L3 + 20 + 4] = 0x10);
     let mut tcp = tcp4_syn(CLIENT, VIP, 1, 2);
     tcp[L3 + 20 + 12] = 0x40; // data offset 4
-    cases.push(verdict(
-        "tcp data offset 4",
-        tcp,
-        XDP_DROP,
-        Reason::DropBadHeader,
-    ));
+    cases.push(verdict("tcp data offset 4", tcp, XDP_DROP, Reason::DropBadHeader));
     let mut v6 = udp_v6.clone();
     v6[L3 + 4] = 0x10; // payload length beyond the frame
     cases.push(verdict(
@@ -275,24 +235,10 @@ fn table_of_frames_gets_the_expected_verdict_reason_and_member() {
                 "{}: kernel and userspace disagree on the member",
                 case.name
             );
-            assert_eq!(
-                out[6..12],
-                [0x02, 0xee, 0, 0, 0, 1],
-                "{}: source MAC",
-                case.name
-            );
-            assert_eq!(
-                out[12..],
-                case.frame[12..],
-                "{}: only the MACs may change",
-                case.name
-            );
+            assert_eq!(out[6..12], [0x02, 0xee, 0, 0, 0, 1], "{}: source MAC", case.name);
+            assert_eq!(out[12..], case.frame[12..], "{}: only the MACs may change", case.name);
         } else {
-            assert_eq!(
-                out, case.frame,
-                "{}: unsprayed frames are untouched",
-                case.name
-            );
+            assert_eq!(out, case.frame, "{}: unsprayed frames are untouched", case.name);
         }
     }
 }
@@ -320,11 +266,7 @@ fn every_truncation_is_counted_and_agrees_with_the_userspace_parser() {
                 Err(ParseError::NotIp) => Reason::PassNotIp,
             };
             assert_eq!(reasons.first(), Some(&expected), "cut at {cut}");
-            assert_ne!(
-                expected,
-                Reason::Sprayed,
-                "a truncated frame parsed as valid at {cut}"
-            );
+            assert_ne!(expected, Reason::Sprayed, "a truncated frame parsed as valid at {cut}");
             assert_eq!(action, XDP_DROP, "cut at {cut}");
         }
     }
@@ -346,10 +288,7 @@ fn symmetric_mode_sends_both_directions_to_the_same_member() {
         assert_eq!(a[..6], member_mac(edge.expected_member(&request)));
         assert_eq!(b[..6], member_mac(edge.expected_member(&reply)));
         // The un-rewritten reply (VIP -> client) is the exact reverse 5-tuple.
-        assert_eq!(
-            edge.expected_member(&request),
-            edge.expected_member(&reply_to_vip)
-        );
+        assert_eq!(edge.expected_member(&request), edge.expected_member(&reply_to_vip));
         if edge.expected_member(&request) != edge.expected_member(&reply) {
             differ_directional += 1;
         }
@@ -369,10 +308,7 @@ fn a_flip_switches_every_bucket_at_once_and_writes_only_changed_slots() {
     assert_eq!(write.generation, 0);
     // Generation 0 was all zeros (member 0): the write touched every slot that
     // is not member 0's in the new table, and nothing else.
-    assert_eq!(
-        write.slots_written,
-        next.table.iter().filter(|&&m| m != 0).count()
-    );
+    assert_eq!(write.slots_written, next.table.iter().filter(|&&m| m != 0).count());
     edge.scope = next;
     for port in 0..200u16 {
         let f = udp4(CLIENT, VIP, port, 7000, b"x");
@@ -383,10 +319,7 @@ fn a_flip_switches_every_bucket_at_once_and_writes_only_changed_slots() {
     }
     // Publishing the same table again writes nothing into the other generation
     // beyond what differs from what it held.
-    let again = edge
-        .program
-        .publish_scope(&edge.scope.table.clone())
-        .unwrap();
+    let again = edge.program.publish_scope(&edge.scope.table.clone()).unwrap();
     assert_eq!(again.generation, 1);
     let old_gen1 = Scope::initial(BUCKETS, &MEMBERS).unwrap();
     assert_eq!(again.slots_written, old_gen1.moves(&edge.scope).count());
@@ -398,20 +331,13 @@ fn unowned_buckets_and_an_unready_program_are_handled() {
         return;
     }
     let mut program = EdgeProgram::load(BUCKETS).unwrap();
-    program
-        .add_destination_match("10.0.9.0/24".parse().unwrap())
-        .unwrap();
+    program.add_destination_match("10.0.9.0/24".parse().unwrap()).unwrap();
     let frame = udp4(CLIENT, VIP, 1, 2, b"x");
     // Before the first scope, everything goes to the kernel.
     assert_eq!(program.test_run(&frame).unwrap().action, XDP_PASS);
-    program
-        .publish_scope(&vec![NO_MEMBER; BUCKETS as usize])
-        .unwrap();
+    program.publish_scope(&vec![NO_MEMBER; BUCKETS as usize]).unwrap();
     assert_eq!(program.test_run(&frame).unwrap().action, XDP_DROP);
-    assert_eq!(
-        program.reason_counts().unwrap().get(Reason::DropNoMember),
-        1
-    );
+    assert_eq!(program.reason_counts().unwrap().get(Reason::DropNoMember), 1);
     // A table naming an unconfigured member is refused, nothing written.
     assert!(program.publish_scope(&vec![7; BUCKETS as usize]).is_err());
     assert!(program.publish_scope(&[0; 3]).is_err());

@@ -9,9 +9,8 @@ use handoff_bench::{
 };
 use handoff_common::flow_key::FlowKey;
 use handoff_testbed::{
-    binaries::binary,
-    cluster::{node_name, VIP},
-    privileged, wait_until, Cluster, ClusterSpec, NsRef,
+    cluster::{read_json, VIP},
+    privileged, Cluster, ClusterSpec,
 };
 use std::{collections::HashMap, time::Duration};
 
@@ -19,120 +18,24 @@ const FLOWS: u32 = 10_000;
 const RATE: u64 = 20_000;
 const COUNT: u64 = 120_000;
 
-fn arg(s: impl ToString) -> String {
-    s.to_string()
-}
-
 #[test]
 fn spray_then_flip_a_member_out_with_no_loss_and_only_its_flows_moving() {
     if !privileged("spray_then_flip_a_member_out_with_no_loss_and_only_its_flows_moving") {
         return;
     }
-    let handoff = binary("handoff").unwrap();
-    let bench = binary("handoff-bench").unwrap();
     let mut cluster = Cluster::create(&ClusterSpec {
         nodes: 3,
         services: 0,
         queues: 1,
     })
     .unwrap();
-    let config = cluster
-        .write_file("edge.toml", &cluster.edge_config(false))
-        .unwrap();
-    let admin = cluster.admin_socket();
-    let edge = cluster
-        .spawn(
-            "edge",
-            NsRef::Edge,
-            &handoff,
-            &[arg("edge"), arg("--config"), arg(config.display())],
-        )
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(10), || admin.exists()),
-        "edge did not start: {}",
-        cluster.process(edge).stderr()
-    );
-
-    let mut sinks = Vec::new();
-    for i in 0..3 {
-        let json = cluster.log_dir.join(format!("sink-{}.json", node_name(i)));
-        let ifname = cluster.nodes[i].port.ifname.clone();
-        let idx = cluster
-            .spawn(
-                &format!("sink-{}", node_name(i)),
-                NsRef::Node(i),
-                &bench,
-                &[
-                    arg("sink"),
-                    arg("--interface"),
-                    ifname,
-                    arg("--flows"),
-                    arg(FLOWS),
-                    arg("--per-flow"),
-                    arg("--idle"),
-                    arg(2),
-                    arg("--duration"),
-                    arg(60),
-                    arg("--json"),
-                    arg(json.display()),
-                ],
-            )
-            .unwrap();
-        sinks.push((idx, json));
-    }
-    for &(idx, _) in &sinks {
-        assert!(
-            wait_until(Duration::from_secs(10), || cluster
-                .process(idx)
-                .stderr()
-                .contains("attached")),
-            "sink did not start: {}",
-            cluster.process(idx).stderr()
-        );
-    }
-
-    let src = cluster.client_port.ip;
-    let gen_json = cluster.log_dir.join("gen.json");
-    let gen = cluster
-        .spawn(
-            "gen",
-            NsRef::Client,
-            &bench,
-            &[
-                arg("gen"),
-                arg("--interface"),
-                cluster.client_port.ifname.clone(),
-                arg("--dst-mac"),
-                handoff_testbed::netns::mac_string(cluster.edge_client_port.mac),
-                arg("--flows"),
-                arg(FLOWS),
-                arg("--src"),
-                arg(src),
-                arg("--dst"),
-                arg(VIP),
-                arg("--rate"),
-                arg(RATE),
-                arg("--count"),
-                arg(COUNT),
-                arg("--duration"),
-                arg(30),
-                arg("--json"),
-                arg(gen_json.display()),
-            ],
-        )
-        .unwrap();
+    let config = cluster.edge_config(false);
+    cluster.start_edge(&config).unwrap();
+    let sinks: Vec<_> = (0..3).map(|i| cluster.start_node_sink(i, FLOWS, 2).unwrap()).collect();
+    let (gen, gen_json) = cluster.start_client_gen(FLOWS, RATE, COUNT).unwrap();
     std::thread::sleep(Duration::from_secs(3));
-    let flip = std::process::Command::new(&handoff)
-        .args(["scope", "remove", "fd-a", "--admin"])
-        .arg(&admin)
-        .output()
-        .unwrap();
-    assert!(
-        flip.status.success(),
-        "flip failed: {}",
-        String::from_utf8_lossy(&flip.stderr)
-    );
+    let flip = cluster.admin(&["scope", "remove", "fd-a"]).unwrap();
+    assert_eq!(flip["result"], "scope_changed", "{flip}");
     assert!(
         cluster
             .process(gen)
@@ -142,16 +45,9 @@ fn spray_then_flip_a_member_out_with_no_loss_and_only_its_flows_moving() {
         "gen failed: {}",
         cluster.process(gen).stderr()
     );
-    let gen: GenReport =
-        serde_json::from_str(&std::fs::read_to_string(&gen_json).unwrap()).unwrap();
+    let gen: GenReport = read_json(&gen_json).unwrap();
     assert_eq!(gen.sent, COUNT);
-
-    let stats = std::process::Command::new(&handoff)
-        .args(["stats", "--admin"])
-        .arg(&admin)
-        .output()
-        .unwrap();
-    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    let stats = cluster.admin(&["stats"]).unwrap();
     for &(idx, _) in &sinks {
         assert!(
             cluster
@@ -162,20 +58,14 @@ fn spray_then_flip_a_member_out_with_no_loss_and_only_its_flows_moving() {
             "sink did not finish"
         );
     }
-    let reports: Vec<SinkReport> = sinks
-        .iter()
-        .map(|(_, json)| serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap())
-        .collect();
+    let reports: Vec<SinkReport> = sinks.iter().map(|(_, json)| read_json(json).unwrap()).collect();
+    let src = cluster.client_port.ip;
 
     // No packet lost or duplicated at the edge: every packet reached exactly one member.
     let received: u64 = reports.iter().map(|r| r.received).sum();
     assert_eq!(received, COUNT, "sum over members");
     for (member, r) in reports.iter().enumerate() {
-        assert_eq!(
-            (r.duplicated, r.reordered, r.malformed),
-            (0, 0, 0),
-            "member {member}"
-        );
+        assert_eq!((r.duplicated, r.reordered, r.malformed), (0, 0, 0), "member {member}");
     }
     assert_eq!(stats["result"], "stats");
     assert_eq!(stats["reasons"]["sprayed"], COUNT, "edge counters: {stats}");
@@ -192,9 +82,7 @@ fn spray_then_flip_a_member_out_with_no_loss_and_only_its_flows_moving() {
     let mut seen: HashMap<u32, Vec<(usize, u64, u32)>> = HashMap::new();
     for (member, r) in reports.iter().enumerate() {
         for f in r.per_flow.as_ref().unwrap() {
-            seen.entry(f.flow)
-                .or_default()
-                .push((member, f.received, f.highest));
+            seen.entry(f.flow).or_default().push((member, f.received, f.highest));
         }
     }
     assert_eq!(seen.len(), FLOWS as usize, "every flow arrived somewhere");
@@ -217,11 +105,7 @@ fn spray_then_flip_a_member_out_with_no_loss_and_only_its_flows_moving() {
         initial_share[first] += 1;
         if first != 0 {
             // A flow of a surviving member never moved.
-            assert_eq!(
-                places.len(),
-                1,
-                "flow {flow} of member {first} moved: {places:?}"
-            );
+            assert_eq!(places.len(), 1, "flow {flow} of member {first} moved: {places:?}");
             assert_eq!(places[0].0, first, "flow {flow} at the wrong member");
         } else {
             // fd-a's flows: first at fd-a, then at their new owner, every packet once.

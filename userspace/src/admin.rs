@@ -78,33 +78,27 @@ pub fn serve(path: &Path, calls: Sender<AdminCall>, stop: Arc<AtomicBool>) -> Re
         if UnixStream::connect(path).is_ok() {
             bail!("{} is in use by a running daemon", path.display());
         }
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing stale socket {}", path.display()))?;
+        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
     }
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("binding admin socket {}", path.display()))?;
+    let listener = UnixListener::bind(path).with_context(|| format!("binding admin socket {}", path.display()))?;
     listener.set_nonblocking(true)?;
     let thread_stop = Arc::clone(&stop);
-    std::thread::Builder::new()
-        .name("admin".into())
-        .spawn(move || {
-            while !thread_stop.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        if let Err(e) = handle(stream, &calls) {
-                            tracing::warn!(error = %e, "admin connection");
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "admin accept");
-                        std::thread::sleep(Duration::from_millis(100));
+    std::thread::Builder::new().name("admin".into()).spawn(move || {
+        while !thread_stop.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    if let Err(e) = handle(stream, &calls) {
+                        tracing::warn!(error = %e, "admin connection");
                     }
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
             }
-        })?;
+        }
+    })?;
     Ok(AdminSocket {
         path: path.to_path_buf(),
     })
@@ -155,12 +149,8 @@ fn handle(stream: UnixStream, calls: &Sender<AdminCall>) -> Result<()> {
 
 /// Sends one request to the daemon at `path` and returns its response.
 pub fn call(path: &Path, request: &AdminRequest, timeout: Duration) -> Result<AdminResponse> {
-    let stream = UnixStream::connect(path).with_context(|| {
-        format!(
-            "connecting to {} (is the edge daemon running?)",
-            path.display()
-        )
-    })?;
+    let stream = UnixStream::connect(path)
+        .with_context(|| format!("connecting to {} (is the edge daemon running?)", path.display()))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     let mut line = serde_json::to_string(request)?;
@@ -186,12 +176,7 @@ mod tests {
         let _socket = serve(&path, tx, Arc::clone(&stop)).unwrap();
         let server = std::thread::spawn(move || {
             let (req, reply) = rx.recv().unwrap();
-            assert_eq!(
-                req,
-                AdminRequest::ScopeRemove {
-                    member: "fd-a".into()
-                }
-            );
+            assert_eq!(req, AdminRequest::ScopeRemove { member: "fd-a".into() });
             reply
                 .send(AdminResponse::ScopeChanged {
                     version: 2,
@@ -202,9 +187,7 @@ mod tests {
         });
         let r = call(
             &path,
-            &AdminRequest::ScopeRemove {
-                member: "fd-a".into(),
-            },
+            &AdminRequest::ScopeRemove { member: "fd-a".into() },
             Duration::from_secs(5),
         )
         .unwrap();

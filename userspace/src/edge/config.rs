@@ -188,13 +188,12 @@ impl EdgeConfig {
             path: path.into(),
             message: e.to_string(),
         })?;
-        let invalid =
-            |section: &str, field: &str, needle: &str, detail: String| ConfigError::Invalid {
-                path: path.into(),
-                line: line_of(text, section, needle),
-                field: field.to_string(),
-                detail,
-            };
+        let invalid = |section: &str, field: &str, needle: &str, detail: String| ConfigError::Invalid {
+            path: path.into(),
+            line: line_of(text, section, needle),
+            field: field.to_string(),
+            detail,
+        };
         let xdp_mode: AttachMode = raw
             .edge
             .xdp_mode
@@ -209,9 +208,7 @@ impl EdgeConfig {
             ));
         }
         let buckets = raw.edge.buckets;
-        if !buckets.is_power_of_two()
-            || !(2..=handoff_common::names::limits::MAX_BUCKETS).contains(&buckets)
-        {
+        if !buckets.is_power_of_two() || !(2..=handoff_common::names::limits::MAX_BUCKETS).contains(&buckets) {
             return Err(invalid(
                 "[edge]",
                 "edge.buckets",
@@ -235,10 +232,7 @@ impl EdgeConfig {
         }
         let prefixes = |list: &[String], field: &str| -> Result<Vec<Prefix>, ConfigError> {
             list.iter()
-                .map(|p| {
-                    p.parse::<Prefix>()
-                        .map_err(|e| invalid("[cluster]", field, p, e))
-                })
+                .map(|p| p.parse::<Prefix>().map_err(|e| invalid("[cluster]", field, p, e)))
                 .collect()
         };
         let destinations = prefixes(&raw.cluster.destinations, "cluster.destinations")?;
@@ -260,11 +254,7 @@ impl EdgeConfig {
                     "[[members]]",
                     &field("id"),
                     &format!("id = {}", m.id),
-                    format!(
-                        "{} is not below {}",
-                        m.id,
-                        handoff_common::names::limits::MAX_MEMBERS
-                    ),
+                    format!("{} is not below {}", m.id, handoff_common::names::limits::MAX_MEMBERS),
                 ));
             }
             if !ids.insert(m.id) {
@@ -339,9 +329,7 @@ interface = "e1"
 "#;
 
     fn err(text: &str) -> String {
-        EdgeConfig::parse(text, Path::new("edge.toml"))
-            .unwrap_err()
-            .to_string()
+        EdgeConfig::parse(text, Path::new("edge.toml")).unwrap_err().to_string()
     }
 
     #[test]
@@ -357,33 +345,20 @@ interface = "e1"
         let e = err(&GOOD.replace("02:00:00:00:00:01", "02:00:zz"));
         assert!(e.starts_with("edge.toml:12: field `members[0].mac`"), "{e}");
         let e = err(&GOOD.replace("10.0.9.0/24", "10.0.9.0/33"));
-        assert!(
-            e.starts_with("edge.toml:7: field `cluster.destinations`"),
-            "{e}"
-        );
+        assert!(e.starts_with("edge.toml:7: field `cluster.destinations`"), "{e}");
         let e = err(&GOOD.replace("admin_socket", "buckets = 1000\nadmin_socket"));
-        assert!(
-            e.contains("field `edge.buckets`") && e.contains("edge.toml:4"),
-            "{e}"
-        );
+        assert!(e.contains("field `edge.buckets`") && e.contains("edge.toml:4"), "{e}");
         let e = err(&GOOD.replace("interfaces", "interfacez"));
-        assert!(
-            e.contains("unknown field `interfacez`") && e.contains("line 3"),
-            "{e}"
-        );
-        let e = err(&format!("{GOOD}\n[[members]]\nname = \"fd-b\"\nid = 0\nmac = \"02:00:00:00:00:02\"\ninterface = \"e1\"\n"));
-        assert!(
-            e.contains("members[1].id") && e.contains("used twice"),
-            "{e}"
-        );
+        assert!(e.contains("unknown field `interfacez`") && e.contains("line 3"), "{e}");
+        let e = err(&format!(
+            "{GOOD}\n[[members]]\nname = \"fd-b\"\nid = 0\nmac = \"02:00:00:00:00:02\"\ninterface = \"e1\"\n"
+        ));
+        assert!(e.contains("members[1].id") && e.contains("used twice"), "{e}");
     }
 
     #[test]
     fn mac_parsing() {
-        assert_eq!(
-            parse_mac("aa:BB:cc:00:01:ff"),
-            Some([0xaa, 0xbb, 0xcc, 0, 1, 0xff])
-        );
+        assert_eq!(parse_mac("aa:BB:cc:00:01:ff"), Some([0xaa, 0xbb, 0xcc, 0, 1, 0xff]));
         assert_eq!(parse_mac("aa:bb:cc:00:01"), None);
         assert_eq!(parse_mac("aa:bb:cc:00:01:ff:00"), None);
     }

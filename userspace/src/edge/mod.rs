@@ -33,8 +33,7 @@ impl Edge {
     /// Loads the program, configures members and match sets, publishes the
     /// first scope and attaches.
     pub fn start(config: EdgeConfig) -> Result<Self> {
-        let mut program =
-            EdgeProgram::load(config.hash.buckets).context("loading the edge sprayer")?;
+        let mut program = EdgeProgram::load(config.hash.buckets).context("loading the edge sprayer")?;
         program.set_hash(config.hash.mode(), config.hash.seed)?;
         for prefix in &config.destinations {
             program.add_destination_match(*prefix)?;
@@ -54,11 +53,7 @@ impl Edge {
         for interface in &config.interfaces {
             program.attach(interface, config.xdp_mode)?;
         }
-        tracing::info!(
-            members = active.len(),
-            buckets = config.hash.buckets,
-            "edge up"
-        );
+        tracing::info!(members = active.len(), buckets = config.hash.buckets, "edge up");
         Ok(Self {
             config,
             program,
@@ -123,10 +118,8 @@ impl Edge {
     fn stats(&self) -> Result<serde_json::Value> {
         let reasons = self.program.reason_counts()?;
         let members = self.program.member_counts()?;
-        let named: serde_json::Map<String, serde_json::Value> = reasons
-            .named()
-            .map(|(n, v)| (n.to_string(), v.into()))
-            .collect();
+        let named: serde_json::Map<String, serde_json::Value> =
+            reasons.named().map(|(n, v)| (n.to_string(), v.into())).collect();
         let per_member: Vec<_> = members
             .iter()
             .map(|(id, c)| {
@@ -146,25 +139,21 @@ impl Edge {
         let result = match request {
             AdminRequest::Status => Ok(AdminResponse::Status(self.status())),
             AdminRequest::Stats => self.stats().map(AdminResponse::Stats),
-            AdminRequest::ScopeRemove { member } => {
-                self.member(&member).map(|m| m.id).and_then(|id| {
-                    let rest: Vec<u32> = self.active.iter().copied().filter(|&m| m != id).collect();
-                    if rest.len() == self.active.len() {
-                        bail!("{member} is not in the scope");
-                    }
-                    self.rescope(rest)
-                })
-            }
-            AdminRequest::ScopeAdd { member } => {
-                self.member(&member).map(|m| m.id).and_then(|id| {
-                    if self.active.contains(&id) {
-                        bail!("{member} is already in the scope");
-                    }
-                    let mut with = self.active.clone();
-                    with.push(id);
-                    self.rescope(with)
-                })
-            }
+            AdminRequest::ScopeRemove { member } => self.member(&member).map(|m| m.id).and_then(|id| {
+                let rest: Vec<u32> = self.active.iter().copied().filter(|&m| m != id).collect();
+                if rest.len() == self.active.len() {
+                    bail!("{member} is not in the scope");
+                }
+                self.rescope(rest)
+            }),
+            AdminRequest::ScopeAdd { member } => self.member(&member).map(|m| m.id).and_then(|id| {
+                if self.active.contains(&id) {
+                    bail!("{member} is already in the scope");
+                }
+                let mut with = self.active.clone();
+                with.push(id);
+                self.rescope(with)
+            }),
         };
         result.unwrap_or_else(|e| AdminResponse::Error {
             message: format!("{e:#}"),

@@ -75,10 +75,7 @@ impl AfXdpConfig {
     pub fn validate(&self) -> Result<(), AfXdpError> {
         let invalid = |detail: String| Err(AfXdpError::Config { detail });
         if !self.ring_size.is_power_of_two() || self.ring_size < 64 {
-            return invalid(format!(
-                "ring_size {} must be a power of two >= 64",
-                self.ring_size
-            ));
+            return invalid(format!("ring_size {} must be a power of two >= 64", self.ring_size));
         }
         if self.frame_count < 2 * self.ring_size {
             return invalid(format!(
@@ -90,10 +87,7 @@ impl AfXdpConfig {
             return invalid(format!("headroom {} exceeds 256 bytes", self.headroom));
         }
         if self.burst == 0 || self.burst > self.ring_size as usize {
-            return invalid(format!(
-                "burst {} must be in 1..={}",
-                self.burst, self.ring_size
-            ));
+            return invalid(format!("burst {} must be in 1..={}", self.burst, self.ring_size));
         }
         Ok(())
     }
@@ -171,9 +165,7 @@ pub struct AfXdpFrame(Packet);
 
 impl std::fmt::Debug for AfXdpFrame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AfXdpFrame")
-            .field("len", &self.0.len())
-            .finish()
+        f.debug_struct("AfXdpFrame").field("len", &self.0.len()).finish()
     }
 }
 
@@ -185,12 +177,10 @@ impl FrameBuf for AfXdpFrame {
         &mut self.0
     }
     fn push_front(&mut self, n: usize) -> Result<(), FrameError> {
-        self.0
-            .adjust_head(-(n as i32))
-            .map_err(|_| FrameError::NoHeadroom {
-                needed: n,
-                available: 0,
-            })
+        self.0.adjust_head(-(n as i32)).map_err(|_| FrameError::NoHeadroom {
+            needed: n,
+            available: 0,
+        })
     }
     fn pull_front(&mut self, n: usize) -> Result<(), FrameError> {
         let len = self.0.len();
@@ -262,13 +252,9 @@ fn bind_hint(source: &xdp::socket::SocketError) -> String {
     };
     match errno {
         Some(libc::EINVAL) => "the interface has no such queue (check `ethtool -l`)".into(),
-        Some(libc::EOPNOTSUPP) => {
-            "the driver does not support zero-copy: use bind mode copy or auto".into()
-        }
+        Some(libc::EOPNOTSUPP) => "the driver does not support zero-copy: use bind mode copy or auto".into(),
         Some(libc::EBUSY) => "another AF_XDP socket is bound to this queue".into(),
-        Some(libc::EPERM) => {
-            "permission denied: AF_XDP needs root or CAP_NET_RAW + CAP_NET_ADMIN".into()
-        }
+        Some(libc::EPERM) => "permission denied: AF_XDP needs root or CAP_NET_RAW + CAP_NET_ADMIN".into(),
         Some(libc::ENODEV) | Some(libc::ENXIO) => "no such interface".into(),
         _ => source.to_string(),
     }
@@ -286,9 +272,7 @@ impl AfXdpPort {
             ..Default::default()
         }
         .build()
-        .map_err(|e| AfXdpError::Config {
-            detail: e.to_string(),
-        })?;
+        .map_err(|e| AfXdpError::Config { detail: e.to_string() })?;
         let bytes = config.frame_count as usize * FRAME_SIZE as usize;
         let umem = Umem::map(umem_cfg).map_err(|source| AfXdpError::Umem { bytes, source })?;
         let mut builder = XdpSocketBuilder::new().map_err(|source| AfXdpError::Socket {
@@ -302,9 +286,7 @@ impl AfXdpPort {
             completion_count: config.ring_size,
         }
         .build()
-        .map_err(|e| AfXdpError::Config {
-            detail: e.to_string(),
-        })?;
+        .map_err(|e| AfXdpError::Config { detail: e.to_string() })?;
         let (rings, mut flags) = builder
             .build_rings(&umem, rings)
             .map_err(|source| AfXdpError::Socket { hint: "", source })?;
@@ -384,9 +366,7 @@ impl AfXdpPort {
     }
 
     fn reclaim_completions(&mut self) {
-        let done = self
-            .completion
-            .dequeue(&mut self.umem, self.config.ring_size as usize);
+        let done = self.completion.dequeue(&mut self.umem, self.config.ring_size as usize);
         self.transmitting -= done;
     }
 
@@ -429,8 +409,7 @@ impl AfXdpPort {
             }
             let err = io::Error::last_os_error();
             match err.raw_os_error() {
-                Some(libc::EAGAIN) | Some(libc::EBUSY) | Some(libc::ENOBUFS)
-                | Some(libc::EINTR) => {
+                Some(libc::EAGAIN) | Some(libc::EBUSY) | Some(libc::ENOBUFS) | Some(libc::EINTR) => {
                     self.stats.tx_kick_retries += 1;
                 }
                 _ => return Err(err),

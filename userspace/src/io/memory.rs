@@ -245,10 +245,7 @@ mod tests {
         assert_eq!(port.send(&[3]), Err(SendError::PoolEmpty));
         assert_eq!(
             port.inject(&[0; 65]),
-            Err(SendError::TooLarge {
-                len: 65,
-                capacity: 64
-            })
+            Err(SendError::TooLarge { len: 65, capacity: 64 })
         );
         let mut f = MemoryFrame {
             buf: vec![0; 8].into_boxed_slice(),

@@ -73,11 +73,7 @@ impl Scope {
     pub fn rebuilt(&self, members: &[u32]) -> Result<Self, BuildError> {
         Ok(Self {
             version: self.version + 1,
-            table: maglev::build(
-                self.table.len() as u32,
-                &equal_weights(members),
-                Some(&self.table),
-            )?,
+            table: maglev::build(self.table.len() as u32, &equal_weights(members), Some(&self.table))?,
         })
     }
 
@@ -97,12 +93,7 @@ impl Scope {
 
     /// Members that own at least one bucket, sorted.
     pub fn members(&self) -> Vec<u32> {
-        let mut m: Vec<u32> = self
-            .table
-            .iter()
-            .copied()
-            .filter(|&o| o != UNOWNED)
-            .collect();
+        let mut m: Vec<u32> = self.table.iter().copied().filter(|&o| o != UNOWNED).collect();
         m.sort_unstable();
         m.dedup();
         m
@@ -120,10 +111,7 @@ impl Scope {
 }
 
 fn equal_weights(members: &[u32]) -> Vec<WeightedMember> {
-    members
-        .iter()
-        .map(|&id| WeightedMember { id, weight: 1 })
-        .collect()
+    members.iter().map(|&id| WeightedMember { id, weight: 1 }).collect()
 }
 
 #[cfg(test)]
@@ -147,13 +135,7 @@ mod tests {
             symmetric: true,
             seed: 9,
         };
-        let k = FlowKey::new(
-            "10.0.0.1".parse().unwrap(),
-            "10.0.9.1".parse().unwrap(),
-            1000,
-            80,
-            6,
-        );
+        let k = FlowKey::new("10.0.0.1".parse().unwrap(), "10.0.9.1".parse().unwrap(), 1000, 80, 6);
         assert_eq!(p.bucket(&k), p.bucket(&k.reversed()));
         assert_eq!(p.bucket(&k), flow_hash(&k, HashMode::Symmetric, 9) & 255);
     }

@@ -79,9 +79,7 @@ mod user {
             IpAddr::V4(a) => [u32::from_ne_bytes(a.octets()), 0, 0, 0],
             IpAddr::V6(a) => {
                 let o = a.octets();
-                core::array::from_fn(|i| {
-                    u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
-                })
+                core::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
             }
         }
     }
@@ -139,12 +137,7 @@ mod user {
                     self.dst_port.get()
                 )
             } else {
-                write!(
-                    f,
-                    "{proto} {s}:{} -> {d}:{}",
-                    self.src_port.get(),
-                    self.dst_port.get()
-                )
+                write!(f, "{proto} {s}:{} -> {d}:{}", self.src_port.get(), self.dst_port.get())
             }
         }
     }

@@ -37,10 +37,7 @@ impl HashMode {
 #[inline(always)]
 const fn mix(h: u32, k: u32) -> u32 {
     let k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
-    (h ^ k)
-        .rotate_left(13)
-        .wrapping_mul(5)
-        .wrapping_add(0xe654_6b64)
+    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
 }
 
 #[inline(always)]
@@ -84,11 +81,7 @@ fn endpoint_after(a_addr: &[u32; 4], a_port: u16, b_addr: &[u32; 4], b_port: u16
 pub fn flow_hash(key: &FlowKey, mode: HashMode, seed: u32) -> u32 {
     let swap = matches!(mode, HashMode::Symmetric)
         && endpoint_after(&key.src_addr, key.src_port.0, &key.dst_addr, key.dst_port.0);
-    let words = if swap {
-        key.reversed().words()
-    } else {
-        key.words()
-    };
+    let words = if swap { key.reversed().words() } else { key.words() };
     murmur3_words(&words, seed)
 }
 
@@ -181,9 +174,6 @@ mod tests {
         let mean = u16::MAX as f64 / 1024.0;
         let max = *counts.iter().max().unwrap() as f64;
         let min = *counts.iter().min().unwrap() as f64;
-        assert!(
-            max < mean * 1.6 && min > mean * 0.4,
-            "min {min} max {max} mean {mean}"
-        );
+        assert!(max < mean * 1.6 && min > mean * 0.4, "min {min} max {max} mean {mean}");
     }
 }

@@ -114,9 +114,7 @@ pub mod tcp_flags {
 
 #[inline(always)]
 fn be16<P: PacketBytes + ?Sized>(p: &P, offset: usize) -> Result<u16, ParseError> {
-    p.load::<u16>(offset)
-        .map(u16::from_be)
-        .ok_or(ParseError::Truncated)
+    p.load::<u16>(offset).map(u16::from_be).ok_or(ParseError::Truncated)
 }
 
 /// Loads a header as a byte array. Whole-header loads (never single bytes)
@@ -124,10 +122,7 @@ fn be16<P: PacketBytes + ?Sized>(p: &P, offset: usize) -> Result<u16, ParseError
 /// one-byte check `ptr + 1 > end` into `ptr >= end`, from which the verifier
 /// learns no range (kernel/bpf/verifier.c, find_good_pkt_pointers).
 #[inline(always)]
-fn header<P: PacketBytes + ?Sized, const N: usize>(
-    p: &P,
-    offset: usize,
-) -> Result<[u8; N], ParseError> {
+fn header<P: PacketBytes + ?Sized, const N: usize>(p: &P, offset: usize) -> Result<[u8; N], ParseError> {
     p.load::<[u8; N]>(offset).ok_or(ParseError::Truncated)
 }
 

@@ -1,0 +1,37 @@
+# handoff: every target installs what it needs first (scripts/bootstrap).
+CARGO ?= cargo
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: all bootstrap build test unit-test netns-test lint demo bench clean
+
+all: build
+
+bootstrap:
+	@scripts/bootstrap
+
+build: bootstrap
+	$(CARGO) build --release --workspace --bins
+
+lint: bootstrap
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+unit-test: build
+	$(CARGO) test --release --workspace --exclude handoff-testbed
+
+# Tests on real network namespaces and XDP. They need root; under CI=true
+# they fail rather than skip when they cannot run.
+netns-test: build
+	$(CARGO) test --release -p handoff-testbed -- --test-threads=1
+
+test: lint unit-test netns-test
+
+demo: build
+	target/release/handoff-demo
+
+bench: build
+	$(CARGO) bench -p handoff-bench
+
+clean:
+	$(CARGO) clean
+	rm -rf results
