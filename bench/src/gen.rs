@@ -179,6 +179,83 @@ pub fn run(config: &GenConfig, backend: &GenBackend, stop: &AtomicBool) -> Resul
     })
 }
 
+/// Sends one share of a generator's traffic on a port, paced and bounded;
+/// called repeatedly by a loop that may also receive on the same port.
+#[derive(Debug)]
+pub struct PacedSender<'a> {
+    config: &'a GenConfig,
+    share: Share,
+    pacer: Pacer,
+    deadline: Instant,
+    sent: u64,
+    waits: u64,
+}
+
+impl<'a> PacedSender<'a> {
+    /// A sender of the whole flow set (one queue).
+    pub fn whole(config: &'a GenConfig) -> Self {
+        Self::for_share(config, Share::split(config.frames.flows().count, config.count, 1)[0])
+    }
+
+    fn for_share(config: &'a GenConfig, share: Share) -> Self {
+        // Each share paces its part of the rate.
+        let rate = config
+            .rate
+            .map(|r| ((r as u128 * share.count as u128 / config.count.max(1) as u128) as u64).max(1));
+        Self {
+            config,
+            share,
+            pacer: Pacer {
+                start: Instant::now(),
+                rate,
+            },
+            deadline: Instant::now() + config.duration,
+            sent: 0,
+            waits: 0,
+        }
+    }
+
+    /// True once the count or the duration is used up, or `stop` is set.
+    pub fn done(&self, stop: &AtomicBool) -> bool {
+        self.sent >= self.share.count || stop.load(Ordering::Relaxed) || Instant::now() >= self.deadline
+    }
+
+    /// Packets sent so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Times the port had no free frame.
+    pub fn waits(&self) -> u64 {
+        self.waits
+    }
+
+    /// Queues up to one batch that the pacing allows; returns how many.
+    pub fn step<P: PacketIo>(&mut self, port: &mut P) -> Result<u64> {
+        let batch = BATCH
+            .min(self.share.count.saturating_sub(self.sent))
+            .min(self.pacer.allowed(self.sent));
+        let now = monotonic_ns();
+        let len = self.config.frames.frame_len();
+        let mut queued = 0;
+        for _ in 0..batch {
+            let header = self.share.header(self.sent, now);
+            match port.send_with(len, |buf| self.config.frames.write(&header, buf)) {
+                Ok(()) => {
+                    self.sent += 1;
+                    queued += 1;
+                }
+                Err(SendError::PoolEmpty) => {
+                    self.waits += 1;
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(queued)
+    }
+}
+
 fn af_xdp_sender(
     config: &GenConfig,
     ifindex: u32,
@@ -192,46 +269,26 @@ fn af_xdp_sender(
         ..AfXdpConfig::default()
     };
     let mut port = AfXdpPort::open(ifindex, queue, port_config).context("opening the AF_XDP sender")?;
-    // Each queue paces its share of the rate.
-    let rate = config
-        .rate
-        .map(|r| ((r as u128 * share.count as u128 / config.count.max(1) as u128) as u64).max(1));
-    let pacer = Pacer {
-        start: Instant::now(),
-        rate,
-    };
-    let deadline = Instant::now() + config.duration;
-    let len = config.frames.frame_len();
-    let mut sent = 0u64;
-    let mut waits = 0u64;
-    while sent < share.count && !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-        let batch = BATCH.min(share.count - sent).min(pacer.allowed(sent));
-        if batch == 0 {
-            port.flush()?;
-            std::thread::sleep(Duration::from_micros(50));
-            continue;
-        }
-        let now = monotonic_ns();
-        for _ in 0..batch {
-            let header = share.header(sent, now);
-            match port.send_with(len, |buf| config.frames.write(&header, buf)) {
-                Ok(()) => sent += 1,
-                Err(SendError::PoolEmpty) => {
-                    waits += 1;
-                    break;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+    let mut sender = PacedSender::for_share(config, share);
+    while !sender.done(stop) {
+        let queued = sender.step(&mut port)?;
         port.flush()?;
+        if queued == 0 {
+            std::thread::sleep(Duration::from_micros(50));
+        }
     }
-    // Let the last frames leave before the socket closes.
-    let drain_deadline = Instant::now() + Duration::from_secs(1);
-    while !port.pending().is_empty() && Instant::now() < drain_deadline {
+    drain(&mut port)?;
+    Ok((sender.sent(), sender.waits()))
+}
+
+/// Lets the last queued frames leave (bounded to one second).
+pub fn drain<P: PacketIo>(port: &mut P) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !port.pending().is_empty() && Instant::now() < deadline {
         port.flush()?;
         std::thread::sleep(Duration::from_micros(100));
     }
-    Ok((sent, waits))
+    Ok(())
 }
 
 fn raw_socket_sender(config: &GenConfig, share: Share, stop: &AtomicBool) -> Result<(u64, u64)> {

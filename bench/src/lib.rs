@@ -5,6 +5,8 @@
 pub mod capture;
 pub mod flows;
 pub mod gen;
+pub mod impair;
 pub mod payload;
 pub mod report;
 pub mod sink;
+pub mod traffic;

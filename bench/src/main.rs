@@ -34,6 +34,56 @@ enum Command {
     Gen(GenArgs),
     /// Count received bench packets per flow: loss, reordering, duplicates, latency.
     Sink(SinkArgs),
+    /// Generator and sink on one interface: send to the cluster, count the echoes.
+    Traffic(TrafficArgs),
+    /// Relay between two interfaces, dropping and swapping chosen bench packets.
+    Impair(ImpairArgs),
+}
+
+#[derive(Args, Debug)]
+struct TrafficArgs {
+    #[command(flatten)]
+    gen: GenArgs,
+    /// XDP attach mode for the steering program.
+    #[arg(long, default_value = "driver")]
+    xdp_mode: AttachMode,
+    /// Seconds without an echo, after sending ends, before reporting.
+    #[arg(long, default_value_t = 2.0)]
+    idle: f64,
+    /// Include per-flow counters in the sink report.
+    #[arg(long)]
+    per_flow: bool,
+    /// Write the sink report here (the generator report goes to --json).
+    #[arg(long)]
+    sink_json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ImpairArgs {
+    /// Interface to receive on.
+    #[arg(long)]
+    rx: String,
+    /// Interface to send on.
+    #[arg(long)]
+    tx: String,
+    /// Destination MAC of relayed frames.
+    #[arg(long, value_parser = parse_mac)]
+    dst_mac: [u8; 6],
+    /// Bench packet indices to drop, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    drop: Vec<u64>,
+    /// Bench packet indices to swap with their successor, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    swap: Vec<u64>,
+    /// Stop after this many idle seconds once traffic has started.
+    #[arg(long, default_value_t = 2.0)]
+    idle: f64,
+    /// Seconds to run at most.
+    #[arg(long, default_value_t = 60.0)]
+    duration: f64,
+    /// Write the JSON report here instead of stdout.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -223,7 +273,14 @@ fn write_json<T: serde::Serialize>(value: &T, path: Option<&PathBuf>) -> Result<
     }
 }
 
-fn gen_command(args: GenArgs) -> Result<()> {
+fn positive_seconds(value: f64, flag: &str) -> Result<Duration> {
+    if !value.is_finite() || value <= 0.0 {
+        bail!("{flag} must be a positive number of seconds");
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+fn gen_setup(args: &GenArgs) -> Result<(GenConfig, GenBackend)> {
     let flows = args.flows.flow_set();
     let (backend, src_mac, dst_mac) = match args.backend {
         GenBackendArg::AfXdp => {
@@ -255,16 +312,18 @@ fn gen_command(args: GenArgs) -> Result<()> {
             args.dst_mac.unwrap_or([0x02, 0, 0, 0, 0, 2]),
         ),
     };
-    if !args.duration.is_finite() || args.duration <= 0.0 {
-        bail!("--duration must be a positive number of seconds");
-    }
     let config = GenConfig {
         frames: FrameBuilder::new(flows, args.frame_size, src_mac, dst_mac)?,
         count: args.count,
-        duration: Duration::from_secs_f64(args.duration),
+        duration: positive_seconds(args.duration, "--duration")?,
         rate: args.rate,
         pcap: args.pcap.clone(),
     };
+    Ok((config, backend))
+}
+
+fn gen_command(args: GenArgs) -> Result<()> {
+    let (config, backend) = gen_setup(&args)?;
     let stop = stop_flag()?;
     let report = gen::run(&config, &backend, &stop)?;
     eprintln!(
@@ -274,30 +333,7 @@ fn gen_command(args: GenArgs) -> Result<()> {
     write_json(&report, args.json.as_ref())
 }
 
-fn sink_command(args: SinkArgs) -> Result<()> {
-    if !args.duration.is_finite() || args.duration <= 0.0 {
-        bail!("--duration must be a positive number of seconds");
-    }
-    let backend = match args.backend {
-        SinkBackendArg::AfXdp => CaptureBackend::AfXdp {
-            queues: args.queues.clone(),
-            mode: args.xdp_mode,
-            bind_mode: args.bind_mode,
-        },
-        SinkBackendArg::Packet => CaptureBackend::Packet,
-    };
-    let limits = CaptureLimits {
-        max_duration: Duration::from_secs_f64(args.duration),
-        idle: args
-            .idle
-            .filter(|s| s.is_finite() && *s > 0.0)
-            .map(Duration::from_secs_f64),
-    };
-    let stop = stop_flag()?;
-    // Readiness line for scripts and tests: the sink is receiving from here on.
-    eprintln!("sink: ready on {}", args.interface);
-    let captured = capture(&args.interface, &backend, args.flows, limits, &stop)?;
-    let report: SinkReport = captured.sink.report(captured.active_s, args.sent, args.per_flow);
+fn print_sink(report: &SinkReport) {
     eprintln!(
         "sink: received {} (lost {}, reordered {}, duplicated {}) over {} flows, {:.0} pps, latency p50 {:.1}us p99 {:.1}us",
         report.received,
@@ -309,6 +345,72 @@ fn sink_command(args: SinkArgs) -> Result<()> {
         report.latency_us.p50,
         report.latency_us.p99
     );
+}
+
+fn traffic_command(args: TrafficArgs) -> Result<()> {
+    let (config, backend) = gen_setup(&args.gen)?;
+    let GenBackend::AfXdp { bind_mode, .. } = backend else {
+        bail!("traffic needs the af-xdp backend");
+    };
+    let ifname = args.gen.interface.clone().context("--interface is required")?;
+    let limits = CaptureLimits {
+        max_duration: config.duration + positive_seconds(args.idle, "--idle")? + Duration::from_secs(30),
+        idle: Some(positive_seconds(args.idle, "--idle")?),
+    };
+    let stop = stop_flag()?;
+    eprintln!("traffic: ready on {ifname}");
+    let (gen, sink) =
+        handoff_bench::traffic::run_traffic(&ifname, args.xdp_mode, bind_mode, &config, limits, args.per_flow, &stop)?;
+    eprintln!(
+        "gen: sent {} packets in {:.2}s = {:.0} pps",
+        gen.sent, gen.duration_s, gen.rate_pps
+    );
+    print_sink(&sink);
+    write_json(&gen, args.gen.json.as_ref())?;
+    write_json(&sink, args.sink_json.as_ref())
+}
+
+fn impair_command(args: ImpairArgs) -> Result<()> {
+    let impairment = handoff_bench::impair::Impairment {
+        drop: args.drop.iter().copied().collect(),
+        swap: args.swap.iter().copied().collect(),
+    };
+    let limits = CaptureLimits {
+        max_duration: positive_seconds(args.duration, "--duration")?,
+        idle: Some(positive_seconds(args.idle, "--idle")?),
+    };
+    let stop = stop_flag()?;
+    eprintln!("impair: ready on {} -> {}", args.rx, args.tx);
+    let report = handoff_bench::impair::relay(&args.rx, &args.tx, args.dst_mac, &impairment, limits, &stop)?;
+    eprintln!(
+        "impair: forwarded {}, dropped {}, swapped {}",
+        report.forwarded, report.dropped, report.swapped
+    );
+    write_json(&report, args.json.as_ref())
+}
+
+fn sink_command(args: SinkArgs) -> Result<()> {
+    let backend = match args.backend {
+        SinkBackendArg::AfXdp => CaptureBackend::AfXdp {
+            queues: args.queues.clone(),
+            mode: args.xdp_mode,
+            bind_mode: args.bind_mode,
+        },
+        SinkBackendArg::Packet => CaptureBackend::Packet,
+    };
+    let limits = CaptureLimits {
+        max_duration: positive_seconds(args.duration, "--duration")?,
+        idle: args
+            .idle
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(Duration::from_secs_f64),
+    };
+    let stop = stop_flag()?;
+    // Readiness line for scripts and tests: the sink is receiving from here on.
+    eprintln!("sink: ready on {}", args.interface);
+    let captured = capture(&args.interface, &backend, args.flows, limits, &stop)?;
+    let report: SinkReport = captured.sink.report(captured.active_s, args.sent, args.per_flow);
+    print_sink(&report);
     write_json(&report, args.json.as_ref())
 }
 
@@ -320,5 +422,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Gen(args) => gen_command(args),
         Command::Sink(args) => sink_command(args),
+        Command::Traffic(args) => traffic_command(args),
+        Command::Impair(args) => impair_command(args),
     }
 }

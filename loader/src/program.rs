@@ -121,7 +121,10 @@ impl LoadedProgram {
             what: "map",
             name,
         })?;
-        M::try_from(map).map_err(|source| LoaderError::Map { map: name, source: Box::new(source) })
+        M::try_from(map).map_err(|source| LoaderError::Map {
+            map: name,
+            source: Box::new(source),
+        })
     }
 
     /// Attaches to `interface`; the error names the other mode to try.
@@ -278,9 +281,10 @@ impl ReasonCounts {
 pub(crate) fn read_reasons(map: &PerCpuArray<MapData, u64>, name: &'static str) -> Result<ReasonCounts> {
     let mut counts = ReasonCounts::default();
     for reason in Reason::ALL {
-        let values = map
-            .get(&(reason as u32), 0)
-            .map_err(|source| LoaderError::Map { map: name, source: Box::new(source) })?;
+        let values = map.get(&(reason as u32), 0).map_err(|source| LoaderError::Map {
+            map: name,
+            source: Box::new(source),
+        })?;
         counts.0[reason as usize] = values.iter().copied().fold(0u64, u64::wrapping_add);
     }
     Ok(counts)
