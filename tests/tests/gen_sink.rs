@@ -115,7 +115,7 @@ impl Pair {
     }
 }
 
-fn finish(mut sink: Spawned, json: &PathBuf) -> SinkReport {
+fn finish(mut sink: Spawned, json: &std::path::Path) -> SinkReport {
     assert!(
         sink.wait_timeout(Duration::from_secs(30)).unwrap().is_some(),
         "sink did not finish"
