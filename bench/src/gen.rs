@@ -402,7 +402,7 @@ mod tests {
         }
         assert_eq!(seen.len(), 10);
         assert_eq!(
-            shares[1].header(4, 0),
+            shares[1].header(3, 0),
             BenchHeader {
                 flow: 1,
                 seq: 1,

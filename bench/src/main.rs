@@ -38,6 +38,25 @@ enum Command {
     Traffic(TrafficArgs),
     /// Relay between two interfaces, dropping and swapping chosen bench packets.
     Impair(ImpairArgs),
+    /// Hold the baseline XDP program on an interface until stopped: redirect
+    /// everything to --out with --dst-mac, or drop everything (a null sink).
+    Baseline(BaselineArgs),
+}
+
+#[derive(Args, Debug)]
+struct BaselineArgs {
+    /// Interface to attach to.
+    #[arg(long)]
+    interface: String,
+    /// Egress interface; omit to drop every frame.
+    #[arg(long, requires = "dst_mac")]
+    out: Option<String>,
+    /// Destination MAC of redirected frames.
+    #[arg(long, value_parser = parse_mac)]
+    dst_mac: Option<[u8; 6]>,
+    /// XDP attach mode.
+    #[arg(long, default_value = "driver")]
+    xdp_mode: AttachMode,
 }
 
 #[derive(Args, Debug)]
@@ -389,6 +408,24 @@ fn impair_command(args: ImpairArgs) -> Result<()> {
     write_json(&report, args.json.as_ref())
 }
 
+fn baseline_command(args: BaselineArgs) -> Result<()> {
+    let mut program = handoff_loader::BaselineProgram::load()?;
+    if let (Some(out), Some(dst_mac)) = (&args.out, args.dst_mac) {
+        program.set_target(
+            dst_mac,
+            handoff_loader::interface_mac(out)?,
+            handoff_loader::interface_index(out)?,
+        )?;
+    }
+    program.attach(&args.interface, args.xdp_mode)?;
+    let stop = stop_flag()?;
+    eprintln!("baseline: ready on {}", args.interface);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 fn sink_command(args: SinkArgs) -> Result<()> {
     let backend = match args.backend {
         SinkBackendArg::AfXdp => CaptureBackend::AfXdp {
@@ -424,5 +461,6 @@ fn main() -> Result<()> {
         Command::Sink(args) => sink_command(args),
         Command::Traffic(args) => traffic_command(args),
         Command::Impair(args) => impair_command(args),
+        Command::Baseline(args) => baseline_command(args),
     }
 }
