@@ -110,8 +110,12 @@ impl Scope {
     }
 }
 
+/// Members in id order: a table depends only on the set of members, so the
+/// edge and every node compute the same one from the same set.
 fn equal_weights(members: &[u32]) -> Vec<WeightedMember> {
-    members.iter().map(|&id| WeightedMember { id, weight: 1 }).collect()
+    let mut ids = members.to_vec();
+    ids.sort_unstable();
+    ids.into_iter().map(|id| WeightedMember { id, weight: 1 }).collect()
 }
 
 #[cfg(test)]
@@ -126,6 +130,11 @@ mod tests {
         assert!(s1.moves(&s2).all(|(_, old, new)| old == 2 && new != 2));
         assert_eq!(s1.moves(&s2).count(), s1.buckets_of(2).count());
         assert_eq!(s2.members(), vec![1, 3]);
+    }
+
+    #[test]
+    fn member_order_does_not_matter() {
+        assert_eq!(Scope::initial(512, &[3, 1, 2]).unwrap(), Scope::initial(512, &[1, 2, 3]).unwrap());
     }
 
     #[test]
