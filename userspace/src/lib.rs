@@ -4,4 +4,5 @@
 //! The library holds the pure logic (hash scope, flow tables, the migration
 //! state machine) as plain `std` code, and the I/O behind traits.
 
+pub mod control;
 pub mod scope;
