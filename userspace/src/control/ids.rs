@@ -288,7 +288,7 @@ mod tests {
                 raw: MAX_NODE_ID + 1
             })
         );
-        let bytes = postcard::to_allocvec(&WIRE_MANAGER).unwrap();
+        let bytes = postcard::to_allocvec(&WIRE_MANAGER).expect("a u16 encodes");
         assert!(postcard::from_bytes::<NodeId>(&bytes).is_err());
     }
 
@@ -297,8 +297,8 @@ mod tests {
         for sender in [
             Sender::Manager,
             Sender::Operator,
-            Sender::Node(NodeId::new(0).unwrap()),
-            Sender::Node(NodeId::new(MAX_NODE_ID).unwrap()),
+            Sender::Node(NodeId::new(0).expect("valid id")),
+            Sender::Node(NodeId::new(MAX_NODE_ID).expect("valid id")),
         ] {
             assert_eq!(Sender::from_wire(sender.to_wire()), Some(sender));
         }

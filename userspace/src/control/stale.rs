@@ -141,3 +141,193 @@ impl StalenessFilter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{
+        codec::Envelope,
+        flow::tests::node,
+        ids::Sender,
+        message::{
+            Abort, AbortReason, Body, Heartbeat, MigrateStart, MigrationMode, Phase, Progress,
+            Purged,
+        },
+        scope_wire::{ScopeTable, WireScope},
+    };
+    use std::time::Duration;
+
+    const PEER: Incarnation = Incarnation(100);
+
+    fn from(incarnation: Incarnation, serial: u64, body: impl Into<Body>) -> Envelope {
+        Envelope::new(
+            Sender::Manager,
+            incarnation,
+            NonZeroU64::new(serial).expect("test serials are nonzero"),
+            body,
+        )
+    }
+
+    fn heartbeat() -> Heartbeat {
+        Heartbeat {
+            scope_version: 1,
+            workers: vec![],
+        }
+    }
+
+    fn start(serial: u32) -> MigrateStart {
+        MigrateStart {
+            serial: MigrationSerial(serial),
+            mode: MigrationMode::Disengage,
+            target: node(1),
+            from_version: 1,
+            plan: WireScope {
+                version: 2,
+                table: ScopeTable::Dense(vec![2, 2]),
+            },
+            deadline: Duration::from_secs(10),
+        }
+    }
+
+    fn progress(serial: u32) -> Progress {
+        Progress {
+            serial: MigrationSerial(serial),
+            phase: Phase::Copy,
+            flows_copied: 1,
+            deltas_sent: 0,
+            flows_remaining: 1,
+        }
+    }
+
+    #[test]
+    fn a_repeated_serial_is_a_duplicate() {
+        let mut filter = StalenessFilter::new(PEER);
+        assert_eq!(
+            filter.classify(&from(PEER, 1, heartbeat())),
+            Freshness::Current
+        );
+        assert_eq!(
+            filter.classify(&from(PEER, 2, heartbeat())),
+            Freshness::Current
+        );
+        assert_eq!(
+            filter.classify(&from(PEER, 1, heartbeat())),
+            Freshness::Duplicate {
+                serial: NonZeroU64::MIN
+            }
+        );
+    }
+
+    #[test]
+    fn messages_from_another_incarnation_are_stale_and_not_recorded() {
+        let mut filter = StalenessFilter::new(PEER);
+        let old = Incarnation(99);
+        assert_eq!(
+            filter.classify(&from(old, 5, heartbeat())),
+            Freshness::StaleIncarnation {
+                expected: PEER,
+                got: old
+            }
+        );
+        assert_eq!(
+            filter.classify(&from(PEER, 5, heartbeat())),
+            Freshness::Current
+        );
+    }
+
+    #[test]
+    fn late_and_repeated_messages_of_an_aborted_attempt_are_rejected() {
+        // The node's view of the manager: attempt 7 starts, is aborted, and 8
+        // starts. Leftovers of 7 must not touch attempt 8.
+        let mut filter = StalenessFilter::new(PEER);
+        assert_eq!(
+            filter.classify(&from(PEER, 1, start(7))),
+            Freshness::Current
+        );
+        filter.begin_migration(MigrationSerial(7));
+        let abort = Abort {
+            serial: MigrationSerial(7),
+            reason: AbortReason::Cancelled,
+        };
+        assert_eq!(filter.classify(&from(PEER, 2, abort)), Freshness::Current);
+        filter.end_migration();
+        assert_eq!(filter.active_migration(), None);
+
+        let late = filter.classify(&from(
+            PEER,
+            3,
+            Purged {
+                serial: MigrationSerial(7),
+            },
+        ));
+        assert_eq!(
+            late,
+            Freshness::StaleSerial {
+                got: MigrationSerial(7),
+                active: None,
+                newest: Some(MigrationSerial(7)),
+            }
+        );
+        // A resent start of the aborted attempt, under a fresh message serial.
+        assert!(matches!(
+            filter.classify(&from(PEER, 4, start(7))),
+            Freshness::StaleSerial {
+                got: MigrationSerial(7),
+                ..
+            }
+        ));
+
+        assert_eq!(
+            filter.classify(&from(PEER, 5, start(8))),
+            Freshness::Current
+        );
+        filter.begin_migration(MigrationSerial(8));
+        assert_eq!(
+            filter.classify(&from(PEER, 6, progress(8))),
+            Freshness::Current
+        );
+        assert_eq!(
+            filter.classify(&from(PEER, 7, progress(7))),
+            Freshness::StaleSerial {
+                got: MigrationSerial(7),
+                active: Some(MigrationSerial(8)),
+                newest: Some(MigrationSerial(8)),
+            }
+        );
+        // A duplicate of a current message is still a duplicate.
+        assert!(matches!(
+            filter.classify(&from(PEER, 6, progress(8))),
+            Freshness::Duplicate { .. }
+        ));
+    }
+
+    #[test]
+    fn the_window_accepts_late_serials_once_and_forgets_old_ones() {
+        let mut filter = StalenessFilter::new(PEER);
+        for serial in [10, 12, 11] {
+            assert_eq!(
+                filter.classify(&from(PEER, serial, heartbeat())),
+                Freshness::Current,
+                "serial {serial}"
+            );
+        }
+        assert!(matches!(
+            filter.classify(&from(PEER, 11, heartbeat())),
+            Freshness::Duplicate { .. }
+        ));
+        let far = 12 + DUPLICATE_WINDOW;
+        assert_eq!(
+            filter.classify(&from(PEER, far, heartbeat())),
+            Freshness::Current
+        );
+        // 12 is now exactly a window behind: too old to tell, so rejected.
+        assert!(matches!(
+            filter.classify(&from(PEER, 12, heartbeat())),
+            Freshness::Duplicate { .. }
+        ));
+        assert_eq!(
+            filter.classify(&from(PEER, far - 1, heartbeat())),
+            Freshness::Current
+        );
+    }
+}
