@@ -188,8 +188,7 @@ impl Capabilities {
     pub const FLOW_RECORD_V1: Self = Self(1 << 0);
     /// Can send and receive [`super::flow::FlowRecordV2`].
     pub const FLOW_RECORD_V2: Self = Self(1 << 1);
-    /// Streams deltas after the snapshot; without it a handover copies a
-    /// snapshot only and needs the table frozen during the copy.
+    /// Sends and applies [`super::message::FlowDelta`] after a snapshot.
     pub const FLOW_DELTA: Self = Self(1 << 2);
     /// Sends and accepts steady-state [`super::message::OwnerAnnounce`].
     pub const OWNER_ANNOUNCE: Self = Self(1 << 3);

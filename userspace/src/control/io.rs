@@ -79,14 +79,22 @@ fn fill(reader: &mut impl Read, buf: &mut [u8], before: usize) -> Result<(), Fra
     Ok(())
 }
 
-/// Reads one frame. The length prefix is checked before the payload buffer is
-/// allocated.
+/// The payload buffer grows by at most this much ahead of the bytes received,
+/// so a peer that announces a large frame and sends little of it costs little.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Reads one frame. The length prefix is checked against the limits before any
+/// of the payload is read.
 pub fn read_frame(reader: &mut impl Read) -> Result<Envelope, FrameIoError> {
     let mut prefix = [0u8; LENGTH_PREFIX_LEN];
     fill(reader, &mut prefix, 0)?;
     let len = check_length_prefix(prefix)?;
-    let mut payload = vec![0u8; len];
-    fill(reader, &mut payload, LENGTH_PREFIX_LEN)?;
+    let mut payload = Vec::new();
+    while payload.len() < len {
+        let start = payload.len();
+        payload.resize(start + (len - start).min(READ_CHUNK), 0);
+        fill(reader, &mut payload[start..], LENGTH_PREFIX_LEN + start)?;
+    }
     Ok(decode_payload(&payload)?)
 }
 
@@ -146,7 +154,7 @@ mod tests {
         codec::{DecodeError, MAX_FRAME_LEN},
         flow::tests::node,
         ids::{Incarnation, Sender},
-        message::StatusRequest,
+        message::{ErrorCode, ErrorReply, StatusRequest},
         samples::every_body,
     };
 
@@ -283,6 +291,25 @@ mod tests {
                 "cut at {cut}: {err:?}"
             );
         }
+    }
+
+    #[test]
+    fn frames_spanning_several_read_chunks_read_whole_or_report_the_exact_cut() {
+        let env = Envelope {
+            body: ErrorReply {
+                code: ErrorCode::InvalidRequest,
+                detail: "y".repeat(3 * READ_CHUNK + 17),
+            }
+            .into(),
+            ..envelope(4)
+        };
+        let frame = encode(&env).expect("encodes");
+        assert_eq!(read_frame(&mut Cursor::new(&frame)).expect("read"), env);
+        let cut = 2 * READ_CHUNK + 5;
+        assert!(matches!(
+            read_frame(&mut Cursor::new(&frame[..cut])),
+            Err(FrameIoError::Truncated { received }) if received == cut
+        ));
     }
 
     #[test]
