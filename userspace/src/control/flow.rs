@@ -591,4 +591,46 @@ pub(crate) mod tests {
         assert_eq!(up.version(), RecordVersion::V2);
         assert_eq!(up.key(), v2.key());
     }
+    #[test]
+    fn the_largest_v2_record_stays_under_200_bytes() {
+        // The protocol doc sizes snapshot chunks from this bound.
+        let v6 =
+            |last: u16| Ipv6Addr::new(0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, last);
+        let endpoint = |last| SocketAddr::new(v6(last).into(), u16::MAX);
+        let max = Counters {
+            packets: u64::MAX,
+            bytes: u64::MAX,
+        };
+        let record = FlowRecord::V2(FlowRecordV2 {
+            key: WireFlowKey {
+                addrs: WireAddrs::V6 {
+                    src: v6(1),
+                    dst: v6(2),
+                },
+                src_port: u16::MAX,
+                dst_port: u16::MAX,
+                protocol: u8::MAX,
+            },
+            action: NetworkActionV2::FullNat {
+                source: endpoint(3),
+                destination: endpoint(4),
+                next_hop: NextHop {
+                    ip: v6(5).into(),
+                    mac: MacAddr([0xff; 6]),
+                },
+            },
+            app_action: u32::MAX,
+            owner: Owner {
+                node: node(crate::control::ids::MAX_NODE_ID),
+                worker: u16::MAX,
+            },
+            tcp_state: TcpState::Closed,
+            age: Duration::new(u64::MAX, 999_999_999),
+            idle: Duration::new(u64::MAX, 999_999_999),
+            counters: max,
+            reverse_counters: Some(max),
+        });
+        let len = postcard::to_allocvec(&record).expect("encodes").len();
+        assert!(len < 200, "{len}");
+    }
 }
