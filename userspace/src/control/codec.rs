@@ -62,8 +62,8 @@ pub struct Envelope {
     pub version: u16,
     /// Who sent it.
     pub sender: Sender,
-    /// The sender's serial for this message: increases by one per message
-    /// within an incarnation, so receivers can spot duplicates.
+    /// The sender's serial for this message: increases with every message
+    /// of a session, so receivers can spot duplicates.
     pub serial: NonZeroU64,
     /// The sender's incarnation.
     pub incarnation: Incarnation,

@@ -18,9 +18,9 @@ use super::codec::{
 
 /// A frame could not be read or written.
 ///
-/// Only a [`FrameIoError::Timeout`] with `received == 0` leaves the stream at a
-/// frame boundary; after anything else the session closes it (having answered
-/// a [`FrameIoError::Decode`] with an error reply when the header parsed).
+/// Only after a [`FrameIoError::Timeout`] with `received == 0` may the session
+/// keep using the stream; after anything else it closes it (having answered a
+/// [`FrameIoError::Decode`] with an error reply when the header parsed).
 #[derive(Debug, thiserror::Error)]
 pub enum FrameIoError {
     /// The peer closed the stream at a frame boundary.

@@ -1,10 +1,11 @@
 //! Rejects messages from another incarnation, from a migration attempt that is
 //! over, and duplicates.
 //!
-//! A session keeps one [`StalenessFilter`] per peer, created when the peer's
-//! `Register` or `PeerHello` binds the session to an incarnation. Those two
-//! messages are handled before the filter: they are how a restarted peer
-//! announces its new incarnation, and they replace the filter.
+//! A process keeps one [`StalenessFilter`] per peer. The first message of a
+//! session (`Register` or `RegisterAck`, `PeerHello` or `PeerHelloAck`) binds
+//! it to the peer's incarnation through [`StalenessFilter::rebind`]; those
+//! messages are handled before the filter, since they are how a restarted peer
+//! announces its new incarnation.
 
 use std::num::NonZeroU64;
 
@@ -69,6 +70,20 @@ impl StalenessFilter {
             newest: None,
             highest: 0,
             seen: 0,
+        }
+    }
+
+    /// Binds the filter to a new session with the peer. Message serials start
+    /// over. A new incarnation also starts migration state afresh, as its
+    /// attempts are unrelated to the old one's; the same incarnation
+    /// reconnecting keeps it, so an attempt that ended before the reconnect
+    /// stays stale.
+    pub fn rebind(&mut self, peer: Incarnation) {
+        if peer == self.peer {
+            self.highest = 0;
+            self.seen = 0;
+        } else {
+            *self = Self::new(peer);
         }
     }
 
@@ -299,6 +314,41 @@ mod tests {
             filter.classify(&from(PEER, 6, progress(8))),
             Freshness::Duplicate { .. }
         ));
+    }
+
+    #[test]
+    fn rebinding_restarts_serials_and_forgets_attempts_only_of_another_incarnation() {
+        let mut filter = StalenessFilter::new(PEER);
+        assert_eq!(
+            filter.classify(&from(PEER, 1, start(7))),
+            Freshness::Current
+        );
+        filter.begin_migration(MigrationSerial(7));
+        filter.end_migration();
+
+        filter.rebind(PEER);
+        assert_eq!(
+            filter.classify(&from(PEER, 1, heartbeat())),
+            Freshness::Current
+        );
+        assert!(matches!(
+            filter.classify(&from(PEER, 2, start(7))),
+            Freshness::StaleSerial {
+                got: MigrationSerial(7),
+                ..
+            }
+        ));
+
+        let restarted = Incarnation(101);
+        filter.rebind(restarted);
+        assert!(matches!(
+            filter.classify(&from(PEER, 3, heartbeat())),
+            Freshness::StaleIncarnation { .. }
+        ));
+        assert_eq!(
+            filter.classify(&from(restarted, 1, start(1))),
+            Freshness::Current
+        );
     }
 
     #[test]
