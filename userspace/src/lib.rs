@@ -5,6 +5,8 @@
 //! state machine) as plain `std` code, and the I/O behind traits.
 
 pub mod admin;
+pub mod control;
 pub mod edge;
 pub mod io;
+pub mod node;
 pub mod scope;

@@ -1,0 +1,4 @@
+//! The flow-distributor node (US9088584 layer 2): AF_XDP, one worker per
+//! core with its own flow table, owner forwarding between cores and nodes.
+
+pub mod fabric;
