@@ -4,4 +4,6 @@
 //! The library holds the pure logic (hash scope, flow tables, the migration
 //! state machine) as plain `std` code, and the I/O behind traits.
 
+pub mod flow;
+pub mod rewrite;
 pub mod scope;
