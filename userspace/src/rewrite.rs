@@ -22,6 +22,11 @@
 //! [`RewriteError`] instead of panicking, whatever the [`Headers`] say. After a
 //! rewrite the caller's `Headers::key` describes the old packet; the offsets
 //! stay valid.
+//!
+//! Not handled: an IPv6 packet with a Routing header puts its *final*
+//! destination into the pseudo-header (RFC 8200 §8.1), so rewriting its
+//! destination leaves a wrong L4 checksum; ICMP errors quoting a rewritten
+//! packet are passed on with the quoted headers unchanged.
 
 use crate::flow::{Rewrite, Side};
 use handoff_common::{

@@ -216,6 +216,12 @@ pub enum Problem {
         /// Where the first one is.
         first_line: usize,
     },
+    /// A second backend with the same address and port in one service.
+    #[error("the same address and port as the backend on line {first_line}")]
+    DuplicateBackend {
+        /// Where the first one is.
+        first_line: usize,
+    },
     /// A second neighbor with the same name.
     #[error("a neighbor of this name is already defined on line {first_line}")]
     DuplicateNeighbor {
@@ -412,10 +418,17 @@ impl Source<'_> {
     /// The key of the `key = value` on the line of `offset`, or that line's
     /// table header.
     fn key_at(&self, offset: usize) -> String {
-        let start = self.text[..offset.min(self.text.len())]
-            .rfind('\n')
+        let before = &self.text.as_bytes()[..offset.min(self.text.len())];
+        // Just after a newline (or 0) is always a char boundary.
+        let start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
             .map_or(0, |i| i + 1);
-        let line = self.text[start..].lines().next().unwrap_or("");
+        let line = self
+            .text
+            .get(start..)
+            .and_then(|rest| rest.lines().next())
+            .unwrap_or("");
         line.split('=')
             .next()
             .unwrap_or("")
@@ -582,6 +595,7 @@ impl Source<'_> {
             ));
         }
         let mut backends = Vec::with_capacity(s.backend.len());
+        let mut seen_backends = HashMap::with_capacity(s.backend.len());
         for (j, b) in s.backend.iter().enumerate() {
             let field = format!("{field}.backend[{j}]");
             let address = self.address(&b.address, &format!("{field}.address"))?;
@@ -593,6 +607,15 @@ impl Source<'_> {
                 ));
             }
             let port = self.port(&b.port, &format!("{field}.port"))?;
+            if let Some(first) = seen_backends.insert((address, port), b.address.span().start) {
+                return Err(self.invalid(
+                    b.address.span(),
+                    format!("{field}.address"),
+                    Problem::DuplicateBackend {
+                        first_line: self.line_of(first),
+                    },
+                ));
+            }
             let weight = match &b.weight {
                 Some(w) => self.int(w, &format!("{field}.weight"), 1, u32::MAX as i64)? as u32,
                 None => 1,
@@ -981,37 +1004,67 @@ port = 5353
 
     #[test]
     fn other_mistakes_are_caught() {
-        let cases: [(&str, &str, &str); 9] = [
+        type Case = (
+            &'static str,
+            &'static str,
+            &'static str,
+            fn(&Problem) -> bool,
+        );
+        let cases: [Case; 10] = [
             (
                 "\"02:00:00:00:01:01\"",
                 "\"02:00:00:01:01\"",
                 "service[0].backend[0].mac",
+                |p| matches!(p, Problem::BadMac { .. }),
             ),
             (
                 "neighbor = \"svc-2\"",
                 "neighbor = \"svc-9\"",
                 "service[0].backend[1].neighbor",
+                |p| matches!(p, Problem::UnknownNeighbor { .. }),
             ),
             (
-                "port = 8080\nneighbor",
-                "port = 8080\nmac = \"02:00:00:00:00:09\"\nneighbor",
+                "neighbor = \"svc-2\"",
+                "mac = \"02:00:00:00:00:09\"\nneighbor = \"svc-2\"",
                 "service[0].backend[1].mac",
+                |p| *p == Problem::MacAndNeighbor,
             ),
             (
                 "address = \"fd00::1:1\"",
                 "address = \"10.1.1.1\"",
                 "service[1].backend[0].address",
+                |p| matches!(p, Problem::FamilyMismatch { .. }),
             ),
-            ("\"udp\"", "\"sctp\"", "service[1].protocol"),
-            ("\"create\"", "\"accept\"", "table.miss_policy"),
-            ("capacity = 1024", "capacity = 1", "table.capacity"),
-            ("udp = 30", "udp = 0", "timeouts.udp"),
-            ("name = \"svc-2\"", "name = \"router\"", "neighbor[1].name"),
+            (
+                "\"10.1.0.2\"",
+                "\"10.1.0.1\"",
+                "service[0].backend[1].address",
+                |p| matches!(p, Problem::DuplicateBackend { .. }),
+            ),
+            ("\"udp\"", "\"sctp\"", "service[1].protocol", |p| {
+                matches!(p, Problem::UnknownValue { .. })
+            }),
+            ("\"create\"", "\"accept\"", "table.miss_policy", |p| {
+                matches!(p, Problem::UnknownValue { .. })
+            }),
+            ("capacity = 1024", "capacity = 1", "table.capacity", |p| {
+                matches!(p, Problem::OutOfRange { .. })
+            }),
+            ("udp = 30", "udp = 0", "timeouts.udp", |p| {
+                matches!(p, Problem::OutOfRange { .. })
+            }),
+            (
+                "name = \"svc-2\"",
+                "name = \"router\"",
+                "neighbor[1].name",
+                |p| matches!(p, Problem::DuplicateNeighbor { .. }),
+            ),
         ];
-        for (from, to, expect) in cases {
-            let (line, field, _, text) = error_after(from, to);
+        for (from, to, expect, is_expected) in cases {
+            let (line, field, problem, text) = error_after(from, to);
             assert_eq!(field, expect, "{text}");
-            assert!(line > 1, "{text}");
+            assert!(is_expected(&problem), "{text}");
+            assert_eq!(line, line_of(from), "{text}");
         }
     }
 
@@ -1021,11 +1074,19 @@ port = 5353
         assert_eq!(line, line_of("port = 8080"));
         assert_eq!(field, "port");
         assert!(matches!(problem, Problem::Toml { .. }));
-        let (_, field, problem, _) = error_after("protocol = \"tcp\"\n", "");
+        // A missing field is reported at its table's header.
+        let (line, field, problem, _) = error_after("protocol = \"tcp\"\n", "");
         assert_eq!(
             (field.as_str(), problem),
             ("protocol", Problem::MissingField)
         );
+        assert_eq!(line, line_of("[[service]]"));
+        let (line, field, problem, _) = error_after("capacity = 1024", "capcity = 1024");
+        assert_eq!(
+            (field.as_str(), problem),
+            ("capcity", Problem::UnknownField)
+        );
+        assert_eq!(line, line_of("capacity = 1024"));
         let (line, _, problem, _) = error_after("[default]", "[default");
         assert_eq!(line, line_of("[default]"));
         assert!(matches!(problem, Problem::Toml { .. }));

@@ -155,8 +155,8 @@ pub(super) const NO_SLOT: u32 = u32::MAX;
 /// One direction of a flow. A connection is two entries linked to each other,
 /// so both the request and the reply find their action with one lookup.
 ///
-/// 112 bytes; the field order is the compiler's, which packs them without
-/// holes (asserted in the tests).
+/// 112 bytes (asserted in the table's tests; see the [module docs](super)
+/// for the memory a table takes per entry).
 #[derive(Clone, Copy, Debug)]
 pub struct FlowEntry {
     /// The 5-tuple this entry matches.

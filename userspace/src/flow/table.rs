@@ -415,7 +415,8 @@ impl FlowTable {
 
     /// Installs a connection: `forward` (the key of the packet at hand) and
     /// `reverse` (the key its replies will carry, after any rewrite), linked
-    /// to each other. Evicts a connection if the table is full.
+    /// to each other. Evicts a connection if the table is full. Does not look
+    /// at TCP flags: ask [`Self::admit`] first.
     pub fn install(
         &mut self,
         forward: FlowKey,
@@ -1091,6 +1092,19 @@ mod tests {
             ),
             (1, 0, 0)
         );
+    }
+
+    #[test]
+    fn a_new_syn_on_a_closing_tuple_reopens_it() {
+        let mut t = table(8);
+        let slots = install(&mut t, 1, ipproto::TCP, at(0));
+        establish(&mut t, slots, at(0));
+        t.on_packet(slots.forward, RST, 60, at(1)).unwrap();
+        t.on_packet(slots.forward, SYN, 60, at(5)).unwrap();
+        assert_eq!(t.entry(slots.reverse).unwrap().tcp, TcpState::SynSent);
+        assert_eq!(t.expire(at(20), usize::MAX), 0);
+        t.on_packet(slots.reverse, SYN | ACK, 60, at(6)).unwrap();
+        assert_eq!(t.entry(slots.forward).unwrap().tcp, TcpState::Established);
     }
 
     #[test]
