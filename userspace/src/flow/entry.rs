@@ -25,6 +25,13 @@ impl Timestamp {
     pub fn saturating_since(self, earlier: Timestamp) -> Duration {
         Duration::from_nanos(self.0.saturating_sub(earlier.0))
     }
+
+    /// This timestamp of a clock that read `from_now` moved to a clock that
+    /// reads `to_now`, keeping its age (a future one becomes `to_now`, one
+    /// older than `to_now`'s epoch becomes the epoch).
+    pub fn rebased(self, from_now: Timestamp, to_now: Timestamp) -> Self {
+        Self(to_now.0.saturating_sub(from_now.0.saturating_sub(self.0)))
+    }
 }
 
 /// Who owns a flow's state: a worker (core) of a node.
@@ -311,5 +318,14 @@ mod tests {
             Duration::from_nanos(6)
         );
         assert_eq!(Timestamp::from_nanos(4).saturating_since(t), Duration::ZERO);
+        let rebased = |t: u64, from: u64, to: u64| {
+            Timestamp::from_nanos(t)
+                .rebased(Timestamp::from_nanos(from), Timestamp::from_nanos(to))
+                .as_nanos()
+        };
+        assert_eq!(rebased(90, 100, 1000), 990);
+        assert_eq!(rebased(990, 1000, 100), 90);
+        assert_eq!(rebased(500, 1000, 100), 0);
+        assert_eq!(rebased(1200, 1000, 100), 100);
     }
 }

@@ -56,8 +56,12 @@
 //! ([`FlowTable::start_journal`], [`FlowTable::take_journal`]) the changes
 //! made meanwhile, and [`FlowTable::import`] applies records on the
 //! receiving side, refusing ones older than what it holds (versions compare
-//! as RFC 1982 serial numbers, so they may wrap). Afterwards the sender
-//! points the moved flows at their new owner with [`FlowTable::redirect`].
+//! as RFC 1982 serial numbers, so they may wrap) and moving timestamps to its
+//! own clock. Every change bumps an entry's version, per-packet counting
+//! included, so the last delta carries fresh counters and idle times; the
+//! journal still holds at most one op per entry per batch. Afterwards the
+//! sender points the moved flows at their new owner with
+//! [`FlowTable::redirect`].
 
 mod app;
 pub mod config;

@@ -586,7 +586,16 @@ impl FlowTable {
     /// owner and state as they were there. A connection already present is
     /// replaced if the record is newer, kept if it has the same versions, and
     /// the record refused if either of its entries is older. Never evicts.
-    pub fn import(&mut self, record: FlowRecord) -> Result<ImportOutcome, FlowError> {
+    ///
+    /// The record's timestamps are on the sender's clock, which read
+    /// `source_now` when the record was taken; they are moved to this table's
+    /// clock (`now`) keeping their age, so idle timeouts carry over.
+    pub fn import(
+        &mut self,
+        record: FlowRecord,
+        source_now: Timestamp,
+        now: Timestamp,
+    ) -> Result<ImportOutcome, FlowError> {
         let FlowRecord {
             mut forward,
             mut reverse,
@@ -596,6 +605,10 @@ impl FlowTable {
         }
         forward.direction = Direction::Forward;
         reverse.direction = Direction::Reverse;
+        for entry in [&mut forward, &mut reverse] {
+            entry.created = entry.created.rebased(source_now, now);
+            entry.last_seen = entry.last_seen.rebased(source_now, now);
+        }
         match (self.lookup(&forward.key), self.lookup(&reverse.key)) {
             (None, None) => {
                 self.insert_pair(forward, reverse)?;
@@ -933,6 +946,11 @@ mod tests {
             reverse: rewrite(Side::Source, "10.0.9.1", 80),
             app: AppId::COUNT,
         }
+    }
+
+    /// Imports with both clocks reading the same.
+    fn import(t: &mut FlowTable, record: FlowRecord) -> Result<ImportOutcome, FlowError> {
+        t.import(record, at(1000), at(1000))
     }
 
     fn install(t: &mut FlowTable, n: u32, protocol: u8, now: Timestamp) -> FlowSlots {
@@ -1377,7 +1395,7 @@ mod tests {
             .reserve(source.counters().active as usize * 2)
             .unwrap();
         for record in source.records() {
-            assert_eq!(target.import(record), Ok(ImportOutcome::Inserted));
+            assert_eq!(import(&mut target, record), Ok(ImportOutcome::Inserted));
         }
         // Changes after the snapshot: traffic, a close, a removal, new flows.
         establish(&mut source, slots[1], at(2));
@@ -1391,7 +1409,7 @@ mod tests {
                 match op {
                     JournalOp::Insert { slot, .. } | JournalOp::Update { slot, .. } => {
                         let record = source.record(slot).unwrap();
-                        assert!(target.import(record).is_ok());
+                        assert!(import(target, record).is_ok());
                     }
                     JournalOp::Delete { key } => {
                         if let Some(slot) = target.lookup(&key) {
@@ -1416,15 +1434,15 @@ mod tests {
         let slots = install(&mut source, 1, ipproto::UDP, at(0));
         let v1 = source.record(slots.forward).unwrap();
         let mut target = table(8);
-        assert_eq!(target.import(v1), Ok(ImportOutcome::Inserted));
-        assert_eq!(target.import(v1), Ok(ImportOutcome::Unchanged));
+        assert_eq!(import(&mut target, v1), Ok(ImportOutcome::Inserted));
+        assert_eq!(import(&mut target, v1), Ok(ImportOutcome::Unchanged));
         source.on_packet(slots.reverse, 0, 60, at(1)).unwrap();
         let v2 = source.record(slots.forward).unwrap();
-        assert_eq!(target.import(v2), Ok(ImportOutcome::Updated));
+        assert_eq!(import(&mut target, v2), Ok(ImportOutcome::Updated));
         let slot = target.lookup(&v2.reverse.key).unwrap();
         assert_eq!(target.entry(slot).unwrap().packets, 1);
         assert_eq!(
-            target.import(v1),
+            import(&mut target, v1),
             Err(FlowError::Stale {
                 key: v1.reverse.key,
                 present: 2,
@@ -1438,21 +1456,43 @@ mod tests {
     }
 
     #[test]
+    fn imported_timestamps_keep_their_age_on_the_receivers_clock() {
+        let mut source = table(8);
+        let slots = install(&mut source, 1, ipproto::UDP, at(5000));
+        source.on_packet(slots.reverse, 0, 60, at(5200)).unwrap();
+        let record = source.record(slots.forward).unwrap();
+        let mut target = table(8);
+        // The receiver's clock reads 400 s when the sender's read 5250 s.
+        target.import(record, at(5250), at(400)).unwrap();
+        let forward = target
+            .entry(target.lookup(&record.forward.key).unwrap())
+            .unwrap();
+        assert_eq!((forward.created, forward.last_seen), (at(150), at(150)));
+        let reverse = target
+            .entry(target.lookup(&record.reverse.key).unwrap())
+            .unwrap();
+        assert_eq!(reverse.last_seen, at(350));
+        // Idle for 50 s at the sender: the UDP timeout (300 s) ends at 650 s here.
+        assert_eq!(target.expire(at(649), usize::MAX), 0);
+        assert_eq!(target.expire(at(650), usize::MAX), 1);
+    }
+
+    #[test]
     fn imports_that_do_not_fit_or_clash_are_refused() {
         let mut source = table(8);
         let a = install(&mut source, 1, ipproto::UDP, at(0));
         let b = install(&mut source, 2, ipproto::UDP, at(0));
         let mut target = table(2);
-        target.import(source.record(a.forward).unwrap()).unwrap();
-        let full = target.import(source.record(b.forward).unwrap());
+        import(&mut target, source.record(a.forward).unwrap()).unwrap();
+        let full = import(&mut target, source.record(b.forward).unwrap());
         assert_eq!(full, Err(FlowError::Full { capacity: 2 }));
         // A record whose reverse key is taken by another connection here.
         let mut clash = source.record(b.forward).unwrap();
         clash.reverse.key = source.record(a.forward).unwrap().reverse.key;
         let mut roomy = table(8);
-        roomy.import(source.record(a.forward).unwrap()).unwrap();
+        import(&mut roomy, source.record(a.forward).unwrap()).unwrap();
         assert_eq!(
-            roomy.import(clash),
+            import(&mut roomy, clash),
             Err(FlowError::Conflict {
                 key: clash.reverse.key
             })
