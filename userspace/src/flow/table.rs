@@ -1005,6 +1005,7 @@ mod tests {
         assert_eq!(record.forward.network, actions().forward);
         assert_eq!(record.reverse.network, actions().reverse);
         assert_eq!(record.reverse.direction, Direction::Reverse);
+        assert_eq!(t.local_owner(), ME);
         assert_eq!(
             (record.forward.owner, record.forward.app),
             (ME, AppId::COUNT)
