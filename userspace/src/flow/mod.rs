@@ -21,7 +21,8 @@
 //!
 //! Lookups, per-packet updates, installs (with eviction), removals and the
 //! sweep never allocate and take no lock: a table belongs to one worker.
-//! Only [`FlowTable::reserve`] and the journal's batch handover allocate.
+//! Only [`FlowTable::new`], [`FlowTable::reserve`] and the journal's
+//! [`FlowTable::start_journal`] and [`FlowTable::take_journal`] allocate.
 //!
 //! # Memory
 //! `size_of::<FlowEntry>()` is **112 bytes**. An index bucket is 8 bytes and
