@@ -7,6 +7,8 @@
 pub mod admin;
 pub mod control;
 pub mod edge;
+pub mod flow;
 pub mod io;
 pub mod node;
+pub mod rewrite;
 pub mod scope;

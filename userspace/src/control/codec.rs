@@ -75,12 +75,7 @@ pub struct Envelope {
 
 impl Envelope {
     /// A message at [`PROTOCOL_VERSION`] that answers nothing.
-    pub fn new(
-        sender: Sender,
-        incarnation: Incarnation,
-        serial: NonZeroU64,
-        body: impl Into<Body>,
-    ) -> Self {
+    pub fn new(sender: Sender, incarnation: Incarnation, serial: NonZeroU64, body: impl Into<Body>) -> Self {
         Self {
             version: PROTOCOL_VERSION,
             sender,
@@ -214,8 +209,7 @@ impl Header {
             return Err(DecodeError::BadMagic { found: magic });
         }
         let raw_sender = be_u16(payload, 8);
-        let sender = Sender::from_wire(raw_sender)
-            .ok_or(DecodeError::UnassignedSender { raw: raw_sender })?;
+        let sender = Sender::from_wire(raw_sender).ok_or(DecodeError::UnassignedSender { raw: raw_sender })?;
         let serial = NonZeroU64::new(be_u64(payload, 10)).ok_or(DecodeError::ZeroSerial)?;
         Ok(Header {
             version: be_u16(payload, 4),
@@ -266,10 +260,9 @@ pub fn decode_payload(payload: &[u8]) -> Result<Envelope, DecodeError> {
             version: header.version,
         });
     }
-    let kind = MessageKind::from_wire(header.kind)
-        .ok_or(DecodeError::UnknownKind { kind: header.kind })?;
-    let (body, rest) = Body::decode(kind, &payload[HEADER_LEN..])
-        .map_err(|source| DecodeError::MalformedBody { kind, source })?;
+    let kind = MessageKind::from_wire(header.kind).ok_or(DecodeError::UnknownKind { kind: header.kind })?;
+    let (body, rest) =
+        Body::decode(kind, &payload[HEADER_LEN..]).map_err(|source| DecodeError::MalformedBody { kind, source })?;
     if !rest.is_empty() {
         return Err(DecodeError::TrailingBytes {
             kind,
@@ -406,12 +399,7 @@ mod tests {
     fn header_layout_is_pinned() {
         let env = Envelope {
             reply_to: Some(serial(0x0102_0304_0506_0708)),
-            ..Envelope::new(
-                Sender::Manager,
-                Incarnation(0xaabb),
-                serial(5),
-                StatusRequest,
-            )
+            ..Envelope::new(Sender::Manager, Incarnation(0xaabb), serial(5), StatusRequest)
         };
         let frame = encode(&env).expect("encodes");
         let expected: Vec<u8> = [
@@ -434,11 +422,7 @@ mod tests {
             let frame = encode(&env).expect("encodes");
             for cut in 0..frame.len() {
                 let short = &frame[..cut];
-                assert!(
-                    decode_frame(short).is_err(),
-                    "{:?} cut at {cut}",
-                    env.body.kind()
-                );
+                assert!(decode_frame(short).is_err(), "{:?} cut at {cut}", env.body.kind());
                 // With the prefix fixed up the body itself is short.
                 let mut relabelled = short.to_vec();
                 if relabelled.len() >= LENGTH_PREFIX_LEN {
@@ -492,10 +476,7 @@ mod tests {
     #[test]
     fn mutated_valid_frames_never_panic() {
         let mut rng = XorShift(7);
-        let frames: Vec<Vec<u8>> = envelopes()
-            .iter()
-            .map(|e| encode(e).expect("encodes"))
-            .collect();
+        let frames: Vec<Vec<u8>> = envelopes().iter().map(|e| encode(e).expect("encodes")).collect();
         for i in 0..20_000 {
             let mut frame = frames[i % frames.len()].clone();
             for _ in 0..=rng.below(4) {
@@ -555,10 +536,7 @@ mod tests {
         let mut payload = small_frame()[LENGTH_PREFIX_LEN..].to_vec();
         payload[6..8].copy_from_slice(&MessageKind::ErrorReply.to_wire().to_be_bytes());
         let payload = postcard::to_extend(&huge, payload).expect("encodes");
-        assert!(matches!(
-            decode_payload(&payload),
-            Err(DecodeError::TooLarge { .. })
-        ));
+        assert!(matches!(decode_payload(&payload), Err(DecodeError::TooLarge { .. })));
     }
 
     #[test]

@@ -99,13 +99,7 @@ impl TryFrom<&FlowKey> for WireFlowKey {
 
 impl From<&WireFlowKey> for FlowKey {
     fn from(key: &WireFlowKey) -> Self {
-        FlowKey::new(
-            key.src(),
-            key.dst(),
-            key.src_port,
-            key.dst_port,
-            key.protocol,
-        )
+        FlowKey::new(key.src(), key.dst(), key.src_port, key.dst_port, key.protocol)
     }
 }
 
@@ -353,9 +347,7 @@ impl FlowRecordV2 {
     pub fn to_v1(&self) -> Result<FlowRecordV1, Untranslatable> {
         let action = match self.action {
             NetworkActionV2::Forward { next_hop } => NetworkActionV1::Forward { next_hop },
-            NetworkActionV2::Rewrite { side, to, next_hop } => {
-                NetworkActionV1::Rewrite { side, to, next_hop }
-            }
+            NetworkActionV2::Rewrite { side, to, next_hop } => NetworkActionV1::Rewrite { side, to, next_hop },
             NetworkActionV2::Redirect { owner } => NetworkActionV1::Redirect { owner },
             NetworkActionV2::FullNat { .. } => {
                 return Err(Untranslatable {
@@ -383,9 +375,7 @@ impl From<FlowRecordV1> for FlowRecordV2 {
     fn from(r: FlowRecordV1) -> Self {
         let action = match r.action {
             NetworkActionV1::Forward { next_hop } => NetworkActionV2::Forward { next_hop },
-            NetworkActionV1::Rewrite { side, to, next_hop } => {
-                NetworkActionV2::Rewrite { side, to, next_hop }
-            }
+            NetworkActionV1::Rewrite { side, to, next_hop } => NetworkActionV2::Rewrite { side, to, next_hop },
             NetworkActionV1::Redirect { owner } => NetworkActionV2::Redirect { owner },
         };
         Self {
@@ -423,9 +413,7 @@ impl FlowRecord {
     /// information forwarding does not need, or fail with [`Untranslatable`].
     pub fn translate(self, target: RecordVersion) -> Result<FlowRecord, Untranslatable> {
         match (self, target) {
-            (FlowRecord::V1(_), RecordVersion::V1) | (FlowRecord::V2(_), RecordVersion::V2) => {
-                Ok(self)
-            }
+            (FlowRecord::V1(_), RecordVersion::V1) | (FlowRecord::V2(_), RecordVersion::V2) => Ok(self),
             (FlowRecord::V1(r), RecordVersion::V2) => Ok(FlowRecord::V2(r.into())),
             (FlowRecord::V2(r), RecordVersion::V1) => r.to_v1().map(FlowRecord::V1),
         }
@@ -500,10 +488,7 @@ pub(crate) mod tests {
 
     #[test]
     fn flow_keys_round_trip_through_the_wire_form_for_both_families() {
-        for (src, dst) in [
-            ("10.0.0.1", "192.168.1.9"),
-            ("2001:db8::1", "2001:db8:ffff::2"),
-        ] {
+        for (src, dst) in [("10.0.0.1", "192.168.1.9"), ("2001:db8::1", "2001:db8:ffff::2")] {
             let key = FlowKey::new(
                 src.parse().expect("literal"),
                 dst.parse().expect("literal"),
@@ -514,10 +499,7 @@ pub(crate) mod tests {
             let wire = WireFlowKey::try_from(&key).expect("valid key");
             assert_eq!(wire.src().to_string(), src);
             assert_eq!(wire.dst().to_string(), dst);
-            assert_eq!(
-                (wire.src_port, wire.dst_port, wire.protocol),
-                (1234, 443, 17)
-            );
+            assert_eq!((wire.src_port, wire.dst_port, wire.protocol), (1234, 443, 17));
             assert_eq!(FlowKey::from(&wire), key);
         }
     }
@@ -544,10 +526,7 @@ pub(crate) mod tests {
             }
         );
         assert_eq!(v1.counters, v2.counters);
-        assert_eq!(
-            (v1.key, v1.owner, v1.age, v1.idle),
-            (v2.key, v2.owner, v2.age, v2.idle)
-        );
+        assert_eq!((v1.key, v1.owner, v1.age, v1.idle), (v2.key, v2.owner, v2.age, v2.idle));
         let back = FlowRecordV2::from(v1);
         assert_eq!(back.reverse_counters, None);
         assert_eq!(
@@ -585,17 +564,14 @@ pub(crate) mod tests {
         let v1 = v2.translate(RecordVersion::V1).expect("translatable");
         assert_eq!(v1.version(), RecordVersion::V1);
         assert_eq!(v1.translate(RecordVersion::V1), Ok(v1));
-        let up = v1
-            .translate(RecordVersion::V2)
-            .expect("upgrades always work");
+        let up = v1.translate(RecordVersion::V2).expect("upgrades always work");
         assert_eq!(up.version(), RecordVersion::V2);
         assert_eq!(up.key(), v2.key());
     }
     #[test]
     fn the_largest_v2_record_stays_under_200_bytes() {
         // The protocol doc sizes snapshot chunks from this bound.
-        let v6 =
-            |last: u16| Ipv6Addr::new(0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, last);
+        let v6 = |last: u16| Ipv6Addr::new(0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, last);
         let endpoint = |last| SocketAddr::new(v6(last).into(), u16::MAX);
         let max = Counters {
             packets: u64::MAX,
@@ -603,10 +579,7 @@ pub(crate) mod tests {
         };
         let record = FlowRecord::V2(FlowRecordV2 {
             key: WireFlowKey {
-                addrs: WireAddrs::V6 {
-                    src: v6(1),
-                    dst: v6(2),
-                },
+                addrs: WireAddrs::V6 { src: v6(1), dst: v6(2) },
                 src_port: u16::MAX,
                 dst_port: u16::MAX,
                 protocol: u8::MAX,

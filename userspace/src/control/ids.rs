@@ -283,9 +283,7 @@ mod tests {
         assert_eq!(NodeId::new(MAX_NODE_ID).map(NodeId::get), Ok(MAX_NODE_ID));
         assert_eq!(
             NodeId::new(MAX_NODE_ID + 1),
-            Err(ReservedNodeId {
-                raw: MAX_NODE_ID + 1
-            })
+            Err(ReservedNodeId { raw: MAX_NODE_ID + 1 })
         );
         let bytes = postcard::to_allocvec(&WIRE_MANAGER).expect("a u16 encodes");
         assert!(postcard::from_bytes::<NodeId>(&bytes).is_err());

@@ -12,8 +12,7 @@ use std::{
 };
 
 use super::codec::{
-    check_length_prefix, decode_payload, encode, DecodeError, EncodeError, Envelope,
-    LENGTH_PREFIX_LEN,
+    check_length_prefix, decode_payload, encode, DecodeError, EncodeError, Envelope, LENGTH_PREFIX_LEN,
 };
 
 /// A frame could not be read or written.
@@ -252,8 +251,8 @@ mod tests {
         let per_read = Some(Duration::from_secs(2));
         server.set_read_timeout(per_read).expect("set timeout");
         let started = Instant::now();
-        let err = read_frame_within(&server, Duration::from_millis(300))
-            .expect_err("the frame cannot complete in time");
+        let err =
+            read_frame_within(&server, Duration::from_millis(300)).expect_err("the frame cannot complete in time");
         let elapsed = started.elapsed();
         assert!(
             matches!(err, FrameIoError::Timeout { received } if received > 0),

@@ -26,8 +26,8 @@ pub mod stale;
 mod samples;
 
 pub use codec::{
-    decode_frame, decode_payload, encode, DecodeError, EncodeError, Envelope, Header,
-    MAX_FRAME_LEN, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
+    decode_frame, decode_payload, encode, DecodeError, EncodeError, Envelope, Header, MAX_FRAME_LEN, PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
 };
 pub use ids::{Capabilities, Incarnation, MigrationSerial, NodeId, Sender, VersionRange};
 pub use io::{read_frame, read_frame_within, write_frame, FrameIoError};

@@ -35,10 +35,7 @@ pub enum NegotiationError {
 }
 
 /// The highest protocol version in both ranges.
-pub fn negotiate_protocol_version(
-    ours: VersionRange,
-    theirs: VersionRange,
-) -> Result<u16, NegotiationError> {
+pub fn negotiate_protocol_version(ours: VersionRange, theirs: VersionRange) -> Result<u16, NegotiationError> {
     let highest = ours.max.min(theirs.max);
     if ours.contains(highest) && theirs.contains(highest) {
         Ok(highest)
@@ -48,10 +45,7 @@ pub fn negotiate_protocol_version(
 }
 
 /// The highest flow record version both capability sets advertise.
-pub fn negotiate_record_version(
-    ours: Capabilities,
-    theirs: Capabilities,
-) -> Result<RecordVersion, NegotiationError> {
+pub fn negotiate_record_version(ours: Capabilities, theirs: Capabilities) -> Result<RecordVersion, NegotiationError> {
     let common = ours & theirs;
     RecordVersion::ALL
         .into_iter()
@@ -79,18 +73,14 @@ pub fn answer_peer_hello(ours: &PeerHello, theirs: &PeerHello) -> PeerHelloAck {
 
 /// The record version a handover to `inheritor` uses, given its answer to our
 /// hello, or the reason the migration aborts.
-pub fn handover_record_version(
-    inheritor: NodeId,
-    ack: &PeerHelloAck,
-) -> Result<RecordVersion, AbortReason> {
+pub fn handover_record_version(inheritor: NodeId, ack: &PeerHelloAck) -> Result<RecordVersion, AbortReason> {
     match *ack {
         PeerHelloAck::Accepted {
             record_version: Some(version),
             ..
         } => Ok(version),
         PeerHelloAck::Accepted {
-            record_version: None,
-            ..
+            record_version: None, ..
         } => Err(AbortReason::NoCommonRecordVersion { node: inheritor }),
         PeerHelloAck::Refused { reason } => Err(AbortReason::PeerRefused {
             node: inheritor,
@@ -111,10 +101,7 @@ pub fn records_for_handover(
         .into_iter()
         .map(|r| {
             r.translate(version)
-                .map_err(|flow| AbortReason::Untranslatable {
-                    node: inheritor,
-                    flow,
-                })
+                .map_err(|flow| AbortReason::Untranslatable { node: inheritor, flow })
         })
         .collect()
 }
@@ -158,10 +145,7 @@ mod tests {
     fn record_negotiation_picks_the_highest_common_version() {
         let v1 = Capabilities::FLOW_RECORD_V1;
         let v2 = Capabilities::FLOW_RECORD_V2;
-        assert_eq!(
-            negotiate_record_version(v1 | v2, v1 | v2),
-            Ok(RecordVersion::V2)
-        );
+        assert_eq!(negotiate_record_version(v1 | v2, v1 | v2), Ok(RecordVersion::V2));
         assert_eq!(negotiate_record_version(v1 | v2, v1), Ok(RecordVersion::V1));
         assert_eq!(negotiate_record_version(v2, v1 | v2), Ok(RecordVersion::V2));
         let unknown_future = Capabilities::from_bits(1 << 63);
@@ -177,10 +161,7 @@ mod tests {
     #[test]
     fn a_hello_answer_reports_the_terms_or_the_refusal() {
         let ours = hello(range(1, 1), Capabilities::THIS_BUILD);
-        let older = hello(
-            range(1, 1),
-            Capabilities::FLOW_RECORD_V1 | Capabilities::OWNER_ANNOUNCE,
-        );
+        let older = hello(range(1, 1), Capabilities::FLOW_RECORD_V1 | Capabilities::OWNER_ANNOUNCE);
         assert_eq!(
             answer_peer_hello(&ours, &older),
             PeerHelloAck::Accepted {
@@ -203,18 +184,14 @@ mod tests {
         assert_eq!(refused, PeerHelloAck::Refused { reason });
         assert_eq!(
             handover_record_version(node(3), &refused),
-            Err(AbortReason::PeerRefused {
-                node: node(3),
-                reason
-            })
+            Err(AbortReason::PeerRefused { node: node(3), reason })
         );
     }
 
     #[test]
     fn a_handover_to_a_v1_peer_translates_or_aborts_naming_the_flow() {
         let plain = FlowRecord::V2(v2_record(v4_key(1), rewrite_action()));
-        let sent = records_for_handover(node(2), [plain], RecordVersion::V1)
-            .expect("a rewrite has a V1 form");
+        let sent = records_for_handover(node(2), [plain], RecordVersion::V1).expect("a rewrite has a V1 form");
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].version(), RecordVersion::V1);
 
@@ -232,9 +209,7 @@ mod tests {
                 },
             }
         );
-        assert!(reason
-            .to_string()
-            .contains("stateful handover to node 2 refused"));
+        assert!(reason.to_string().contains("stateful handover to node 2 refused"));
         assert!(records_for_handover(node(2), [plain, nat], RecordVersion::V2).is_ok());
     }
 }

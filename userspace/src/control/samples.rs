@@ -30,10 +30,7 @@ fn scope() -> WireScope {
         version: 4,
         table: ScopeTable::Runs(vec![
             BucketRun { owner: 1, len: 3 },
-            BucketRun {
-                owner: UNOWNED,
-                len: 5,
-            },
+            BucketRun { owner: UNOWNED, len: 5 },
         ]),
     }
 }

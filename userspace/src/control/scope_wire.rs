@@ -222,10 +222,7 @@ mod tests {
         assert_eq!(
             runs.table,
             ScopeTable::Runs(vec![
-                BucketRun {
-                    owner: 4,
-                    len: 1000
-                },
+                BucketRun { owner: 4, len: 1000 },
                 BucketRun {
                     owner: UNOWNED,
                     len: (1 << 16) - 1000
@@ -254,10 +251,7 @@ mod tests {
                 buckets: u64::from(u32::MAX)
             })
         );
-        let empty = ScopeTable::Runs(vec![
-            BucketRun { owner: 1, len: 4 },
-            BucketRun { owner: 2, len: 0 },
-        ]);
+        let empty = ScopeTable::Runs(vec![BucketRun { owner: 1, len: 4 }, BucketRun { owner: 2, len: 0 }]);
         assert_eq!(empty.expand(), Err(ScopeTableError::EmptyRun { index: 1 }));
     }
 

@@ -164,10 +164,7 @@ mod tests {
         codec::Envelope,
         flow::tests::node,
         ids::Sender,
-        message::{
-            Abort, AbortReason, Body, Heartbeat, MigrateStart, MigrationMode, Phase, Progress,
-            Purged,
-        },
+        message::{Abort, AbortReason, Body, Heartbeat, MigrateStart, MigrationMode, Phase, Progress, Purged},
         scope_wire::{ScopeTable, WireScope},
     };
     use std::time::Duration;
@@ -217,14 +214,8 @@ mod tests {
     #[test]
     fn a_repeated_serial_is_a_duplicate() {
         let mut filter = StalenessFilter::new(PEER);
-        assert_eq!(
-            filter.classify(&from(PEER, 1, heartbeat())),
-            Freshness::Current
-        );
-        assert_eq!(
-            filter.classify(&from(PEER, 2, heartbeat())),
-            Freshness::Current
-        );
+        assert_eq!(filter.classify(&from(PEER, 1, heartbeat())), Freshness::Current);
+        assert_eq!(filter.classify(&from(PEER, 2, heartbeat())), Freshness::Current);
         assert_eq!(
             filter.classify(&from(PEER, 1, heartbeat())),
             Freshness::Duplicate {
@@ -244,10 +235,7 @@ mod tests {
                 got: old
             }
         );
-        assert_eq!(
-            filter.classify(&from(PEER, 5, heartbeat())),
-            Freshness::Current
-        );
+        assert_eq!(filter.classify(&from(PEER, 5, heartbeat())), Freshness::Current);
     }
 
     #[test]
@@ -255,10 +243,7 @@ mod tests {
         // The node's view of the manager: attempt 7 starts, is aborted, and 8
         // starts. Leftovers of 7 must not touch attempt 8.
         let mut filter = StalenessFilter::new(PEER);
-        assert_eq!(
-            filter.classify(&from(PEER, 1, start(7))),
-            Freshness::Current
-        );
+        assert_eq!(filter.classify(&from(PEER, 1, start(7))), Freshness::Current);
         filter.begin_migration(MigrationSerial(7));
         let abort = Abort {
             serial: MigrationSerial(7),
@@ -292,15 +277,9 @@ mod tests {
             }
         ));
 
-        assert_eq!(
-            filter.classify(&from(PEER, 5, start(8))),
-            Freshness::Current
-        );
+        assert_eq!(filter.classify(&from(PEER, 5, start(8))), Freshness::Current);
         filter.begin_migration(MigrationSerial(8));
-        assert_eq!(
-            filter.classify(&from(PEER, 6, progress(8))),
-            Freshness::Current
-        );
+        assert_eq!(filter.classify(&from(PEER, 6, progress(8))), Freshness::Current);
         assert_eq!(
             filter.classify(&from(PEER, 7, progress(7))),
             Freshness::StaleSerial {
@@ -319,18 +298,12 @@ mod tests {
     #[test]
     fn rebinding_restarts_serials_and_forgets_attempts_only_of_another_incarnation() {
         let mut filter = StalenessFilter::new(PEER);
-        assert_eq!(
-            filter.classify(&from(PEER, 1, start(7))),
-            Freshness::Current
-        );
+        assert_eq!(filter.classify(&from(PEER, 1, start(7))), Freshness::Current);
         filter.begin_migration(MigrationSerial(7));
         filter.end_migration();
 
         filter.rebind(PEER);
-        assert_eq!(
-            filter.classify(&from(PEER, 1, heartbeat())),
-            Freshness::Current
-        );
+        assert_eq!(filter.classify(&from(PEER, 1, heartbeat())), Freshness::Current);
         assert!(matches!(
             filter.classify(&from(PEER, 2, start(7))),
             Freshness::StaleSerial {
@@ -345,10 +318,7 @@ mod tests {
             filter.classify(&from(PEER, 3, heartbeat())),
             Freshness::StaleIncarnation { .. }
         ));
-        assert_eq!(
-            filter.classify(&from(restarted, 1, start(1))),
-            Freshness::Current
-        );
+        assert_eq!(filter.classify(&from(restarted, 1, start(1))), Freshness::Current);
     }
 
     #[test]
@@ -366,18 +336,12 @@ mod tests {
             Freshness::Duplicate { .. }
         ));
         let far = 12 + DUPLICATE_WINDOW;
-        assert_eq!(
-            filter.classify(&from(PEER, far, heartbeat())),
-            Freshness::Current
-        );
+        assert_eq!(filter.classify(&from(PEER, far, heartbeat())), Freshness::Current);
         // 12 is now exactly a window behind: too old to tell, so rejected.
         assert!(matches!(
             filter.classify(&from(PEER, 12, heartbeat())),
             Freshness::Duplicate { .. }
         ));
-        assert_eq!(
-            filter.classify(&from(PEER, far - 1, heartbeat())),
-            Freshness::Current
-        );
+        assert_eq!(filter.classify(&from(PEER, far - 1, heartbeat())), Freshness::Current);
     }
 }

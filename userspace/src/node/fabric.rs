@@ -62,7 +62,9 @@ fn header_bytes(h: &FabricHeader) -> [u8; FABRIC_HLEN] {
 
 /// Reads and checks the fabric header of an encapsulated frame.
 pub fn read_header(frame: &[u8]) -> Result<FabricHeader, FabricError> {
-    let b = frame.get(ETH_HLEN..INNER_OFFSET).ok_or(FabricError::Truncated { len: frame.len() })?;
+    let b = frame
+        .get(ETH_HLEN..INNER_OFFSET)
+        .ok_or(FabricError::Truncated { len: frame.len() })?;
     let ne16 = |i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
     let h = FabricHeader {
         version: b[0],
@@ -173,7 +175,12 @@ mod tests {
     use super::*;
     use crate::io::{memory::MemoryPort, PacketIo, Verdict};
 
-    const HOP: Hop = Hop { src_mac: [2, 0, 0, 0, 0, 1], dst_mac: [2, 0, 0, 0, 0, 2], sender: 7, lane: 1 };
+    const HOP: Hop = Hop {
+        src_mac: [2, 0, 0, 0, 0, 1],
+        dst_mac: [2, 0, 0, 0, 0, 2],
+        sender: 7,
+        lane: 1,
+    };
 
     fn frame_with(tags: usize) -> Vec<u8> {
         let mut f = vec![0xaa; 12];
@@ -196,7 +203,10 @@ mod tests {
                 encapsulate(f, l3, 0x0800, 0, 3, &HOP).unwrap();
                 assert_eq!(f.bytes().len(), INNER_OFFSET + 30);
                 let h = read_header(f.bytes()).unwrap();
-                assert_eq!((h.kind, h.hops, h.target_worker, h.sender.get(), h.lane.get()), (kind::DATA, 1, 3, 7, 1));
+                assert_eq!(
+                    (h.kind, h.hops, h.target_worker, h.sender.get(), h.lane.get()),
+                    (kind::DATA, 1, 3, 7, 1)
+                );
                 let h = decapsulate(f, [2, 0, 0, 0, 0, 9]).unwrap();
                 assert_eq!(h.inner_ethertype.get(), 0x0800);
                 Verdict::Transmit
@@ -214,7 +224,10 @@ mod tests {
         let mut port = MemoryPort::new(4, 256, 4);
         port.inject(&frame_with(0)).unwrap();
         port.poll_rx(|f| {
-            assert_eq!(encapsulate(f, 14, 0x0800, FABRIC_MAX_HOPS, 0, &HOP), Err(FabricError::TooManyHops(FABRIC_MAX_HOPS + 1)));
+            assert_eq!(
+                encapsulate(f, 14, 0x0800, FABRIC_MAX_HOPS, 0, &HOP),
+                Err(FabricError::TooManyHops(FABRIC_MAX_HOPS + 1))
+            );
             Verdict::Drop
         });
         let mut marker = [0u8; INNER_OFFSET];

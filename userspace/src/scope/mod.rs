@@ -134,7 +134,10 @@ mod tests {
 
     #[test]
     fn member_order_does_not_matter() {
-        assert_eq!(Scope::initial(512, &[3, 1, 2]).unwrap(), Scope::initial(512, &[1, 2, 3]).unwrap());
+        assert_eq!(
+            Scope::initial(512, &[3, 1, 2]).unwrap(),
+            Scope::initial(512, &[1, 2, 3]).unwrap()
+        );
     }
 
     #[test]

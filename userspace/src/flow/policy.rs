@@ -1,0 +1,421 @@
+//! What the first packet of a flow gets.
+//!
+//! A packet for a service (VIP, protocol, port) is DNATed to one of the
+//! service's backends, its reply SNATed back to the VIP. The backend is
+//! picked by consistent hashing: each service has a table of
+//! [`BACKEND_TABLE_SIZE`] entries filled by [`maglev::build`] with the
+//! backends' weights, indexed by the flow hash. Every node with the same
+//! config picks the same backend for a flow, and a config reload
+//! ([`Policy::reload`]) moves only the flows whose backend left (or whose
+//! table entries go to a new backend). Everything else gets the config's
+//! default action.
+
+use super::{
+    config::{DefaultAction, Neighbor, PolicyConfig, ServiceConfig},
+    AppId, FlowActions, NetworkAction, Rewrite, Side, TableConfig,
+};
+use crate::scope::maglev::{self, BuildError, WeightedMember, UNOWNED};
+use handoff_common::{
+    flow_key::{addr_words, FlowKey},
+    hash::{flow_hash, HashMode},
+    net::NetU16,
+};
+use std::collections::HashMap;
+
+/// Entries in a service's backend table (a power of two). With up to a few
+/// dozen backends, shares stay within a fraction of a percent of the weights.
+pub const BACKEND_TABLE_SIZE: u32 = 4096;
+
+/// What to do with the first packet of a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Install a connection with these actions.
+    Install {
+        /// The key replies will carry (after the forward rewrite).
+        reverse_key: FlowKey,
+        /// The forward action, the reverse action (undoing the rewrite) and
+        /// the app.
+        actions: FlowActions,
+    },
+    /// Drop the packet and install nothing.
+    Drop,
+}
+
+/// Why a policy cannot be built from a validated config.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// A service's backend table could not be built.
+    #[error("service {service}: {source}")]
+    Backends {
+        /// The service.
+        service: String,
+        /// Why.
+        #[source]
+        source: BuildError,
+    },
+}
+
+/// Identifies a service by a flow's destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct ServiceKey {
+    addr: [u32; 4],
+    ip_version: u8,
+    protocol: u8,
+    port: u16,
+}
+
+impl ServiceKey {
+    fn of_service(s: &ServiceConfig) -> Self {
+        Self {
+            addr: addr_words(s.vip),
+            ip_version: if s.vip.is_ipv4() { 4 } else { 6 },
+            protocol: s.protocol.number(),
+            port: s.port,
+        }
+    }
+
+    fn of_destination(key: &FlowKey) -> Self {
+        Self {
+            addr: key.dst_addr,
+            ip_version: key.ip_version,
+            protocol: key.protocol,
+            port: key.dst_port.get(),
+        }
+    }
+}
+
+/// The decision logic built from a [`PolicyConfig`]. Read-only, so workers
+/// can share one behind an `Arc` and swap it on reload.
+#[derive(Clone)]
+pub struct Policy {
+    config: PolicyConfig,
+    services: HashMap<ServiceKey, usize>,
+    /// Per service: backend index of each table entry.
+    tables: Vec<Vec<u32>>,
+}
+
+/// The config only: the backend tables are 4096 numbers per service.
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Policy {
+    /// Builds the backend tables of `config` from scratch.
+    pub fn new(config: PolicyConfig) -> Result<Self, PolicyError> {
+        Self::build(config, None)
+    }
+
+    /// Builds a policy for `config` that keeps as many backend-table entries
+    /// of `self` as the new weights allow, so flows without state (picked up
+    /// mid-stream) mostly keep their backend across the reload.
+    pub fn reload(&self, config: PolicyConfig) -> Result<Self, PolicyError> {
+        Self::build(config, Some(self))
+    }
+
+    fn build(config: PolicyConfig, previous: Option<&Policy>) -> Result<Self, PolicyError> {
+        let mut services = HashMap::with_capacity(config.services.len());
+        let mut tables = Vec::with_capacity(config.services.len());
+        for (i, service) in config.services.iter().enumerate() {
+            let key = ServiceKey::of_service(service);
+            services.insert(key, i);
+            let members: Vec<WeightedMember> = service
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(id, b)| WeightedMember {
+                    id: id as u32,
+                    weight: b.weight,
+                })
+                .collect();
+            let kept = previous.and_then(|p| p.translated_table(key, service));
+            let table = maglev::build(BACKEND_TABLE_SIZE, &members, kept.as_deref()).map_err(|source| {
+                PolicyError::Backends {
+                    service: service.name.clone(),
+                    source,
+                }
+            })?;
+            tables.push(table);
+        }
+        Ok(Self {
+            config,
+            services,
+            tables,
+        })
+    }
+
+    /// This policy's table for the service `key`, with backend indices
+    /// translated to their positions in `next` (backends are matched by
+    /// address and port; a backend `next` lacks becomes unowned).
+    fn translated_table(&self, key: ServiceKey, next: &ServiceConfig) -> Option<Vec<u32>> {
+        let &i = self.services.get(&key)?;
+        let old_backends = &self.config.services[i].backends;
+        let new_index: Vec<u32> = old_backends
+            .iter()
+            .map(|old| {
+                next.backends
+                    .iter()
+                    .position(|b| (b.address, b.port) == (old.address, old.port))
+                    .map_or(UNOWNED, |j| j as u32)
+            })
+            .collect();
+        Some(
+            self.tables[i]
+                .iter()
+                .map(|&b| new_index.get(b as usize).copied().unwrap_or(UNOWNED))
+                .collect(),
+        )
+    }
+
+    /// The config this policy was built from.
+    pub fn config(&self) -> &PolicyConfig {
+        &self.config
+    }
+
+    /// The flow-table settings of the config.
+    pub fn table_config(&self) -> &TableConfig {
+        &self.config.table
+    }
+
+    /// The next hops that actions' `next_hop` indices refer to.
+    pub fn neighbors(&self) -> &[Neighbor] {
+        &self.config.neighbors
+    }
+
+    /// The actions for a flow whose first packet has `key`.
+    pub fn decide(&self, key: &FlowKey) -> Decision {
+        let gateway = self.config.gateway;
+        let Some(&i) = self.services.get(&ServiceKey::of_destination(key)) else {
+            return match self.config.default_action {
+                DefaultAction::Forward => Decision::Install {
+                    reverse_key: key.reversed(),
+                    actions: FlowActions {
+                        forward: NetworkAction::Forward { next_hop: gateway },
+                        reverse: NetworkAction::Forward { next_hop: gateway },
+                        app: AppId::NONE,
+                    },
+                },
+                DefaultAction::Drop => Decision::Drop,
+            };
+        };
+        let service = &self.config.services[i];
+        let hash = flow_hash(key, HashMode::Directional, self.config.hash_seed);
+        let entry = hash & (BACKEND_TABLE_SIZE - 1);
+        let Some(backend) = self.tables[i]
+            .get(entry as usize)
+            .and_then(|&b| service.backends.get(b as usize))
+        else {
+            return Decision::Drop;
+        };
+        let reverse_key = FlowKey {
+            src_addr: addr_words(backend.address),
+            dst_addr: key.src_addr,
+            src_port: NetU16::from_host(backend.port),
+            dst_port: key.src_port,
+            ..*key
+        };
+        Decision::Install {
+            reverse_key,
+            actions: FlowActions {
+                forward: NetworkAction::Rewrite(Rewrite {
+                    side: Side::Destination,
+                    address: backend.address,
+                    port: backend.port,
+                    next_hop: backend.next_hop,
+                }),
+                reverse: NetworkAction::Rewrite(Rewrite {
+                    side: Side::Source,
+                    address: service.vip,
+                    port: service.port,
+                    next_hop: gateway,
+                }),
+                app: AppId::NONE,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::config::BackendConfig;
+    use std::{
+        collections::BTreeMap,
+        net::{IpAddr, Ipv4Addr},
+        path::Path,
+    };
+
+    const CONFIG: &str = r#"
+[[neighbor]]
+name = "router"
+mac = "02:00:00:00:00:fe"
+
+[default]
+action = "forward"
+gateway = "router"
+
+[[service]]
+vip = "10.0.9.1"
+protocol = "tcp"
+port = 80
+[[service.backend]]
+address = "10.1.0.1"
+port = 8080
+mac = "02:00:00:00:01:01"
+[[service.backend]]
+address = "10.1.0.2"
+port = 8080
+[[service.backend]]
+address = "10.1.0.3"
+port = 8080
+[[service.backend]]
+address = "10.1.0.4"
+port = 8080
+"#;
+
+    fn config() -> PolicyConfig {
+        PolicyConfig::parse(CONFIG, Path::new("test.toml")).unwrap()
+    }
+
+    fn client(n: u32, dport: u16, proto: u8) -> FlowKey {
+        FlowKey::new(
+            Ipv4Addr::from(0x0a64_0000 + (n >> 16)).into(),
+            "10.0.9.1".parse().unwrap(),
+            (n & 0xffff) as u16,
+            dport,
+            proto,
+        )
+    }
+
+    fn backend_of(policy: &Policy, key: &FlowKey) -> IpAddr {
+        match policy.decide(key) {
+            Decision::Install {
+                actions:
+                    FlowActions {
+                        forward: NetworkAction::Rewrite(r),
+                        ..
+                    },
+                ..
+            } => r.address,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_service_flow_is_dnated_and_its_reply_snated_back() {
+        let policy = Policy::new(config()).unwrap();
+        let key = client(1234, 80, 6);
+        let Decision::Install { reverse_key, actions } = policy.decide(&key) else {
+            panic!("service flow dropped");
+        };
+        let NetworkAction::Rewrite(forward) = actions.forward else {
+            panic!("{actions:?}");
+        };
+        assert_eq!(forward.side, Side::Destination);
+        assert_eq!(forward.port, 8080);
+        assert_eq!(reverse_key.src_ip(), forward.address);
+        assert_eq!(reverse_key.src_port.get(), 8080);
+        assert_eq!(reverse_key.dst_ip(), key.src_ip());
+        assert_eq!(reverse_key.dst_port, key.src_port);
+        assert_eq!(reverse_key.protocol, 6);
+        let backend = policy.config().services[0]
+            .backends
+            .iter()
+            .find(|b| b.address == forward.address)
+            .unwrap();
+        assert_eq!(forward.next_hop, backend.next_hop);
+        assert_eq!(
+            actions.reverse,
+            NetworkAction::Rewrite(Rewrite {
+                side: Side::Source,
+                address: "10.0.9.1".parse().unwrap(),
+                port: 80,
+                next_hop: policy.config().gateway,
+            })
+        );
+    }
+
+    #[test]
+    fn other_traffic_gets_the_default_action() {
+        let policy = Policy::new(config()).unwrap();
+        let gateway = policy.config().gateway;
+        for key in [client(1, 81, 6), client(1, 80, 17)] {
+            assert_eq!(
+                policy.decide(&key),
+                Decision::Install {
+                    reverse_key: key.reversed(),
+                    actions: FlowActions {
+                        forward: NetworkAction::Forward { next_hop: gateway },
+                        reverse: NetworkAction::Forward { next_hop: gateway },
+                        app: AppId::NONE,
+                    },
+                }
+            );
+        }
+        let mut drop = config();
+        drop.default_action = DefaultAction::Drop;
+        assert_eq!(Policy::new(drop).unwrap().decide(&client(1, 81, 6)), Decision::Drop);
+    }
+
+    #[test]
+    fn flows_spread_by_weight_and_the_choice_is_stable() {
+        let mut c = config();
+        c.services[0].backends[0].weight = 2;
+        let policy = Policy::new(c.clone()).unwrap();
+        let again = Policy::new(c).unwrap();
+        let mut counts: BTreeMap<IpAddr, usize> = BTreeMap::new();
+        let flows = 50_000;
+        for n in 0..flows {
+            let key = client(n, 80, 6);
+            let b = backend_of(&policy, &key);
+            assert_eq!(b, backend_of(&again, &key));
+            *counts.entry(b).or_default() += 1;
+        }
+        let heavy = counts[&"10.1.0.1".parse::<IpAddr>().unwrap()] as f64 / flows as f64;
+        assert!((heavy - 0.4).abs() < 0.02, "{counts:?}");
+        for (b, &c) in &counts {
+            if b.to_string() != "10.1.0.1" {
+                assert!((c as f64 / flows as f64 - 0.2).abs() < 0.02, "{counts:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn removing_one_of_four_backends_moves_only_its_flows() {
+        let before = Policy::new(config()).unwrap();
+        let mut next = config();
+        let removed: BackendConfig = next.services[0].backends.remove(2);
+        let after = before.reload(next).unwrap();
+        let flows = 40_000;
+        let mut moved = 0;
+        for n in 0..flows {
+            let key = client(n, 80, 6);
+            let (old, new) = (backend_of(&before, &key), backend_of(&after, &key));
+            if old != new {
+                assert_eq!(old, removed.address, "a flow left a surviving backend");
+                moved += 1;
+            }
+            assert_ne!(new, removed.address);
+        }
+        let share = moved as f64 / flows as f64;
+        assert!((share - 0.25).abs() < 0.02, "moved {share}");
+    }
+
+    #[test]
+    fn adding_a_backend_moves_flows_only_to_it() {
+        let mut small = config();
+        let added = small.services[0].backends.pop().unwrap();
+        let before = Policy::new(small).unwrap();
+        let after = before.reload(config()).unwrap();
+        for n in 0..20_000 {
+            let key = client(n, 80, 6);
+            let (old, new) = (backend_of(&before, &key), backend_of(&after, &key));
+            if old != new {
+                assert_eq!(new, added.address);
+            }
+        }
+    }
+}
