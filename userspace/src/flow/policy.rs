@@ -20,7 +20,7 @@ use handoff_common::{
     hash::{flow_hash, HashMode},
     net::NetU16,
 };
-use std::collections::HashMap;
+use std::{collections::HashMap, net::IpAddr};
 
 /// Entries in a service's backend table (a power of two). With up to a few
 /// dozen backends, shares stay within a fraction of a percent of the weights.
@@ -92,6 +92,9 @@ pub struct Policy {
     services: HashMap<ServiceKey, usize>,
     /// Per service: backend index of each table entry.
     tables: Vec<Vec<u32>>,
+    /// Backend (address, port, protocol) -> the one service it serves, or
+    /// `None` when several share it (then replies cannot be traced back).
+    backends: HashMap<(IpAddr, u16, u8), Option<usize>>,
 }
 
 /// The config only: the backend tables are 4096 numbers per service.
@@ -119,7 +122,14 @@ impl Policy {
     fn build(config: PolicyConfig, previous: Option<&Policy>) -> Result<Self, PolicyError> {
         let mut services = HashMap::with_capacity(config.services.len());
         let mut tables = Vec::with_capacity(config.services.len());
+        let mut backends: HashMap<(IpAddr, u16, u8), Option<usize>> = HashMap::new();
         for (i, service) in config.services.iter().enumerate() {
+            for b in &service.backends {
+                backends
+                    .entry((b.address, b.port, service.protocol.number()))
+                    .and_modify(|s| *s = None)
+                    .or_insert(Some(i));
+            }
             let key = ServiceKey::of_service(service);
             services.insert(key, i);
             let members: Vec<WeightedMember> = service
@@ -144,6 +154,7 @@ impl Policy {
             config,
             services,
             tables,
+            backends,
         })
     }
 
@@ -183,6 +194,23 @@ impl Policy {
     /// The next hops that actions' `next_hop` indices refer to.
     pub fn neighbors(&self) -> &[Neighbor] {
         &self.config.neighbors
+    }
+
+    /// If `key` is a reply from a backend (backend -> client), the key of the
+    /// forward packets of its connection (client -> VIP), whose owner holds
+    /// the connection. `None` for anything else, and for a backend that
+    /// serves several services (the reply alone cannot tell which).
+    pub fn forward_key_of_reply(&self, key: &FlowKey) -> Option<FlowKey> {
+        let src = key.src_ip();
+        let &service = self.backends.get(&(src, key.src_port.get(), key.protocol))?.as_ref()?;
+        let service = &self.config.services[service];
+        Some(FlowKey {
+            src_addr: key.dst_addr,
+            src_port: key.dst_port,
+            dst_addr: addr_words(service.vip),
+            dst_port: NetU16::from_host(service.port),
+            ..*key
+        })
     }
 
     /// The actions for a flow whose first packet has `key`.
@@ -417,5 +445,31 @@ port = 8080
                 assert_eq!(new, added.address);
             }
         }
+    }
+
+    #[test]
+    fn a_reply_leads_back_to_its_forward_key() {
+        let policy = Policy::new(config()).unwrap();
+        let forward = client(77, 80, 6);
+        let Decision::Install { reverse_key, .. } = policy.decide(&forward) else {
+            panic!("service traffic is installed");
+        };
+        assert_eq!(policy.forward_key_of_reply(&reverse_key), Some(forward));
+        // Not from a backend port, or not the service's protocol: not a reply.
+        let mut other = reverse_key;
+        other.src_port = NetU16::from_host(9999);
+        assert_eq!(policy.forward_key_of_reply(&other), None);
+        other = reverse_key;
+        other.protocol = 17;
+        assert_eq!(policy.forward_key_of_reply(&other), None);
+        assert_eq!(policy.forward_key_of_reply(&forward), None);
+    }
+
+    #[test]
+    fn a_backend_shared_by_two_services_is_ambiguous() {
+        let text = format!("{CONFIG}\n[[service]]\nvip = \"10.0.9.2\"\nprotocol = \"tcp\"\nport = 80\n[[service.backend]]\naddress = \"10.1.0.1\"\nport = 8080\n");
+        let policy = Policy::new(PolicyConfig::parse(&text, Path::new("t.toml")).unwrap()).unwrap();
+        let reply = FlowKey::new("10.1.0.1".parse().unwrap(), "10.100.0.1".parse().unwrap(), 8080, 5000, 6);
+        assert_eq!(policy.forward_key_of_reply(&reply), None);
     }
 }

@@ -2,3 +2,6 @@
 //! core with its own flow table, owner forwarding between cores and nodes.
 
 pub mod fabric;
+pub mod ownership;
+pub mod pipeline;
+pub mod view;

@@ -1,0 +1,438 @@
+//! The per-packet decision of one worker. Pure logic over a [`FrameBuf`]:
+//! no I/O, no lock, no allocation; the worker loop owns the port and the rings.
+//!
+//! Order of lookups for a packet:
+//! 1. this worker's flow table: apply the flow's action;
+//! 2. the ownership table (announcements, migrations): forward to the owner;
+//! 3. a reply from a backend: the owner of its connection's forward key;
+//! 4. the scope: forward to the bucket's node / worker;
+//! 5. otherwise the flow is new and ours: admit, decide, install both directions.
+
+use super::{
+    fabric::{self, decapsulate, encapsulate, FabricError, Hop},
+    ownership::OwnershipTable,
+    view::NodeView,
+};
+use crate::{
+    flow::{
+        Admission, AppRegistry, AppVerdict, Decision, FlowError, FlowTable, NetworkAction, Owner, Policy, Slot,
+        Timestamp,
+    },
+    io::{FrameBuf, Verdict},
+    rewrite,
+};
+use handoff_common::{
+    fabric::{kind, FABRIC_ETHERTYPE},
+    flow_key::{FlowKey, IP_V4},
+    net::ethertype,
+    parse::{parse_ethernet, parse_frame, Headers},
+};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Why a worker dropped a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Not parseable.
+    Malformed,
+    /// TCP without SYN and no flow (the miss policy), or a reply with no connection.
+    NoFlow,
+    /// The policy drops it.
+    Policy,
+    /// The flow's application dropped it.
+    App,
+    /// It crossed the fabric too often (a forwarding loop).
+    LoopGuard,
+    /// A fabric header that is not ours.
+    BadFabric,
+    /// The owner is a node we have no address for.
+    UnknownOwner,
+    /// The table could not take the flow.
+    TableFull,
+    /// The frame could not be rewritten.
+    Rewrite,
+    /// The target core's ring was full.
+    RingFull,
+}
+
+/// Per-worker counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerCounters {
+    /// Frames handled (from the port and from other cores).
+    pub rx: u64,
+    /// Frames transmitted.
+    pub tx: u64,
+    /// Flows created (connections: both directions count once).
+    pub created: u64,
+    /// Packets handed to another core of this node.
+    pub forwarded_to_core: u64,
+    /// Packets sent over the fabric to their owner node.
+    pub forwarded_to_node: u64,
+    /// Packets received over the fabric.
+    pub received_from_node: u64,
+    /// Drain markers received.
+    pub markers: u64,
+    /// Dropped: not parseable.
+    pub drop_malformed: u64,
+    /// Dropped: no flow (miss policy), or a reply with no connection.
+    pub drop_no_flow: u64,
+    /// Dropped by the policy.
+    pub drop_policy: u64,
+    /// Dropped by an application.
+    pub drop_app: u64,
+    /// Dropped by the loop guard.
+    pub drop_loop_guard: u64,
+    /// Dropped: bad fabric header.
+    pub drop_bad_fabric: u64,
+    /// Dropped: owner without a known address.
+    pub drop_unknown_owner: u64,
+    /// Dropped: flow table refused the flow.
+    pub drop_table_full: u64,
+    /// Dropped: the rewrite failed.
+    pub drop_rewrite: u64,
+    /// Dropped: the other core's ring was full.
+    pub drop_ring_full: u64,
+}
+
+impl WorkerCounters {
+    fn count(&mut self, reason: DropReason) {
+        let c = match reason {
+            DropReason::Malformed => &mut self.drop_malformed,
+            DropReason::NoFlow => &mut self.drop_no_flow,
+            DropReason::Policy => &mut self.drop_policy,
+            DropReason::App => &mut self.drop_app,
+            DropReason::LoopGuard => &mut self.drop_loop_guard,
+            DropReason::BadFabric => &mut self.drop_bad_fabric,
+            DropReason::UnknownOwner => &mut self.drop_unknown_owner,
+            DropReason::TableFull => &mut self.drop_table_full,
+            DropReason::Rewrite => &mut self.drop_rewrite,
+            DropReason::RingFull => &mut self.drop_ring_full,
+        };
+        *c += 1;
+    }
+
+    /// Every drop.
+    pub fn dropped(&self) -> u64 {
+        self.drop_malformed
+            + self.drop_no_flow
+            + self.drop_policy
+            + self.drop_app
+            + self.drop_loop_guard
+            + self.drop_bad_fabric
+            + self.drop_unknown_owner
+            + self.drop_table_full
+            + self.drop_rewrite
+            + self.drop_ring_full
+    }
+}
+
+/// Largest frame handed between cores.
+pub const CORE_FRAME: usize = 1600;
+
+/// A frame on its way to another core of the node.
+#[derive(Clone, Copy)]
+pub struct CorePacket {
+    /// Target worker.
+    pub worker: u8,
+    /// Hops so far (the loop guard counts core handoffs too).
+    pub hops: u8,
+    /// Frame length.
+    pub len: u16,
+    /// Frame bytes (a plain Ethernet frame).
+    pub data: [u8; CORE_FRAME],
+}
+
+impl std::fmt::Debug for CorePacket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CorePacket").field("worker", &self.worker).field("len", &self.len).finish()
+    }
+}
+
+/// A newly installed connection, for the owner's announcements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Installed {
+    /// Forward key.
+    pub forward: FlowKey,
+    /// Reverse key.
+    pub reverse: FlowKey,
+}
+
+/// A drain end-marker seen on the fabric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MarkerSeen {
+    /// The sending node.
+    pub sender: u16,
+    /// Its lane (worker).
+    pub lane: u16,
+    /// The migration serial.
+    pub serial: u32,
+}
+
+/// What a burst produced besides verdicts. Preallocated by the worker and
+/// drained after every burst, so the packet path never allocates.
+#[derive(Debug)]
+pub struct Outbox {
+    /// Frames for other cores.
+    pub to_cores: Vec<CorePacket>,
+    /// Connections installed.
+    pub installed: Vec<Installed>,
+    /// Markers received.
+    pub markers: Vec<MarkerSeen>,
+}
+
+impl Outbox {
+    /// An outbox for bursts of up to `burst` frames.
+    pub fn with_capacity(burst: usize) -> Self {
+        Self {
+            to_cores: Vec::with_capacity(burst),
+            installed: Vec::with_capacity(burst),
+            markers: Vec::with_capacity(burst),
+        }
+    }
+}
+
+/// One worker's packet logic.
+pub struct Pipeline {
+    me: Owner,
+    own_mac: [u8; 6],
+    view: Arc<NodeView>,
+    policy: Arc<Policy>,
+    table: FlowTable,
+    apps: AppRegistry,
+    ownership: OwnershipTable,
+    neighbor_macs: Vec<[u8; 6]>,
+    counters: WorkerCounters,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").field("me", &self.me).field("counters", &self.counters).finish_non_exhaustive()
+    }
+}
+
+impl Pipeline {
+    /// A pipeline for worker `worker` of the node in `view`.
+    pub fn new(
+        worker: u8,
+        own_mac: [u8; 6],
+        view: Arc<NodeView>,
+        policy: Arc<Policy>,
+        ownership_capacity: usize,
+    ) -> Result<Self, FlowError> {
+        let me = Owner { node: view.node, worker };
+        let table = FlowTable::new(policy.table_config(), me)?;
+        let neighbor_macs = policy.neighbors().iter().map(|n| n.mac).collect();
+        Ok(Self {
+            me,
+            own_mac,
+            view,
+            policy,
+            table,
+            apps: AppRegistry::new(),
+            ownership: OwnershipTable::new(ownership_capacity),
+            neighbor_macs,
+            counters: WorkerCounters::default(),
+        })
+    }
+
+    /// This worker.
+    pub fn owner(&self) -> Owner {
+        self.me
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> WorkerCounters {
+        self.counters
+    }
+
+    /// The flow table.
+    pub fn table(&self) -> &FlowTable {
+        &self.table
+    }
+
+    /// The flow table, for the control path (migration, expiry).
+    pub fn table_mut(&mut self) -> &mut FlowTable {
+        &mut self.table
+    }
+
+    /// The ownership lookup table, for the control path.
+    pub fn ownership_mut(&mut self) -> &mut OwnershipTable {
+        &mut self.ownership
+    }
+
+    /// The ownership lookup table.
+    pub fn ownership(&self) -> &OwnershipTable {
+        &self.ownership
+    }
+
+    /// Installs a new view (scope, peers).
+    pub fn set_view(&mut self, view: Arc<NodeView>) {
+        self.view = view;
+    }
+
+    /// Counts a transmission the worker made for a frame from another core.
+    pub fn count_tx(&mut self) {
+        self.counters.tx += 1;
+    }
+
+    /// Counts a drop decided by the worker loop (e.g. a full ring).
+    pub fn count_drop(&mut self, reason: DropReason) {
+        self.counters.count(reason);
+    }
+
+    fn drop(&mut self, reason: DropReason) -> Verdict {
+        self.counters.count(reason);
+        Verdict::Drop
+    }
+
+    fn transmit(&mut self) -> Verdict {
+        self.counters.tx += 1;
+        Verdict::Transmit
+    }
+
+    /// Handles one frame that arrived with `hops` fabric/core crossings.
+    pub fn process<F: FrameBuf>(&mut self, frame: &mut F, hops: u8, now: Timestamp, out: &mut Outbox) -> Verdict {
+        self.counters.rx += 1;
+        let Ok(l2) = parse_ethernet(frame.bytes()) else {
+            return self.drop(DropReason::Malformed);
+        };
+        let mut hops = hops;
+        if l2.ethertype == FABRIC_ETHERTYPE {
+            match decapsulate(frame, self.own_mac) {
+                Ok(h) if h.kind == kind::MARKER => {
+                    self.counters.markers += 1;
+                    out.markers.push(MarkerSeen { sender: h.sender.get(), lane: h.lane.get(), serial: h.serial.get() });
+                    return Verdict::Drop;
+                }
+                Ok(h) => {
+                    self.counters.received_from_node += 1;
+                    hops = hops.max(h.hops);
+                }
+                Err(FabricError::TooManyHops(_)) => return self.drop(DropReason::LoopGuard),
+                Err(_) => return self.drop(DropReason::BadFabric),
+            }
+        }
+        let Ok(headers) = parse_frame(frame.bytes()) else {
+            return self.drop(DropReason::Malformed);
+        };
+        let key = headers.key;
+        if let Some(slot) = self.table.lookup(&key) {
+            return self.apply(slot, frame, &headers, hops, now, out);
+        }
+        if let Some(owner) = self.ownership.get(&key) {
+            if owner != self.me {
+                return self.forward(frame, &headers, owner, hops, out);
+            }
+        }
+        if let Some(forward_key) = self.policy.forward_key_of_reply(&key) {
+            let owner = self.view.owner_by_scope(&forward_key);
+            if owner != self.me {
+                return self.forward(frame, &headers, owner, hops, out);
+            }
+            // The connection would be ours, and we do not have it.
+            return self.drop(DropReason::NoFlow);
+        }
+        let owner = self.view.owner_by_scope(&key);
+        if owner != self.me {
+            return self.forward(frame, &headers, owner, hops, out);
+        }
+        if self.table.admit(&key, headers.tcp_flags) == Admission::Drop {
+            return self.drop(DropReason::NoFlow);
+        }
+        match self.policy.decide(&key) {
+            Decision::Drop => self.drop(DropReason::Policy),
+            Decision::Install { reverse_key, actions } => match self.table.install(key, reverse_key, actions, now) {
+                Ok(slots) => {
+                    self.counters.created += 1;
+                    out.installed.push(Installed { forward: key, reverse: reverse_key });
+                    self.apply(slots.forward, frame, &headers, hops, now, out)
+                }
+                Err(_) => self.drop(DropReason::TableFull),
+            },
+        }
+    }
+
+    fn apply<F: FrameBuf>(
+        &mut self,
+        slot: Slot,
+        frame: &mut F,
+        headers: &Headers,
+        hops: u8,
+        now: Timestamp,
+        out: &mut Outbox,
+    ) -> Verdict {
+        let len = frame.bytes().len();
+        let (network, verdict) = match self.table.on_packet(slot, headers.tcp_flags, len, now) {
+            Ok(entry) => (entry.network, self.apps.run(entry, frame.bytes_mut())),
+            Err(_) => return self.drop(DropReason::NoFlow),
+        };
+        if matches!(verdict, Ok(AppVerdict::Drop)) {
+            return self.drop(DropReason::App);
+        }
+        match network {
+            NetworkAction::Forward { next_hop } => self.send_to_next_hop(frame.bytes_mut(), next_hop),
+            NetworkAction::Rewrite(rw) => {
+                if rewrite::apply(frame.bytes_mut(), headers, &rw).is_err() {
+                    return self.drop(DropReason::Rewrite);
+                }
+                self.send_to_next_hop(frame.bytes_mut(), rw.next_hop)
+            }
+            NetworkAction::Redirect { owner } => self.forward(frame, headers, owner, hops, out),
+        }
+    }
+
+    fn send_to_next_hop(&mut self, frame: &mut [u8], next_hop: u16) -> Verdict {
+        let Some(&mac) = self.neighbor_macs.get(next_hop as usize) else {
+            return self.drop(DropReason::UnknownOwner);
+        };
+        if rewrite::set_macs(frame, self.own_mac, mac).is_err() {
+            return self.drop(DropReason::Rewrite);
+        }
+        self.transmit()
+    }
+
+    fn forward<F: FrameBuf>(
+        &mut self,
+        frame: &mut F,
+        headers: &Headers,
+        owner: Owner,
+        hops: u8,
+        out: &mut Outbox,
+    ) -> Verdict {
+        if hops >= handoff_common::fabric::FABRIC_MAX_HOPS {
+            return self.drop(DropReason::LoopGuard);
+        }
+        if owner.node == self.me.node {
+            let bytes = frame.bytes();
+            if owner.worker == self.me.worker || bytes.len() > CORE_FRAME {
+                return self.drop(DropReason::LoopGuard);
+            }
+            let mut packet = CorePacket { worker: owner.worker, hops: hops + 1, len: bytes.len() as u16, data: [0; CORE_FRAME] };
+            packet.data[..bytes.len()].copy_from_slice(bytes);
+            out.to_cores.push(packet);
+            self.counters.forwarded_to_core += 1;
+            return Verdict::Drop;
+        }
+        let Some(peer) = self.view.peer_mac(owner.node) else {
+            return self.drop(DropReason::UnknownOwner);
+        };
+        let inner = if headers.key.ip_version == IP_V4 { ethertype::IPV4 } else { ethertype::IPV6 };
+        let hop = Hop { src_mac: self.own_mac, dst_mac: peer, sender: self.me.node, lane: self.me.worker as u16 };
+        match encapsulate(frame, headers.l3_offset, inner, hops, owner.worker, &hop) {
+            Ok(()) => {
+                self.counters.forwarded_to_node += 1;
+                self.transmit()
+            }
+            Err(FabricError::TooManyHops(_)) => self.drop(DropReason::LoopGuard),
+            Err(_) => self.drop(DropReason::BadFabric),
+        }
+    }
+
+    /// Runs the expiry sweep over at most `budget` slots.
+    pub fn expire(&mut self, now: Timestamp, budget: usize) -> usize {
+        self.table.expire(now, budget)
+    }
+}
+
+/// Marker frames are this long.
+pub const MARKER_LEN: usize = fabric::INNER_OFFSET;

@@ -1,0 +1,52 @@
+//! What every worker of a node must agree on, published as one immutable
+//! value and swapped whole when it changes: the hash parameters, the scope
+//! (bucket -> node), the node's bucket -> worker map, and the peers' MACs.
+
+use crate::{
+    flow::Owner,
+    scope::{maglev, HashParams, Scope, WeightedMember},
+};
+use handoff_common::flow_key::FlowKey;
+
+/// The node's view of the cluster.
+#[derive(Clone, Debug)]
+pub struct NodeView {
+    /// This node's id.
+    pub node: u16,
+    /// How flows map to buckets (the edge's parameters).
+    pub hash: HashParams,
+    /// Bucket -> node.
+    pub scope: Scope,
+    /// Bucket -> worker of this node.
+    pub worker_of_bucket: Vec<u8>,
+    /// Node id -> MAC on the fabric.
+    pub peer_macs: Vec<Option<[u8; 6]>>,
+}
+
+impl NodeView {
+    /// A view with `workers` workers sharing the buckets evenly.
+    pub fn new(node: u16, hash: HashParams, scope: Scope, workers: u8, peer_macs: Vec<Option<[u8; 6]>>) -> Self {
+        let members: Vec<WeightedMember> =
+            (0..workers.max(1) as u32).map(|id| WeightedMember { id, weight: 1 }).collect();
+        let worker_of_bucket = maglev::build(hash.buckets, &members, None)
+            .map(|t| t.into_iter().map(|w| w as u8).collect())
+            .unwrap_or_else(|_| vec![0; hash.buckets as usize]);
+        Self { node, hash, scope, worker_of_bucket, peer_macs }
+    }
+
+    /// The owner of `key` by the scope alone.
+    #[inline]
+    pub fn owner_by_scope(&self, key: &FlowKey) -> Owner {
+        let bucket = self.hash.bucket(key);
+        Owner {
+            node: self.scope.owner(bucket) as u16,
+            worker: self.worker_of_bucket.get(bucket as usize).copied().unwrap_or(0),
+        }
+    }
+
+    /// The fabric MAC of `node`.
+    #[inline]
+    pub fn peer_mac(&self, node: u16) -> Option<[u8; 6]> {
+        self.peer_macs.get(node as usize).copied().flatten()
+    }
+}
