@@ -3,6 +3,7 @@
 //! The `handoff-bench` binary exposes them; tests use them as a library.
 
 pub mod capture;
+pub mod echo;
 pub mod flows;
 pub mod gen;
 pub mod payload;
