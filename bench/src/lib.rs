@@ -9,3 +9,4 @@ pub mod gen;
 pub mod payload;
 pub mod report;
 pub mod sink;
+pub mod tcp;
