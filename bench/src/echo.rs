@@ -246,11 +246,10 @@ fn drain(fd: RawFd, batch: &mut Batch, counters: &mut Counters, stop: &AtomicBoo
 #[repr(C, align(8))]
 struct ControlBuffer([u8; CONTROL_LEN]);
 
-/// Where a reply must come from: the destination address of the datagram it answers.
+/// Where a reply must come from, when the socket is bound to a wildcard:
+/// the destination address of the datagram it answers.
 #[derive(Clone, Copy)]
 enum ReplySource {
-    /// The socket's own address (it is bound to a specific one).
-    Bound,
     V4(libc::in_addr),
     V6(libc::in6_addr),
 }
@@ -342,8 +341,8 @@ impl Batch {
             let name_len = self.headers[i].msg_hdr.msg_namelen;
             let data_len = self.headers[i].msg_len as usize;
             let control_len = match self.reply_source(i) {
-                ReplySource::Bound => 0,
-                source => write_reply_source(&mut self.controls[i], source),
+                Some(source) => write_reply_source(&mut self.controls[i], source),
+                None => 0,
             };
             self.prepare(i, name_len, data_len, control_len);
         }
@@ -383,11 +382,12 @@ impl Batch {
         echoed
     }
 
-    /// The source address for the reply to received datagram `i`.
-    fn reply_source(&self, i: usize) -> ReplySource {
+    /// The source address for the reply to received datagram `i`; `None` means
+    /// the socket's own (it is bound to a specific address).
+    fn reply_source(&self, i: usize) -> Option<ReplySource> {
         let hdr = &self.headers[i].msg_hdr;
         if hdr.msg_control.is_null() {
-            return ReplySource::Bound;
+            return None;
         }
         // SAFETY: the kernel filled `msg_controllen` bytes of the control buffer `hdr`
         // points at; the CMSG_* helpers stay within that length.
@@ -397,18 +397,20 @@ impl Batch {
                 let data = libc::CMSG_DATA(cmsg);
                 match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
                     (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+                        // `ipi_spec_dst` is the destination address when it is local, and a
+                        // local address of the receiving interface for a broadcast.
                         let info = std::ptr::read_unaligned(data.cast::<libc::in_pktinfo>());
-                        return ReplySource::V4(info.ipi_addr);
+                        return Some(ReplySource::V4(info.ipi_spec_dst));
                     }
                     (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
                         let info = std::ptr::read_unaligned(data.cast::<libc::in6_pktinfo>());
-                        return ReplySource::V6(info.ipi6_addr);
+                        return Some(ReplySource::V6(info.ipi6_addr));
                     }
                     _ => cmsg = libc::CMSG_NXTHDR(hdr, cmsg),
                 }
             }
         }
-        ReplySource::Bound
+        None
     }
 }
 
@@ -416,7 +418,6 @@ impl Batch {
 /// The interface index stays 0 so the kernel routes the reply as usual.
 fn write_reply_source(control: &mut ControlBuffer, source: ReplySource) -> usize {
     let (level, kind, data_len) = match source {
-        ReplySource::Bound => return 0,
         ReplySource::V4(_) => (
             libc::IPPROTO_IP,
             libc::IP_PKTINFO,
@@ -458,7 +459,6 @@ fn write_reply_source(control: &mut ControlBuffer, source: ReplySource) -> usize
                     ipi6_ifindex: 0,
                 },
             ),
-            ReplySource::Bound => {}
         }
     }
     space as usize

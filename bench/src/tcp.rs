@@ -155,7 +155,7 @@ pub struct TcpClientArgs {
     /// Milliseconds between a response and the connection's next request.
     #[arg(long, default_value_t = 10)]
     pub interval_ms: u64,
-    /// Request payload bytes; the server echoes them.
+    /// Request payload bytes; the server echoes them (and closes on more than its `--max-payload`).
     #[arg(long, default_value_t = 64)]
     pub request_size: u16,
     /// Milliseconds over which the connections are opened, evenly spaced.
@@ -185,11 +185,12 @@ pub struct TcpClientReport {
     pub schema: String,
     /// Connections configured.
     pub connections: u64,
-    /// Connections established.
+    /// Connections `connect` reported established.
     pub opened: u64,
     /// Every request sent was answered correctly, then both sides closed cleanly.
     pub completed: u64,
-    /// Broken by a reset, an abort, a broken pipe, or another error from the kernel.
+    /// Broken by a reset (even one that beat `connect` returning), an abort, a broken pipe,
+    /// or another error from the kernel.
     pub reset: u64,
     /// The server closed (FIN) before the client was done.
     pub closed_early: u64,
@@ -605,10 +606,11 @@ fn run_connection(
         Ok(stream) => stream,
         Err(e) => {
             tracing::debug!(connection = id, error = %e, "tcp-client: connect failed");
-            result.outcome = if is_timeout(&e) {
-                ConnectionOutcome::TimedOut
-            } else {
-                ConnectionOutcome::FailedConnect
+            result.outcome = match e.kind() {
+                // Established, then reset before `connect` returned (a server refusing at accept).
+                io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => ConnectionOutcome::Reset,
+                _ if is_timeout(&e) => ConnectionOutcome::TimedOut,
+                _ => ConnectionOutcome::FailedConnect,
             };
             return result;
         }
