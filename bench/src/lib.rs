@@ -3,10 +3,12 @@
 //! The `handoff-bench` binary exposes them; tests use them as a library.
 
 pub mod capture;
+pub mod echo;
 pub mod flows;
 pub mod gen;
 pub mod impair;
 pub mod payload;
 pub mod report;
 pub mod sink;
+pub mod tcp;
 pub mod traffic;

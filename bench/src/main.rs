@@ -41,6 +41,12 @@ enum Command {
     /// Hold the baseline XDP program on an interface until stopped: redirect
     /// everything to --out with --dst-mac, or drop everything (a null sink).
     Baseline(BaselineArgs),
+    /// Echo every UDP datagram back to its sender (a service node's workload).
+    UdpEcho(handoff_bench::echo::UdpEchoArgs),
+    /// Serve length-prefixed request/response frames over TCP.
+    TcpServer(handoff_bench::tcp::TcpServerArgs),
+    /// Open many TCP connections, each a checked request/response loop.
+    TcpClient(handoff_bench::tcp::TcpClientArgs),
 }
 
 #[derive(Args, Debug)]
@@ -451,6 +457,44 @@ fn sink_command(args: SinkArgs) -> Result<()> {
     write_json(&report, args.json.as_ref())
 }
 
+fn udp_echo_command(args: handoff_bench::echo::UdpEchoArgs) -> Result<()> {
+    let server = handoff_bench::echo::UdpEchoServer::bind(&args)?;
+    let stop = stop_flag()?;
+    eprintln!("udp-echo: ready on {:?}", server.local_addrs()?);
+    let report = server.run(&stop)?;
+    eprintln!(
+        "udp-echo: received {}, echoed {}, errors {}",
+        report.received, report.echoed, report.errors
+    );
+    write_json(&report, args.json.as_ref())
+}
+
+fn tcp_server_command(args: handoff_bench::tcp::TcpServerArgs) -> Result<()> {
+    let server = handoff_bench::tcp::TcpServer::bind(&args)?;
+    let stop = stop_flag()?;
+    eprintln!("tcp-server: ready on {}", server.local_addr()?);
+    let report = server.run(&stop)?;
+    eprintln!(
+        "tcp-server: accepted {}, responses {}, reset {}",
+        report.accepted, report.responses, report.reset
+    );
+    write_json(&report, args.json.as_ref())
+}
+
+fn tcp_client_command(args: handoff_bench::tcp::TcpClientArgs) -> Result<()> {
+    let stop = stop_flag()?;
+    let report = handoff_bench::tcp::run_tcp_client(&args, &stop)?;
+    eprintln!(
+        "tcp-client: {} of {} connections completed, reset {}, timed out {}",
+        report.completed, report.connections, report.reset, report.timed_out
+    );
+    write_json(&report, args.json.as_ref())?;
+    if !report.ok() {
+        bail!("not every connection completed");
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -462,5 +506,8 @@ fn main() -> Result<()> {
         Command::Traffic(args) => traffic_command(args),
         Command::Impair(args) => impair_command(args),
         Command::Baseline(args) => baseline_command(args),
+        Command::UdpEcho(args) => udp_echo_command(args),
+        Command::TcpServer(args) => tcp_server_command(args),
+        Command::TcpClient(args) => tcp_client_command(args),
     }
 }
