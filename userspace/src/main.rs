@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use handoff::{
     admin::{self, AdminRequest, AdminResponse},
     edge::{config::EdgeConfig, Edge},
+    node::{config::NodeConfig, daemon::Node},
 };
 use std::{
     path::PathBuf,
@@ -31,9 +32,15 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Show members and the scope.
+    /// Run a flow-distributor node (AF_XDP workers, flow tables, peer links).
+    Node {
+        /// Configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Show members and the scope (of the edge or of a node).
     Status(AdminArgs),
-    /// Show the edge's data-plane counters.
+    /// Show the data-plane counters of the edge or of a node.
     Stats(AdminArgs),
     /// Change the hash scope directly, without migrating state.
     Scope {
@@ -44,7 +51,7 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct AdminArgs {
-    /// The edge daemon's admin socket.
+    /// The admin socket of the edge or of a node.
     #[arg(long, default_value = "/run/handoff/edge.sock")]
     admin: PathBuf,
 }
@@ -94,6 +101,11 @@ fn main() -> Result<()> {
             let config = EdgeConfig::load(&config)?;
             let stop = stop_flag()?;
             Edge::start(config)?.run(stop)
+        }
+        Command::Node { config } => {
+            let config = NodeConfig::load(&config)?;
+            let stop = stop_flag()?;
+            Node::start(config, stop)?.run()
         }
         Command::Status(admin) => admin_call(&admin, AdminRequest::Status),
         Command::Stats(admin) => admin_call(&admin, AdminRequest::Stats),

@@ -154,7 +154,7 @@ pub struct EdgeConfig {
 }
 
 /// The line in `text` where `needle` first appears after `section`, for error messages.
-fn line_of(text: &str, section: &str, needle: &str) -> usize {
+pub(crate) fn line_of(text: &str, section: &str, needle: &str) -> usize {
     let start = text.find(section).unwrap_or(0);
     text[start..]
         .find(needle)

@@ -469,7 +469,13 @@ port = 8080
     fn a_backend_shared_by_two_services_is_ambiguous() {
         let text = format!("{CONFIG}\n[[service]]\nvip = \"10.0.9.2\"\nprotocol = \"tcp\"\nport = 80\n[[service.backend]]\naddress = \"10.1.0.1\"\nport = 8080\n");
         let policy = Policy::new(PolicyConfig::parse(&text, Path::new("t.toml")).unwrap()).unwrap();
-        let reply = FlowKey::new("10.1.0.1".parse().unwrap(), "10.100.0.1".parse().unwrap(), 8080, 5000, 6);
+        let reply = FlowKey::new(
+            "10.1.0.1".parse().unwrap(),
+            "10.100.0.1".parse().unwrap(),
+            8080,
+            5000,
+            6,
+        );
         assert_eq!(policy.forward_key_of_reply(&reply), None);
     }
 }

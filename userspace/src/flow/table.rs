@@ -204,7 +204,7 @@ struct JournalState {
 }
 
 /// Table statistics. All counts are of connections (entry pairs).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FlowCounters {
     /// Installed by [`FlowTable::install`].
     pub created: u64,

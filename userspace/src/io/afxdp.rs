@@ -260,6 +260,13 @@ fn bind_hint(source: &xdp::socket::SocketError) -> String {
     }
 }
 
+// SAFETY: the raw pointers inside are the port's own UMEM and ring mappings,
+// which nothing else references; the port is used by one thread at a time
+// (it is not `Sync`), so handing it to the worker thread that will own it is
+// sound. The kernel side of an AF_XDP socket does not care which thread
+// drives it.
+unsafe impl Send for AfXdpPort {}
+
 impl AfXdpPort {
     /// Opens a socket on `queue` of `ifindex`. The caller must then register
     /// it in the XDP program's socket map for frames to arrive.

@@ -15,6 +15,31 @@ pub struct MemoryFrame {
 }
 
 impl MemoryFrame {
+    /// A standalone frame of `capacity` bytes after `headroom` bytes of
+    /// headroom, for frames that do not come from a port (another core's).
+    pub fn new(capacity: usize, headroom: usize) -> Self {
+        Self {
+            buf: vec![0; headroom + capacity].into_boxed_slice(),
+            head: headroom,
+            tail: headroom,
+        }
+    }
+
+    /// Replaces the contents with `bytes`, restoring `headroom`.
+    pub fn load(&mut self, bytes: &[u8], headroom: usize) -> Result<(), FrameError> {
+        let available = self.buf.len().saturating_sub(headroom);
+        if headroom > self.buf.len() || bytes.len() > available {
+            return Err(FrameError::TooShort {
+                len: available,
+                requested: bytes.len(),
+            });
+        }
+        self.reset(headroom);
+        self.tail = headroom + bytes.len();
+        self.buf[headroom..self.tail].copy_from_slice(bytes);
+        Ok(())
+    }
+
     fn reset(&mut self, headroom: usize) {
         self.head = headroom;
         self.tail = headroom;
@@ -78,11 +103,7 @@ impl MemoryPort {
     pub fn new(frames: usize, frame_capacity: usize, burst: usize) -> Self {
         let headroom = 64;
         let free = (0..frames)
-            .map(|_| MemoryFrame {
-                buf: vec![0; headroom + frame_capacity].into_boxed_slice(),
-                head: headroom,
-                tail: headroom,
-            })
+            .map(|_| MemoryFrame::new(frame_capacity, headroom))
             .collect();
         Self {
             free,

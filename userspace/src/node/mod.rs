@@ -1,7 +1,11 @@
 //! The flow-distributor node (US9088584 layer 2): AF_XDP, one worker per
 //! core with its own flow table, owner forwarding between cores and nodes.
 
+pub mod config;
+pub mod daemon;
 pub mod fabric;
 pub mod ownership;
+pub mod peers;
 pub mod pipeline;
 pub mod view;
+pub mod worker;

@@ -144,7 +144,10 @@ pub struct CorePacket {
 
 impl std::fmt::Debug for CorePacket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CorePacket").field("worker", &self.worker).field("len", &self.len).finish()
+        f.debug_struct("CorePacket")
+            .field("worker", &self.worker)
+            .field("len", &self.len)
+            .finish()
     }
 }
 
@@ -206,7 +209,10 @@ pub struct Pipeline {
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pipeline").field("me", &self.me).field("counters", &self.counters).finish_non_exhaustive()
+        f.debug_struct("Pipeline")
+            .field("me", &self.me)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
     }
 }
 
@@ -219,7 +225,10 @@ impl Pipeline {
         policy: Arc<Policy>,
         ownership_capacity: usize,
     ) -> Result<Self, FlowError> {
-        let me = Owner { node: view.node, worker };
+        let me = Owner {
+            node: view.node,
+            worker,
+        };
         let table = FlowTable::new(policy.table_config(), me)?;
         let neighbor_macs = policy.neighbors().iter().map(|n| n.mac).collect();
         Ok(Self {
@@ -301,7 +310,11 @@ impl Pipeline {
             match decapsulate(frame, self.own_mac) {
                 Ok(h) if h.kind == kind::MARKER => {
                     self.counters.markers += 1;
-                    out.markers.push(MarkerSeen { sender: h.sender.get(), lane: h.lane.get(), serial: h.serial.get() });
+                    out.markers.push(MarkerSeen {
+                        sender: h.sender.get(),
+                        lane: h.lane.get(),
+                        serial: h.serial.get(),
+                    });
                     return Verdict::Drop;
                 }
                 Ok(h) => {
@@ -344,7 +357,10 @@ impl Pipeline {
             Decision::Install { reverse_key, actions } => match self.table.install(key, reverse_key, actions, now) {
                 Ok(slots) => {
                     self.counters.created += 1;
-                    out.installed.push(Installed { forward: key, reverse: reverse_key });
+                    out.installed.push(Installed {
+                        forward: key,
+                        reverse: reverse_key,
+                    });
                     self.apply(slots.forward, frame, &headers, hops, now, out)
                 }
                 Err(_) => self.drop(DropReason::TableFull),
@@ -407,7 +423,12 @@ impl Pipeline {
             if owner.worker == self.me.worker || bytes.len() > CORE_FRAME {
                 return self.drop(DropReason::LoopGuard);
             }
-            let mut packet = CorePacket { worker: owner.worker, hops: hops + 1, len: bytes.len() as u16, data: [0; CORE_FRAME] };
+            let mut packet = CorePacket {
+                worker: owner.worker,
+                hops: hops + 1,
+                len: bytes.len() as u16,
+                data: [0; CORE_FRAME],
+            };
             packet.data[..bytes.len()].copy_from_slice(bytes);
             out.to_cores.push(packet);
             self.counters.forwarded_to_core += 1;
@@ -416,8 +437,17 @@ impl Pipeline {
         let Some(peer) = self.view.peer_mac(owner.node) else {
             return self.drop(DropReason::UnknownOwner);
         };
-        let inner = if headers.key.ip_version == IP_V4 { ethertype::IPV4 } else { ethertype::IPV6 };
-        let hop = Hop { src_mac: self.own_mac, dst_mac: peer, sender: self.me.node, lane: self.me.worker as u16 };
+        let inner = if headers.key.ip_version == IP_V4 {
+            ethertype::IPV4
+        } else {
+            ethertype::IPV6
+        };
+        let hop = Hop {
+            src_mac: self.own_mac,
+            dst_mac: peer,
+            sender: self.me.node,
+            lane: self.me.worker as u16,
+        };
         match encapsulate(frame, headers.l3_offset, inner, hops, owner.worker, &hop) {
             Ok(()) => {
                 self.counters.forwarded_to_node += 1;

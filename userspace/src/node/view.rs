@@ -26,12 +26,19 @@ pub struct NodeView {
 impl NodeView {
     /// A view with `workers` workers sharing the buckets evenly.
     pub fn new(node: u16, hash: HashParams, scope: Scope, workers: u8, peer_macs: Vec<Option<[u8; 6]>>) -> Self {
-        let members: Vec<WeightedMember> =
-            (0..workers.max(1) as u32).map(|id| WeightedMember { id, weight: 1 }).collect();
+        let members: Vec<WeightedMember> = (0..workers.max(1) as u32)
+            .map(|id| WeightedMember { id, weight: 1 })
+            .collect();
         let worker_of_bucket = maglev::build(hash.buckets, &members, None)
             .map(|t| t.into_iter().map(|w| w as u8).collect())
             .unwrap_or_else(|_| vec![0; hash.buckets as usize]);
-        Self { node, hash, scope, worker_of_bucket, peer_macs }
+        Self {
+            node,
+            hash,
+            scope,
+            worker_of_bucket,
+            peer_macs,
+        }
     }
 
     /// The owner of `key` by the scope alone.

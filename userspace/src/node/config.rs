@@ -1,0 +1,478 @@
+//! The node's configuration file (TOML), validated whole at start. Errors
+//! name the file, the line and the field.
+//!
+//! ```toml
+//! [node]
+//! name = "fd-a"
+//! id = 0                          # the edge's member id of this node
+//! interface = "eth1"              # data plane and fabric
+//! queues = [0]                    # one worker per RX queue
+//! cpus = [1]                      # optional: pin worker i to cpus[i]
+//! xdp_mode = "driver"             # "driver" | "skb"
+//! bind_mode = "auto"              # "auto" | "copy" | "zero-copy"
+//! local_addresses = ["10.0.1.11"] # the host's own (control-plane) addresses
+//! policy = "policy.toml"          # relative to this file
+//! admin_socket = "/run/handoff/fd-a.sock"
+//! control_listen = "10.0.1.11:7700"
+//!
+//! [hash]                          # must equal the edge's
+//! buckets = 65536
+//! symmetric_hash = false
+//! hash_seed = 0
+//!
+//! [[members]]                     # every node of the cluster, this one too
+//! name = "fd-a"
+//! id = 0
+//! mac = "02:00:00:00:00:01"       # its fabric MAC
+//! control = "10.0.1.11:7700"      # where its control port listens
+//! ```
+
+use crate::{
+    edge::config::{line_of, parse_mac, ConfigError},
+    io::afxdp::{AfXdpConfig, BindMode},
+    scope::HashParams,
+};
+use handoff_common::names::limits::{DEFAULT_BUCKETS, MAX_BUCKETS, MAX_MEMBERS};
+use handoff_loader::AttachMode;
+use serde::Deserialize;
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+/// Most workers per node (worker ids travel as `u8`).
+pub const MAX_WORKERS: usize = 64;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    node: RawNode,
+    #[serde(default)]
+    hash: RawHash,
+    #[serde(default)]
+    members: Vec<RawMember>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: String,
+    id: u32,
+    interface: String,
+    #[serde(default = "default_queues")]
+    queues: Vec<u32>,
+    #[serde(default)]
+    cpus: Vec<usize>,
+    #[serde(default = "default_mode")]
+    xdp_mode: String,
+    #[serde(default)]
+    bind_mode: BindMode,
+    #[serde(default)]
+    local_addresses: Vec<String>,
+    policy: PathBuf,
+    admin_socket: PathBuf,
+    control_listen: String,
+    #[serde(default = "default_ownership_capacity")]
+    ownership_capacity: usize,
+    #[serde(default)]
+    frame_count: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHash {
+    #[serde(default = "default_buckets")]
+    buckets: u32,
+    #[serde(default)]
+    symmetric_hash: bool,
+    #[serde(default)]
+    hash_seed: u32,
+}
+
+impl Default for RawHash {
+    fn default() -> Self {
+        Self {
+            buckets: DEFAULT_BUCKETS,
+            symmetric_hash: false,
+            hash_seed: 0,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMember {
+    name: String,
+    id: u32,
+    mac: String,
+    control: String,
+}
+
+fn default_queues() -> Vec<u32> {
+    vec![0]
+}
+
+fn default_mode() -> String {
+    "driver".into()
+}
+
+fn default_buckets() -> u32 {
+    DEFAULT_BUCKETS
+}
+
+fn default_ownership_capacity() -> usize {
+    1 << 20
+}
+
+/// A cluster member as this node sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeMember {
+    /// Name, e.g. `fd-b`.
+    pub name: String,
+    /// Member id (the edge's and the scope's).
+    pub id: u16,
+    /// Fabric MAC.
+    pub mac: [u8; 6],
+    /// Control address.
+    pub control: SocketAddr,
+}
+
+/// A validated node configuration.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node's name.
+    pub name: String,
+    /// This node's member id.
+    pub id: u16,
+    /// Data-plane interface.
+    pub interface: String,
+    /// RX queues, one worker each.
+    pub queues: Vec<u32>,
+    /// CPU of each worker, if pinned.
+    pub cpus: Vec<usize>,
+    /// XDP attach mode.
+    pub xdp_mode: AttachMode,
+    /// AF_XDP socket settings.
+    pub afxdp: AfXdpConfig,
+    /// The host's own addresses, always passed to the kernel.
+    pub local_addresses: Vec<IpAddr>,
+    /// The policy file (see [`crate::flow::PolicyConfig`]).
+    pub policy: PathBuf,
+    /// Admin socket path.
+    pub admin_socket: PathBuf,
+    /// Where the control port listens.
+    pub control_listen: SocketAddr,
+    /// Flow ownership entries each worker keeps for flows it does not hold.
+    pub ownership_capacity: usize,
+    /// How flows map to buckets.
+    pub hash: HashParams,
+    /// Every member, this node included.
+    pub members: Vec<NodeMember>,
+}
+
+impl NodeConfig {
+    /// Reads and validates `path`; a relative policy path is taken from the
+    /// file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let mut config = Self::parse(&text, path)?;
+        config.policy = path.parent().unwrap_or(Path::new(".")).join(&config.policy);
+        Ok(config)
+    }
+
+    /// Validates configuration text; `path` only names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawFile = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        let invalid = |section: &str, field: &str, needle: &str, detail: String| ConfigError::Invalid {
+            path: path.into(),
+            line: line_of(text, section, needle),
+            field: field.to_string(),
+            detail,
+        };
+        let node = raw.node;
+        let xdp_mode: AttachMode = node
+            .xdp_mode
+            .parse()
+            .map_err(|e| invalid("[node]", "node.xdp_mode", "xdp_mode", e))?;
+        let id = u16::try_from(node.id)
+            .ok()
+            .filter(|&id| u32::from(id) < MAX_MEMBERS)
+            .ok_or_else(|| {
+                invalid(
+                    "[node]",
+                    "node.id",
+                    "id",
+                    format!("{} is not below {MAX_MEMBERS}", node.id),
+                )
+            })?;
+        if node.queues.is_empty() || node.queues.len() > MAX_WORKERS {
+            return Err(invalid(
+                "[node]",
+                "node.queues",
+                "queues",
+                format!("{} queues; give 1..={MAX_WORKERS}", node.queues.len()),
+            ));
+        }
+        if node.queues.iter().collect::<HashSet<_>>().len() != node.queues.len() {
+            return Err(invalid(
+                "[node]",
+                "node.queues",
+                "queues",
+                "a queue is listed twice".into(),
+            ));
+        }
+        if !node.cpus.is_empty() && node.cpus.len() != node.queues.len() {
+            return Err(invalid(
+                "[node]",
+                "node.cpus",
+                "cpus",
+                format!(
+                    "{} cpus for {} queues; give one per queue or none",
+                    node.cpus.len(),
+                    node.queues.len()
+                ),
+            ));
+        }
+        let local_addresses = node
+            .local_addresses
+            .iter()
+            .map(|a| {
+                a.parse().map_err(|_| {
+                    invalid(
+                        "[node]",
+                        "node.local_addresses",
+                        a,
+                        format!("{a:?} is not an IP address"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<IpAddr>, _>>()?;
+        let control_listen: SocketAddr = node.control_listen.parse().map_err(|_| {
+            invalid(
+                "[node]",
+                "node.control_listen",
+                "control_listen",
+                format!("{:?} is not an address:port", node.control_listen),
+            )
+        })?;
+        if node.ownership_capacity == 0 {
+            return Err(invalid(
+                "[node]",
+                "node.ownership_capacity",
+                "ownership_capacity",
+                "must be positive".into(),
+            ));
+        }
+        let mut afxdp = AfXdpConfig {
+            bind_mode: node.bind_mode,
+            ..AfXdpConfig::default()
+        };
+        if let Some(frames) = node.frame_count {
+            afxdp.frame_count = frames;
+        }
+        afxdp
+            .validate()
+            .map_err(|e| invalid("[node]", "node.frame_count", "frame_count", e.to_string()))?;
+        let buckets = raw.hash.buckets;
+        if !buckets.is_power_of_two() || !(2..=MAX_BUCKETS).contains(&buckets) {
+            return Err(invalid(
+                "[hash]",
+                "hash.buckets",
+                "buckets",
+                format!("{buckets} is not a power of two in 2..={MAX_BUCKETS}"),
+            ));
+        }
+        let members = members(&raw.members, &invalid)?;
+        if !members.iter().any(|m| m.id == id) {
+            return Err(invalid(
+                "[node]",
+                "node.id",
+                "id",
+                format!("no [[members]] entry has this node's id {id}"),
+            ));
+        }
+        Ok(Self {
+            name: node.name,
+            id,
+            interface: node.interface,
+            queues: node.queues,
+            cpus: node.cpus,
+            xdp_mode,
+            afxdp,
+            local_addresses,
+            policy: node.policy,
+            admin_socket: node.admin_socket,
+            control_listen,
+            ownership_capacity: node.ownership_capacity,
+            hash: HashParams {
+                buckets,
+                symmetric: raw.hash.symmetric_hash,
+                seed: raw.hash.hash_seed,
+            },
+            members,
+        })
+    }
+
+    /// The members other than this node.
+    pub fn peers(&self) -> impl Iterator<Item = &NodeMember> {
+        self.members.iter().filter(move |m| m.id != self.id)
+    }
+
+    /// Fabric MAC of every member id, `None` where no member has that id.
+    pub fn peer_macs(&self) -> Vec<Option<[u8; 6]>> {
+        let len = self.members.iter().map(|m| m.id as usize + 1).max().unwrap_or(0);
+        let mut macs = vec![None; len];
+        for m in &self.members {
+            macs[m.id as usize] = Some(m.mac);
+        }
+        macs
+    }
+}
+
+fn members(
+    raw: &[RawMember],
+    invalid: &impl Fn(&str, &str, &str, String) -> ConfigError,
+) -> Result<Vec<NodeMember>, ConfigError> {
+    let (mut ids, mut names) = (HashSet::new(), HashSet::new());
+    let mut members = Vec::with_capacity(raw.len());
+    for (i, m) in raw.iter().enumerate() {
+        let field = |f: &str| format!("members[{i}].{f}");
+        let mac = parse_mac(&m.mac).ok_or_else(|| {
+            invalid(
+                "[[members]]",
+                &field("mac"),
+                &m.mac,
+                format!("{:?} is not a MAC address", m.mac),
+            )
+        })?;
+        let id = u16::try_from(m.id)
+            .ok()
+            .filter(|&id| u32::from(id) < MAX_MEMBERS)
+            .ok_or_else(|| {
+                invalid(
+                    "[[members]]",
+                    &field("id"),
+                    &format!("id = {}", m.id),
+                    format!("{} is not below {MAX_MEMBERS}", m.id),
+                )
+            })?;
+        if !ids.insert(id) {
+            return Err(invalid(
+                "[[members]]",
+                &field("id"),
+                &format!("id = {}", m.id),
+                format!("id {id} is used twice"),
+            ));
+        }
+        if !names.insert(m.name.as_str()) {
+            return Err(invalid(
+                "[[members]]",
+                &field("name"),
+                &m.name,
+                format!("{:?} is used twice", m.name),
+            ));
+        }
+        let control = m.control.parse().map_err(|_| {
+            invalid(
+                "[[members]]",
+                &field("control"),
+                &m.control,
+                format!("{:?} is not an address:port", m.control),
+            )
+        })?;
+        members.push(NodeMember {
+            name: m.name.clone(),
+            id,
+            mac,
+            control,
+        });
+    }
+    if members.is_empty() {
+        return Err(invalid(
+            "[[members]]",
+            "members",
+            "",
+            "at least one member is needed".into(),
+        ));
+    }
+    Ok(members)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[node]
+name = "fd-a"
+id = 0
+interface = "n0"
+queues = [0, 1]
+xdp_mode = "skb"
+bind_mode = "copy"
+local_addresses = ["10.0.1.11"]
+policy = "policy.toml"
+admin_socket = "/tmp/fd-a.sock"
+control_listen = "10.0.1.11:7700"
+
+[[members]]
+name = "fd-a"
+id = 0
+mac = "02:00:00:00:00:01"
+control = "10.0.1.11:7700"
+
+[[members]]
+name = "fd-b"
+id = 2
+mac = "02:00:00:00:00:02"
+control = "10.0.1.12:7700"
+"#;
+
+    fn err(text: &str) -> String {
+        NodeConfig::parse(text, Path::new("node.toml")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_good_file_parses() {
+        let c = NodeConfig::parse(GOOD, Path::new("node.toml")).unwrap();
+        assert_eq!(c.policy, PathBuf::from("policy.toml"));
+        assert_eq!(c.queues, vec![0, 1]);
+        assert_eq!(c.afxdp.bind_mode, BindMode::Copy);
+        assert_eq!(c.hash.buckets, DEFAULT_BUCKETS);
+        assert_eq!(c.peers().map(|m| m.id).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(
+            c.peer_macs(),
+            vec![Some([2, 0, 0, 0, 0, 1]), None, Some([2, 0, 0, 0, 0, 2])]
+        );
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let e = err(&GOOD.replace("02:00:00:00:00:02", "02:zz"));
+        assert!(e.starts_with("node.toml:23: field `members[1].mac`"), "{e}");
+        let e = err(&GOOD.replace("queues = [0, 1]", "queues = [1, 1]"));
+        assert!(e.contains("node.queues") && e.contains("twice"), "{e}");
+        let e = err(&GOOD.replace("id = 2", "id = 0"));
+        assert!(e.contains("members[1].id") && e.contains("used twice"), "{e}");
+        let e = err(&GOOD.replace(
+            "name = \"fd-a\"\nid = 0\ninterface",
+            "name = \"fd-a\"\nid = 5\ninterface",
+        ));
+        assert!(e.contains("node.id") && e.contains("no [[members]]"), "{e}");
+        let e = err(&GOOD.replace("\"10.0.1.11:7700\"\n\n[[members]]", "\"nowhere\"\n\n[[members]]"));
+        assert!(e.contains("node.control_listen"), "{e}");
+        let e = err(&GOOD.replace("xdp_mode = \"skb\"", "xdp_mode = \"fast\""));
+        assert!(e.contains("node.xdp_mode"), "{e}");
+        let e = err(&GOOD.replace("bind_mode = \"copy\"", "bind_mode = \"turbo\""));
+        assert!(e.contains("bind_mode"), "{e}");
+        let e = err(&GOOD.replace("[node]", "[node]\ncolour = 1"));
+        assert!(e.contains("colour"), "{e}");
+    }
+}

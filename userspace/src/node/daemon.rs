@@ -1,0 +1,301 @@
+//! The `handoff node` daemon: loads the steering program, opens one AF_XDP
+//! socket per configured queue, runs one pinned worker per socket, the peer
+//! links, and the admin socket.
+
+use super::{
+    config::NodeConfig,
+    peers::{self, Identity, PeerCounters},
+    pipeline::Pipeline,
+    view::NodeView,
+    worker::{Worker, WorkerCommand, WorkerLinks, WorkerReport},
+};
+use crate::{
+    admin::{self, AdminCall, AdminRequest, AdminResponse},
+    control::ids::{Incarnation, NodeId},
+    flow::{config::PolicyConfig, Policy},
+    io::afxdp::AfXdpPort,
+    scope::Scope,
+};
+use anyhow::{bail, Context, Result};
+use crossbeam::channel::{bounded, Sender};
+use handoff_loader::XskProgram;
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+/// Commands queued per worker at most; a full queue makes the control path wait.
+const COMMAND_QUEUE: usize = 256;
+/// How long the admin path waits for a worker's report.
+const REPORT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The running node.
+pub struct Node {
+    config: NodeConfig,
+    program: XskProgram,
+    scope: Scope,
+    view: Arc<NodeView>,
+    commands: Vec<Sender<WorkerCommand>>,
+    threads: Vec<JoinHandle<()>>,
+    counters: Arc<PeerCounters>,
+    stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("name", &self.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) -> Result<()> {
+    // SAFETY: cpu_set_t is plain data; zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET writes inside `set`; `cpu` is checked against its size.
+    if cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
+        bail!("cpu {cpu} is out of range");
+    }
+    // SAFETY: see above; `cpu` is within the set.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size passed.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("pinning a worker to cpu {cpu}"));
+    }
+    Ok(())
+}
+
+impl Node {
+    /// Loads everything and starts the workers and the peer links. The
+    /// program is attached only after every socket is registered, so no
+    /// data-plane frame reaches the kernel stack during start.
+    pub fn start(config: NodeConfig, stop: Arc<AtomicBool>) -> Result<Self> {
+        let policy = Arc::new(Policy::new(PolicyConfig::load(&config.policy)?).context("building the policy")?);
+        let member_ids: Vec<u32> = config.members.iter().map(|m| u32::from(m.id)).collect();
+        let scope = Scope::initial(config.hash.buckets, &member_ids)?;
+        let workers = config.queues.len();
+        let view = Arc::new(NodeView::new(
+            config.id,
+            config.hash,
+            scope.clone(),
+            workers as u8,
+            config.peer_macs(),
+        ));
+        let ifindex = handoff_loader::interface_index(&config.interface)?;
+        let own_mac = handoff_loader::interface_mac(&config.interface)?;
+        let mut program = XskProgram::load().context("loading the steering program")?;
+        for addr in &config.local_addresses {
+            program.add_local_address(*addr)?;
+        }
+        let links = WorkerLinks::for_node(workers);
+        let mut commands = Vec::with_capacity(workers);
+        let mut threads = Vec::with_capacity(workers + 2);
+        for (index, (&queue, link)) in config.queues.iter().zip(&links).enumerate() {
+            let port = AfXdpPort::open(ifindex, queue, config.afxdp.clone())
+                .with_context(|| format!("opening AF_XDP on {} queue {queue}", config.interface))?;
+            program.register_socket(queue, &port)?;
+            let pipeline = Pipeline::new(
+                index as u8,
+                own_mac,
+                Arc::clone(&view),
+                Arc::clone(&policy),
+                config.ownership_capacity,
+            )?;
+            let (tx, rx) = bounded(COMMAND_QUEUE);
+            commands.push(tx);
+            let worker = Worker::new(pipeline, port, link.clone(), rx, config.afxdp.burst);
+            let cpu = config.cpus.get(index).copied();
+            let stop = Arc::clone(&stop);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("worker-{index}"))
+                    .spawn(move || {
+                        if let Some(cpu) = cpu {
+                            if let Err(e) = pin_to(cpu) {
+                                tracing::warn!(error = %e, "worker runs unpinned");
+                            }
+                        }
+                        let worker = worker.run(&stop);
+                        tracing::info!(report = ?worker.report(), "worker stopped");
+                    })?,
+            );
+        }
+        program.attach(&config.interface, config.xdp_mode)?;
+        let identity = Identity {
+            node: NodeId::new(config.id)?,
+            incarnation: Incarnation(
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64),
+            ),
+        };
+        let counters = Arc::new(PeerCounters::default());
+        let listener = peers::bind(config.control_listen)?;
+        {
+            let (commands, counters, stop) = (commands.clone(), Arc::clone(&counters), Arc::clone(&stop));
+            threads.push(
+                std::thread::Builder::new()
+                    .name("control".into())
+                    .spawn(move || peers::run_listener(listener, identity, commands, counters, stop))?,
+            );
+        }
+        {
+            let peer_addrs = config.peers().map(|m| m.control).collect();
+            let (counters, stop) = (Arc::clone(&counters), Arc::clone(&stop));
+            threads.push(
+                std::thread::Builder::new()
+                    .name("announcer".into())
+                    .spawn(move || peers::run_announcer(identity, peer_addrs, links, counters, stop))?,
+            );
+        }
+        tracing::info!(node = %config.name, workers, interface = %config.interface, "node up");
+        Ok(Self {
+            config,
+            program,
+            scope,
+            view,
+            commands,
+            threads,
+            counters,
+            stop,
+        })
+    }
+
+    fn reports(&self) -> Result<Vec<WorkerReport>> {
+        let (tx, rx) = bounded(self.commands.len());
+        for worker in &self.commands {
+            worker
+                .send(WorkerCommand::Report(tx.clone()))
+                .context("a worker has stopped")?;
+        }
+        let mut reports = Vec::with_capacity(self.commands.len());
+        for _ in &self.commands {
+            reports.push(rx.recv_timeout(REPORT_TIMEOUT).context("a worker did not answer")?);
+        }
+        reports.sort_by_key(|r| r.worker);
+        Ok(reports)
+    }
+
+    fn stats(&self) -> Result<serde_json::Value> {
+        let workers = self.reports()?;
+        let sum = |f: &dyn Fn(&WorkerReport) -> u64| workers.iter().map(f).sum::<u64>();
+        let c = &self.counters;
+        Ok(serde_json::json!({
+            "node": self.config.name,
+            "totals": {
+                "rx": sum(&|r| r.counters.rx),
+                "tx": sum(&|r| r.counters.tx),
+                "created": sum(&|r| r.counters.created),
+                "active": sum(&|r| r.table.active),
+                "expired": sum(&|r| r.table.expired),
+                "evicted": sum(&|r| r.table.evicted),
+                "forwarded_to_core": sum(&|r| r.counters.forwarded_to_core),
+                "forwarded_to_node": sum(&|r| r.counters.forwarded_to_node),
+                "received_from_node": sum(&|r| r.counters.received_from_node),
+                "dropped": sum(&|r| r.counters.dropped()),
+            },
+            "control": {
+                "announces_sent": c.announces_sent.load(Ordering::Relaxed),
+                "flows_announced": c.flows_announced.load(Ordering::Relaxed),
+                "announce_failures": c.announce_failures.load(Ordering::Relaxed),
+                "announces_received": c.announces_received.load(Ordering::Relaxed),
+                "messages_refused": c.messages_refused.load(Ordering::Relaxed),
+            },
+            "steering": self.program.reason_counts()?.named().map(|(n, v)| (n.to_string(), v)).collect::<std::collections::BTreeMap<_, _>>(),
+            "workers": workers,
+        }))
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "node": self.config.name,
+            "id": self.config.id,
+            "workers": self.commands.len(),
+            "scope_version": self.scope.version,
+            "buckets_owned": self.scope.buckets_of(u32::from(self.config.id)).count(),
+        })
+    }
+
+    /// Rebuilds the scope over `members` and hands every worker the new view.
+    fn rescope(&mut self, members: Vec<u32>) -> Result<AdminResponse> {
+        let next = self.scope.rebuilt(&members)?;
+        let moved = self.scope.moves(&next).count();
+        let view = Arc::new(NodeView {
+            scope: next.clone(),
+            ..(*self.view).clone()
+        });
+        for worker in &self.commands {
+            worker
+                .send(WorkerCommand::View(Arc::clone(&view)))
+                .context("a worker has stopped")?;
+        }
+        self.scope = next;
+        self.view = view;
+        Ok(AdminResponse::ScopeChanged {
+            version: self.scope.version,
+            moved_buckets: moved,
+            generation: 0,
+        })
+    }
+
+    fn member_id(&self, name: &str) -> Result<u32> {
+        self.config
+            .members
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| u32::from(m.id))
+            .with_context(|| format!("no member named {name:?}"))
+    }
+
+    fn handle(&mut self, request: AdminRequest) -> AdminResponse {
+        let in_scope = self.scope.members();
+        let result = match request {
+            AdminRequest::Status => Ok(AdminResponse::Status(self.status())),
+            AdminRequest::Stats => self.stats().map(AdminResponse::Stats),
+            AdminRequest::ScopeRemove { member } => self.member_id(&member).and_then(|id| {
+                let rest: Vec<u32> = in_scope.iter().copied().filter(|&m| m != id).collect();
+                if rest.len() == in_scope.len() || rest.is_empty() {
+                    bail!("{member} is not in the scope, or is its last member");
+                }
+                self.rescope(rest)
+            }),
+            AdminRequest::ScopeAdd { member } => self.member_id(&member).and_then(|id| {
+                if in_scope.contains(&id) {
+                    bail!("{member} is already in the scope");
+                }
+                self.rescope(in_scope.iter().copied().chain([id]).collect())
+            }),
+        };
+        result.unwrap_or_else(|e| AdminResponse::Error {
+            message: format!("{e:#}"),
+        })
+    }
+
+    /// Serves the admin socket until the stop flag is set, then stops the
+    /// workers and detaches.
+    pub fn run(mut self) -> Result<()> {
+        let (tx, rx) = crossbeam::channel::unbounded::<AdminCall>();
+        let _socket = admin::serve(&self.config.admin_socket, tx, Arc::clone(&self.stop))?;
+        // Readiness line for scripts and tests.
+        eprintln!("node: ready on {}", self.config.interface);
+        while !self.stop.load(Ordering::Relaxed) {
+            if let Ok((request, reply)) = rx.recv_timeout(Duration::from_millis(100)) {
+                let response = self.handle(request);
+                let _ = reply.send(response);
+            }
+        }
+        self.program.detach()?;
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                tracing::error!("a node thread panicked");
+            }
+        }
+        tracing::info!("node stopped");
+        Ok(())
+    }
+}

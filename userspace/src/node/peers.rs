@@ -1,0 +1,307 @@
+//! The node's control links to its peers: owner announcements out, and the
+//! listener that applies the peers' announcements to every worker.
+//!
+//! Each link opens with a [`PeerHello`]; a peer that refuses it gets nothing
+//! else. Announcements are batched (at most [`ANNOUNCE_BATCH`] connections
+//! per message) and paced (one round per [`ANNOUNCE_INTERVAL`]), so their
+//! rate and size stay bounded whatever the connection rate.
+
+use super::{
+    pipeline::Installed,
+    worker::{WorkerCommand, WorkerLinks},
+};
+use crate::control::{
+    codec::{Envelope, SUPPORTED_VERSIONS},
+    flow::{Owner as WireOwner, WireFlowKey},
+    ids::{Capabilities, Incarnation, NodeId, Sender as WireSender},
+    io::{read_frame, write_frame, FrameIoError},
+    message::{Body, FlowOwner, OwnerAnnounce, PeerHello, PeerHelloAck},
+    negotiate::answer_peer_hello,
+};
+use crate::flow::Owner;
+use anyhow::{Context, Result};
+use crossbeam::channel::Sender;
+use handoff_common::flow_key::FlowKey;
+use std::{
+    io::ErrorKind,
+    net::{SocketAddr, TcpListener, TcpStream},
+    num::NonZeroU64,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+/// Connections per announcement message at most (two keys each).
+pub const ANNOUNCE_BATCH: usize = 1024;
+/// Pause between announcement rounds.
+pub const ANNOUNCE_INTERVAL: Duration = Duration::from_millis(2);
+/// How long a connect or a write to a peer may take.
+const PEER_TIMEOUT: Duration = Duration::from_millis(500);
+/// Wait before reconnecting to a peer that failed.
+const RECONNECT_AFTER: Duration = Duration::from_millis(200);
+
+/// Control-path counters shared with the admin socket.
+#[derive(Debug, Default)]
+pub struct PeerCounters {
+    /// Announcement messages sent.
+    pub announces_sent: AtomicU64,
+    /// Connections announced.
+    pub flows_announced: AtomicU64,
+    /// Announcements that could not be sent to some peer (link down).
+    pub announce_failures: AtomicU64,
+    /// Announcement messages received.
+    pub announces_received: AtomicU64,
+    /// Messages refused (malformed, unexpected, or before a hello).
+    pub messages_refused: AtomicU64,
+}
+
+/// This node's identity on the control protocol.
+#[derive(Clone, Copy, Debug)]
+pub struct Identity {
+    /// Node id.
+    pub node: NodeId,
+    /// Incarnation (changes at every start).
+    pub incarnation: Incarnation,
+}
+
+impl Identity {
+    fn hello() -> PeerHello {
+        PeerHello {
+            software_version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol: SUPPORTED_VERSIONS,
+            capabilities: Capabilities::THIS_BUILD,
+        }
+    }
+
+    fn envelope(&self, serial: &mut u64, body: impl Into<Body>) -> Envelope {
+        *serial += 1;
+        let serial = NonZeroU64::new(*serial).unwrap_or(NonZeroU64::MIN);
+        Envelope::new(WireSender::Node(self.node), self.incarnation, serial, body)
+    }
+}
+
+/// An announcement version: microseconds since the epoch, so announcements
+/// from different nodes order by when they were made (the nodes' clocks are
+/// assumed synchronised to well under a flow's lifetime).
+fn announce_version() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+struct PeerLink {
+    address: SocketAddr,
+    stream: Option<TcpStream>,
+    retry_at: Instant,
+}
+
+impl PeerLink {
+    fn connect(&mut self, identity: &Identity, serial: &mut u64) -> Option<&mut TcpStream> {
+        if self.stream.is_none() && Instant::now() >= self.retry_at {
+            match open_link(self.address, identity, serial) {
+                Ok(stream) => self.stream = Some(stream),
+                Err(e) => {
+                    tracing::debug!(peer = %self.address, error = %e, "peer link");
+                    self.retry_at = Instant::now() + RECONNECT_AFTER;
+                }
+            }
+        }
+        self.stream.as_mut()
+    }
+}
+
+fn open_link(address: SocketAddr, identity: &Identity, serial: &mut u64) -> Result<TcpStream> {
+    let mut stream = TcpStream::connect_timeout(&address, PEER_TIMEOUT)?;
+    stream.set_write_timeout(Some(PEER_TIMEOUT))?;
+    stream.set_read_timeout(Some(PEER_TIMEOUT))?;
+    stream.set_nodelay(true)?;
+    write_frame(&mut stream, &identity.envelope(serial, Identity::hello()))?;
+    match read_frame(&mut stream)?.body {
+        Body::PeerHelloAck(PeerHelloAck::Accepted { .. }) => Ok(stream),
+        Body::PeerHelloAck(PeerHelloAck::Refused { reason }) => anyhow::bail!("{address} refused us: {reason:?}"),
+        other => anyhow::bail!("{address} answered the hello with {:?}", other.kind()),
+    }
+}
+
+/// Sends every worker's newly installed connections to every peer until
+/// `stop` is set.
+pub fn run_announcer(
+    identity: Identity,
+    peers: Vec<SocketAddr>,
+    links: Vec<WorkerLinks>,
+    counters: Arc<PeerCounters>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut serial = 0u64;
+    let mut peers: Vec<PeerLink> = peers
+        .into_iter()
+        .map(|address| PeerLink {
+            address,
+            stream: None,
+            retry_at: Instant::now(),
+        })
+        .collect();
+    let mut added = Vec::with_capacity(2 * ANNOUNCE_BATCH);
+    while !stop.load(Ordering::Relaxed) {
+        let mut connections = 0;
+        for (worker, link) in links.iter().enumerate() {
+            while connections < ANNOUNCE_BATCH {
+                let Some(Installed { forward, reverse }) = link.installed.pop() else {
+                    break;
+                };
+                connections += 1;
+                let owner = WireOwner {
+                    node: identity.node,
+                    worker: worker as u16,
+                };
+                for key in [forward, reverse] {
+                    if let Ok(key) = WireFlowKey::try_from(&key) {
+                        added.push(FlowOwner { key, owner });
+                    }
+                }
+            }
+        }
+        if added.is_empty() {
+            std::thread::sleep(ANNOUNCE_INTERVAL);
+            continue;
+        }
+        let announce = OwnerAnnounce {
+            version: announce_version(),
+            added: std::mem::take(&mut added),
+            removed: Vec::new(),
+        };
+        for peer in &mut peers {
+            let envelope = identity.envelope(&mut serial, announce.clone());
+            let sent = peer.connect(&identity, &mut serial).map(|s| write_frame(s, &envelope));
+            match sent {
+                Some(Ok(())) => {
+                    counters.announces_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(peer = %peer.address, error = %e, "announcement lost; reconnecting");
+                    peer.stream = None;
+                    counters.announce_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                None => {
+                    counters.announce_failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        counters
+            .flows_announced
+            .fetch_add(connections as u64, Ordering::Relaxed);
+        added = announce.added;
+        added.clear();
+        std::thread::sleep(ANNOUNCE_INTERVAL);
+    }
+}
+
+/// Binds the control port.
+pub fn bind(address: SocketAddr) -> Result<TcpListener> {
+    let listener = TcpListener::bind(address).with_context(|| format!("binding the control port {address}"))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Accepts peers until `stop` is set; each peer gets a thread that applies its
+/// announcements to every worker.
+pub fn run_listener(
+    listener: TcpListener,
+    identity: Identity,
+    workers: Vec<Sender<WorkerCommand>>,
+    counters: Arc<PeerCounters>,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, from)) => {
+                let (workers, counters, stop) = (workers.clone(), Arc::clone(&counters), Arc::clone(&stop));
+                let spawned = std::thread::Builder::new()
+                    .name("peer".into())
+                    .spawn(move || serve_peer(stream, identity, &workers, &counters, &stop));
+                if let Err(e) = spawned {
+                    tracing::warn!(%from, error = %e, "cannot serve peer");
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => {
+                tracing::warn!(error = %e, "control accept");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn serve_peer(
+    mut stream: TcpStream,
+    identity: Identity,
+    workers: &[Sender<WorkerCommand>],
+    counters: &PeerCounters,
+    stop: &AtomicBool,
+) {
+    let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
+    if stream.set_nonblocking(false).is_err() || stream.set_read_timeout(Some(Duration::from_millis(200))).is_err() {
+        return;
+    }
+    let mut serial = 0u64;
+    let mut greeted = false;
+    while !stop.load(Ordering::Relaxed) {
+        let envelope = match read_frame(&mut stream) {
+            Ok(e) => e,
+            Err(FrameIoError::Timeout { received: 0 }) => continue,
+            Err(FrameIoError::Closed) => return,
+            Err(e) => {
+                counters.messages_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, error = %e, "dropping peer link");
+                return;
+            }
+        };
+        match envelope.body {
+            Body::PeerHello(theirs) => {
+                let ack = answer_peer_hello(&Identity::hello(), &theirs);
+                greeted = matches!(ack, PeerHelloAck::Accepted { .. });
+                if write_frame(&mut stream, &identity.envelope(&mut serial, ack)).is_err() {
+                    return;
+                }
+            }
+            Body::OwnerAnnounce(announce) if greeted => {
+                counters.announces_received.fetch_add(1, Ordering::Relaxed);
+                apply_announce(&announce, workers);
+            }
+            other => {
+                counters.messages_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, kind = ?other.kind(), greeted, "unexpected message");
+            }
+        }
+    }
+}
+
+fn apply_announce(announce: &OwnerAnnounce, workers: &[Sender<WorkerCommand>]) {
+    let owners: Vec<(FlowKey, Owner)> = announce
+        .added
+        .iter()
+        .filter_map(|f| {
+            Some((
+                FlowKey::from(&f.key),
+                Owner {
+                    node: f.owner.node.get(),
+                    worker: u8::try_from(f.owner.worker).ok()?,
+                },
+            ))
+        })
+        .collect();
+    let removed: Vec<FlowKey> = announce.removed.iter().map(FlowKey::from).collect();
+    for worker in workers {
+        if !owners.is_empty() {
+            let _ = worker.send(WorkerCommand::Owners {
+                version: announce.version,
+                owners: owners.clone(),
+            });
+        }
+        if !removed.is_empty() {
+            let _ = worker.send(WorkerCommand::Forget { keys: removed.clone() });
+        }
+    }
+}
