@@ -81,6 +81,10 @@ struct TrafficArgs {
     /// Write the sink report here (the generator report goes to --json).
     #[arg(long)]
     sink_json: Option<PathBuf>,
+    /// Addresses whose traffic stays with the kernel (so kernel sockets on
+    /// this interface keep working beside the generator), repeatable.
+    #[arg(long)]
+    local_address: Vec<std::net::IpAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -384,8 +388,18 @@ fn traffic_command(args: TrafficArgs) -> Result<()> {
     };
     let stop = stop_flag()?;
     eprintln!("traffic: ready on {ifname}");
-    let (gen, sink) =
-        handoff_bench::traffic::run_traffic(&ifname, args.xdp_mode, bind_mode, &config, limits, args.per_flow, &stop)?;
+    let (gen, sink) = handoff_bench::traffic::run_traffic(
+        &ifname,
+        &handoff_bench::traffic::Steering {
+            mode: args.xdp_mode,
+            bind_mode,
+            local_addresses: args.local_address,
+        },
+        &config,
+        limits,
+        args.per_flow,
+        &stop,
+    )?;
     eprintln!(
         "gen: sent {} packets in {:.2}s = {:.0} pps",
         gen.sent, gen.duration_s, gen.rate_pps

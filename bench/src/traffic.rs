@@ -20,13 +20,23 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// How the client's interface is attached.
+#[derive(Clone, Debug)]
+pub struct Steering {
+    /// XDP attach mode.
+    pub mode: AttachMode,
+    /// AF_XDP binding.
+    pub bind_mode: BindMode,
+    /// Addresses whose frames go to the kernel instead of the sink.
+    pub local_addresses: Vec<std::net::IpAddr>,
+}
+
 /// Sends `config` out of `ifname` queue 0 and accounts every frame that comes
-/// back. Receiving goes on after sending until `limits.idle` passes without a
+/// back; frames for `local_addresses` stay with the kernel. Receiving goes on after sending until `limits.idle` passes without a
 /// frame (or `limits.max_duration` in all).
 pub fn run_traffic(
     ifname: &str,
-    mode: AttachMode,
-    bind_mode: BindMode,
+    steering: &Steering,
     config: &GenConfig,
     limits: CaptureLimits,
     per_flow: bool,
@@ -34,16 +44,19 @@ pub fn run_traffic(
 ) -> Result<(GenReport, SinkReport)> {
     let ifindex = handoff_loader::interface_index(ifname)?;
     let mut program = XskProgram::load().context("loading the steering program")?;
+    for addr in &steering.local_addresses {
+        program.add_local_address(*addr)?;
+    }
     let mut port = AfXdpPort::open(
         ifindex,
         0,
         AfXdpConfig {
-            bind_mode,
+            bind_mode: steering.bind_mode,
             ..AfXdpConfig::default()
         },
     )?;
     program.register_socket(0, &port)?;
-    program.attach(ifname, mode)?;
+    program.attach(ifname, steering.mode)?;
     let mut sink = Sink::new(config.frames.flows().count);
     let mut sender = PacedSender::whole(config);
     let started = Instant::now();

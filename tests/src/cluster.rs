@@ -39,8 +39,10 @@ pub struct ClusterSpec {
     pub nodes: usize,
     /// Service nodes (svc-1, ...).
     pub services: usize,
-    /// RX/TX queues on every veth.
+    /// RX/TX queues on every veth but the nodes'.
     pub queues: u32,
+    /// RX/TX queues on the nodes' veths (a node runs one worker per queue).
+    pub node_queues: u32,
 }
 
 impl Default for ClusterSpec {
@@ -49,6 +51,7 @@ impl Default for ClusterSpec {
             nodes: 3,
             services: 3,
             queues: 1,
+            node_queues: 1,
         }
     }
 }
@@ -157,6 +160,7 @@ impl Cluster {
         attach_to_bridge(&prefix, &fabric, &bridge, &edge, &edge_fabric_port, "pe", q)?;
 
         addr(&client, &client_port, 24)?;
+        full_checksums(&client, &client_port.ifname)?;
         addr(&edge, &edge_client_port, 24)?;
         addr(&edge, &edge_fabric_port, 24)?;
         client.ip(&["route", "add", "10.77.9.0/24", "via", &EDGE_CLIENT_IP.to_string()])?;
@@ -176,7 +180,15 @@ impl Cluster {
                 mac: mac(3, i as u8 + 1),
                 ip: Ipv4Addr::new(10, 77, 1, 11 + i as u8),
             };
-            attach_to_bridge(&prefix, &fabric, &bridge, &ns, &port, &format!("pn{i}"), q)?;
+            attach_to_bridge(
+                &prefix,
+                &fabric,
+                &bridge,
+                &ns,
+                &port,
+                &format!("pn{i}"),
+                spec.node_queues,
+            )?;
             addr(&ns, &port, 24)?;
             ns.ip(&["route", "add", CLIENT_NET, "via", &EDGE_FABRIC_IP.to_string()])?;
             nodes.push(Host { name, port, ns });
@@ -193,6 +205,7 @@ impl Cluster {
             attach_to_bridge(&prefix, &fabric, &bridge, &ns, &port, &format!("ps{i}"), q)?;
             addr(&ns, &port, 24)?;
             ns.ip(&["route", "add", "default", "via", &EDGE_FABRIC_IP.to_string()])?;
+            full_checksums(&ns, &port.ifname)?;
             services.push(Host { name, port, ns });
         }
         Ok(Self {
@@ -255,6 +268,15 @@ pub enum NsRef {
     Node(usize),
     /// A service node.
     Service(usize),
+}
+
+/// Makes the kernel write complete checksums (no offload) and segment
+/// nothing on `ifname`. Frames from these hosts cross AF_XDP sockets, which
+/// carry bytes, not the skb's checksum-offload state: a partial checksum
+/// would arrive as a bad one.
+fn full_checksums(ns: &Netns, ifname: &str) -> Result<()> {
+    ns.exec("ethtool", &["-K", ifname, "tx", "off", "tso", "off", "gso", "off"])
+        .map(drop)
 }
 
 fn addr(ns: &Netns, port: &Port, len: u8) -> Result<()> {

@@ -26,7 +26,7 @@ fn spray_then_flip_a_member_out_with_no_loss_and_only_its_flows_moving() {
     let mut cluster = Cluster::create(&ClusterSpec {
         nodes: 3,
         services: 0,
-        queues: 1,
+        ..ClusterSpec::default()
     })
     .unwrap();
     let config = cluster.edge_config(false);

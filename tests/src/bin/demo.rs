@@ -46,7 +46,7 @@ fn main() -> Result<()> {
     let mut cluster = Cluster::create(&ClusterSpec {
         nodes: 3,
         services: 0,
-        queues: 1,
+        ..ClusterSpec::default()
     })?;
     println!(
         "test bed up: namespaces prefixed handoff-{}-*, logs in {}",

@@ -1,0 +1,235 @@
+//! The full service path on the test bed: `handoff node` on every fd-*
+//! namespace with a DNAT policy towards the services, UDP echo and TCP
+//! servers on every svc-*, and the client's traffic through the VIP.
+//!
+//! ```text
+//! client ─► edge ─sprays─► fd-x ─DNAT─► svc-n
+//! client ◄─ edge ◄─ fd-owner ◄─(fabric)─ fd-y ◄─sprays─ edge ◄─ svc-n
+//! ```
+//! Replies go back through the edge, which sprays them by their own 5-tuple,
+//! so they often land on a node that does not own the connection and must be
+//! forwarded to its owner.
+
+use crate::{
+    cluster::{arg, node_name, wait_until, Cluster, NsRef, VIP},
+    netns::mac_string,
+};
+use anyhow::{bail, Result};
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+/// UDP echo port on the services and on the VIP.
+pub const UDP_PORT: u16 = 7000;
+/// TCP request/response port on the services and on the VIP.
+pub const TCP_PORT: u16 = 7100;
+/// Node control port.
+pub const CONTROL_PORT: u16 = 7700;
+/// The client's address for generated UDP flows (owned by the client's
+/// kernel so the edge can resolve it, steered to the generator's socket).
+pub const CLIENT_UDP_SRC: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 100);
+
+impl Cluster {
+    /// The policy every node runs: the VIP's UDP and TCP ports DNAT to the
+    /// services, everything else and every reply goes to the edge.
+    pub fn node_policy(&self) -> String {
+        let mut text = format!(
+            "[[neighbor]]\nname = \"edge\"\nmac = {:?}\n\n[default]\naction = \"forward\"\ngateway = \"edge\"\n",
+            mac_string(self.edge_fabric_port.mac)
+        );
+        for (protocol, port) in [("udp", UDP_PORT), ("tcp", TCP_PORT)] {
+            text.push_str(&format!(
+                "\n[[service]]\nname = \"{protocol}-{port}\"\nvip = \"{VIP}\"\nprotocol = \"{protocol}\"\nport = {port}\n"
+            ));
+            for svc in &self.services {
+                text.push_str(&format!(
+                    "\n[[service.backend]]\naddress = \"{}\"\nport = {port}\nmac = {:?}\n",
+                    svc.port.ip,
+                    mac_string(svc.port.mac)
+                ));
+            }
+        }
+        text
+    }
+
+    /// The admin socket of node `i`.
+    pub fn node_admin_socket(&self, i: usize) -> PathBuf {
+        self.log_dir.join(format!("{}.sock", node_name(i)))
+    }
+
+    /// The configuration of node `i`, one worker per queue of its veth.
+    pub fn node_config(&self, i: usize, queues: u32, policy: &Path) -> String {
+        let node = &self.nodes[i];
+        let queue_list: Vec<String> = (0..queues).map(|q| q.to_string()).collect();
+        let mut text = format!(
+            "[node]\nname = {:?}\nid = {i}\ninterface = {:?}\nqueues = [{}]\nxdp_mode = \"skb\"\nbind_mode = \"copy\"\nlocal_addresses = [\"{}\"]\npolicy = {:?}\nadmin_socket = {:?}\ncontrol_listen = \"{}:{CONTROL_PORT}\"\n",
+            node.name,
+            node.port.ifname,
+            queue_list.join(", "),
+            node.port.ip,
+            policy.display().to_string(),
+            self.node_admin_socket(i).display().to_string(),
+            node.port.ip,
+        );
+        for (j, member) in self.nodes.iter().enumerate() {
+            text.push_str(&format!(
+                "\n[[members]]\nname = {:?}\nid = {j}\nmac = {:?}\ncontrol = \"{}:{CONTROL_PORT}\"\n",
+                member.name,
+                mac_string(member.port.mac),
+                member.port.ip
+            ));
+        }
+        text
+    }
+
+    /// Starts `handoff node` on every node and waits until each is ready.
+    pub fn start_nodes(&mut self, queues: u32) -> Result<Vec<usize>> {
+        let handoff = crate::binaries::binary("handoff")?;
+        let policy = self.write_file("policy.toml", &self.node_policy())?;
+        let mut started = Vec::new();
+        for i in 0..self.nodes.len() {
+            let config = self.write_file(&format!("{}.toml", node_name(i)), &self.node_config(i, queues, &policy))?;
+            let idx = self.spawn(
+                &node_name(i),
+                NsRef::Node(i),
+                &handoff,
+                &[arg("node"), arg("--config"), arg(config.display())],
+            )?;
+            started.push(idx);
+        }
+        for (i, &idx) in started.iter().enumerate() {
+            if !wait_until(Duration::from_secs(20), || {
+                self.process(idx).stderr().contains("node: ready")
+            }) {
+                bail!("{} did not start: {}", node_name(i), self.process(idx).stderr());
+            }
+        }
+        Ok(started)
+    }
+
+    /// Starts a UDP echo and a TCP server on every service and waits until each listens.
+    pub fn start_services(&mut self) -> Result<()> {
+        let bench = crate::binaries::binary("handoff-bench")?;
+        for i in 0..self.services.len() {
+            let name = self.services[i].name.clone();
+            let udp = self.spawn(
+                &format!("{name}-udp"),
+                NsRef::Service(i),
+                &bench,
+                &[arg("udp-echo"), arg("--listen"), arg(format!("0.0.0.0:{UDP_PORT}"))],
+            )?;
+            let tcp = self.spawn(
+                &format!("{name}-tcp"),
+                NsRef::Service(i),
+                &bench,
+                &[arg("tcp-server"), arg("--listen"), arg(format!("0.0.0.0:{TCP_PORT}"))],
+            )?;
+            for idx in [udp, tcp] {
+                if !wait_until(Duration::from_secs(10), || self.process(idx).stderr().contains("ready")) {
+                    bail!("a service on {name} did not start: {}", self.process(idx).stderr());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the client's UDP traffic to the VIP's echo port: `count`
+    /// packets over `flows` flows at `rate` pps, the echoes counted by the
+    /// same process. Returns its index and its gen and sink JSON paths.
+    pub fn start_client_traffic(&mut self, flows: u32, rate: u64, count: u64) -> Result<(usize, PathBuf, PathBuf)> {
+        let bench = crate::binaries::binary("handoff-bench")?;
+        self.client.ip(&[
+            "addr",
+            "add",
+            &format!("{CLIENT_UDP_SRC}/24"),
+            "dev",
+            &self.client_port.ifname,
+        ])?;
+        let gen_json = self.log_dir.join("traffic-gen.json");
+        let sink_json = self.log_dir.join("traffic-sink.json");
+        let args = [
+            arg("traffic"),
+            arg("--interface"),
+            self.client_port.ifname.clone(),
+            arg("--xdp-mode"),
+            arg("skb"),
+            arg("--local-address"),
+            arg(self.client_port.ip),
+            arg("--dst-mac"),
+            mac_string(self.edge_client_port.mac),
+            arg("--flows"),
+            arg(flows),
+            arg("--src"),
+            arg(CLIENT_UDP_SRC),
+            arg("--first-port"),
+            arg(10_000),
+            arg("--dst"),
+            arg(VIP),
+            arg("--dst-port"),
+            arg(UDP_PORT),
+            arg("--rate"),
+            arg(rate),
+            arg("--count"),
+            arg(count),
+            arg("--duration"),
+            arg(count / rate.max(1) + 30),
+            arg("--idle"),
+            arg(3),
+            arg("--json"),
+            arg(gen_json.display()),
+            arg("--sink-json"),
+            arg(sink_json.display()),
+        ];
+        let idx = self.spawn("traffic", NsRef::Client, &bench, &args)?;
+        if !wait_until(Duration::from_secs(15), || self.process(idx).stderr().contains("ready")) {
+            bail!("the client traffic did not start: {}", self.process(idx).stderr());
+        }
+        Ok((idx, gen_json, sink_json))
+    }
+
+    /// Starts `connections` kernel TCP connections from the client to the
+    /// VIP, each doing `requests` request/response exchanges.
+    pub fn start_tcp_clients(&mut self, connections: u32, requests: u32) -> Result<(usize, PathBuf)> {
+        let bench = crate::binaries::binary("handoff-bench")?;
+        let json = self.log_dir.join("tcp-client.json");
+        let args = [
+            arg("tcp-client"),
+            arg("--connect"),
+            arg(format!("{VIP}:{TCP_PORT}")),
+            arg("--connections"),
+            arg(connections),
+            arg("--requests-per-connection"),
+            arg(requests),
+            arg("--interval-ms"),
+            arg(10),
+            arg("--ramp-ms"),
+            arg(1000),
+            arg("--duration"),
+            arg(60),
+            arg("--json"),
+            arg(json.display()),
+        ];
+        let idx = self.spawn("tcp-client", NsRef::Client, &bench, &args)?;
+        Ok((idx, json))
+    }
+
+    /// `handoff stats` of node `i`.
+    pub fn node_stats(&self, i: usize) -> Result<serde_json::Value> {
+        let handoff = crate::binaries::binary("handoff")?;
+        let out = std::process::Command::new(handoff)
+            .arg("stats")
+            .arg("--admin")
+            .arg(self.node_admin_socket(i))
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "handoff stats on {} failed: {}",
+                node_name(i),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+}

@@ -1,0 +1,84 @@
+//! The node's whole path on real namespaces: client -> edge (sprayer) ->
+//! fd-a/fd-b/fd-c (`handoff node`, AF_XDP, DNAT) -> svc-1..3, and the replies
+//! back through the edge, which sprays them by their own 5-tuple so most
+//! land on a node that must forward them to the connection's owner.
+
+use handoff_bench::{
+    report::{GenReport, SinkReport},
+    tcp::TcpClientReport,
+};
+use handoff_testbed::{cluster::read_json, privileged, Cluster, ClusterSpec};
+use std::time::Duration;
+
+const FLOWS: u32 = 10_000;
+const RATE: u64 = 4_000;
+const COUNT: u64 = 40_000;
+const TCP_CONNECTIONS: u32 = 200;
+const TCP_REQUESTS: u32 = 20;
+
+#[test]
+fn udp_echo_and_kernel_tcp_cross_the_nodes_with_no_loss_and_owner_forwarding() {
+    if !privileged("udp_echo_and_kernel_tcp_cross_the_nodes_with_no_loss_and_owner_forwarding") {
+        return;
+    }
+    let mut cluster = Cluster::create(&ClusterSpec {
+        node_queues: 2,
+        ..ClusterSpec::default()
+    })
+    .unwrap();
+    let edge = cluster.edge_config(true);
+    cluster.start_edge(&edge).unwrap();
+    cluster.start_services().unwrap();
+    cluster.start_nodes(2).unwrap();
+    let (tcp, tcp_json) = cluster.start_tcp_clients(TCP_CONNECTIONS, TCP_REQUESTS).unwrap();
+    let (traffic, gen_json, sink_json) = cluster.start_client_traffic(FLOWS, RATE, COUNT).unwrap();
+
+    for (idx, what) in [(traffic, "traffic"), (tcp, "tcp-client")] {
+        let status = cluster.process(idx).wait_timeout(Duration::from_secs(90)).unwrap();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{what} failed: {}",
+            cluster.process(idx).stderr()
+        );
+    }
+    let gen: GenReport = read_json(&gen_json).unwrap();
+    let sink: SinkReport = read_json(&sink_json).unwrap();
+    let tcp: TcpClientReport = read_json(&tcp_json).unwrap();
+    let stats: Vec<serde_json::Value> = (0..3).map(|i| cluster.node_stats(i).unwrap()).collect();
+    let context = format!("sink {sink:?}\ntcp {tcp:?}\nnodes {stats:#?}");
+
+    // Every UDP packet came back once, in order.
+    assert_eq!(gen.sent, COUNT);
+    assert_eq!(
+        (sink.received, sink.lost, sink.reordered, sink.duplicated),
+        (COUNT, Some(0), 0, 0),
+        "{context}"
+    );
+    assert_eq!(sink.flows_seen, FLOWS as u64, "{context}");
+    // Every kernel TCP connection completed every exchange.
+    assert!(tcp.ok(), "{context}");
+    assert_eq!(tcp.responses, u64::from(TCP_CONNECTIONS * TCP_REQUESTS), "{context}");
+    assert_eq!((tcp.reset, tcp.timed_out, tcp.corrupted), (0, 0, 0), "{context}");
+
+    // The owner-forwarding paths were taken, and nothing was dropped.
+    let total = |field: &str| stats.iter().map(|s| s["totals"][field].as_u64().unwrap()).sum::<u64>();
+    assert!(total("forwarded_to_node") > 0, "{context}");
+    assert_eq!(total("forwarded_to_node"), total("received_from_node"), "{context}");
+    assert!(total("forwarded_to_core") > 0, "{context}");
+    assert_eq!(total("dropped"), 0, "{context}");
+    assert_eq!(
+        total("created"),
+        u64::from(FLOWS) + u64::from(TCP_CONNECTIONS),
+        "one connection per UDP flow and per TCP connection: {context}"
+    );
+    // Announcements reached the peers.
+    let announced: u64 = stats
+        .iter()
+        .map(|s| s["control"]["flows_announced"].as_u64().unwrap())
+        .sum();
+    assert_eq!(announced, total("created"), "{context}");
+    for s in &stats {
+        assert_eq!(s["control"]["announce_failures"], 0, "{context}");
+        assert!(s["control"]["announces_received"].as_u64().unwrap() > 0, "{context}");
+    }
+}
