@@ -8,6 +8,9 @@ use crate::{
 };
 use handoff_common::flow_key::FlowKey;
 
+/// Added to worker indices before they enter Maglev (see [`NodeView::new`]).
+const WORKER_ID_SALT: u32 = 0x576f_0000;
+
 /// The node's view of the cluster.
 #[derive(Clone, Debug)]
 pub struct NodeView {
@@ -26,11 +29,17 @@ pub struct NodeView {
 impl NodeView {
     /// A view with `workers` workers sharing the buckets evenly.
     pub fn new(node: u16, hash: HashParams, scope: Scope, workers: u8, peer_macs: Vec<Option<[u8; 6]>>) -> Self {
+        // Salted ids: with the nodes' own ids (0, 1, ...) the worker table
+        // would follow the same Maglev permutations as the scope, and a
+        // node's buckets would nearly all fall to its first worker.
         let members: Vec<WeightedMember> = (0..workers.max(1) as u32)
-            .map(|id| WeightedMember { id, weight: 1 })
+            .map(|w| WeightedMember {
+                id: WORKER_ID_SALT + w,
+                weight: 1,
+            })
             .collect();
         let worker_of_bucket = maglev::build(hash.buckets, &members, None)
-            .map(|t| t.into_iter().map(|w| w as u8).collect())
+            .map(|t| t.into_iter().map(|id| id.wrapping_sub(WORKER_ID_SALT) as u8).collect())
             .unwrap_or_else(|_| vec![0; hash.buckets as usize]);
         Self {
             node,
@@ -55,5 +64,26 @@ impl NodeView {
     #[inline]
     pub fn peer_mac(&self, node: u16) -> Option<[u8; 6]> {
         self.peer_macs.get(node as usize).copied().flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nodes_buckets_spread_evenly_over_its_workers() {
+        let hash = HashParams::default();
+        let scope = Scope::initial(hash.buckets, &[0, 1, 2]).unwrap();
+        let view = NodeView::new(0, hash, scope.clone(), 2, vec![]);
+        let mut per_worker = [0u32; 2];
+        for bucket in scope.buckets_of(0) {
+            per_worker[view.worker_of_bucket[bucket as usize] as usize] += 1;
+        }
+        let total = per_worker[0] + per_worker[1];
+        assert!(
+            per_worker.iter().all(|&n| n.abs_diff(total / 2) < total / 20),
+            "{per_worker:?}"
+        );
     }
 }
