@@ -217,19 +217,15 @@ impl Cluster {
 
     /// `handoff stats` of node `i`.
     pub fn node_stats(&self, i: usize) -> Result<serde_json::Value> {
-        let handoff = crate::binaries::binary("handoff")?;
-        let out = std::process::Command::new(handoff)
-            .arg("stats")
-            .arg("--admin")
-            .arg(self.node_admin_socket(i))
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "handoff stats on {} failed: {}",
-                node_name(i),
-                String::from_utf8_lossy(&out.stderr)
-            );
+        self.admin_at(&self.node_admin_socket(i), &["stats"])
+    }
+
+    /// Flips the scope without `member`, at the edge and on every node.
+    pub fn scope_remove_everywhere(&self, member: &str) -> Result<serde_json::Value> {
+        let flip = self.admin(&["scope", "remove", member])?;
+        for i in 0..self.nodes.len() {
+            self.admin_at(&self.node_admin_socket(i), &["scope", "remove", member])?;
         }
-        Ok(serde_json::from_slice(&out.stdout)?)
+        Ok(flip)
     }
 }

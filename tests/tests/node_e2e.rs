@@ -1,7 +1,9 @@
 //! The node's whole path on real namespaces: client -> edge (sprayer) ->
 //! fd-a/fd-b/fd-c (`handoff node`, AF_XDP, DNAT) -> svc-1..3, and the replies
 //! back through the edge, which sprays them by their own 5-tuple so most
-//! land on a node that must forward them to the connection's owner.
+//! land on a node that must forward them to the connection's owner. Mid-run
+//! fd-a leaves the scope without handing over its connections: all their
+//! packets then arrive elsewhere and must still reach it.
 
 use handoff_bench::{
     report::{GenReport, SinkReport},
@@ -32,6 +34,15 @@ fn udp_echo_and_kernel_tcp_cross_the_nodes_with_no_loss_and_owner_forwarding() {
     cluster.start_nodes(2).unwrap();
     let (tcp, tcp_json) = cluster.start_tcp_clients(TCP_CONNECTIONS, TCP_REQUESTS).unwrap();
     let (traffic, gen_json, sink_json) = cluster.start_client_traffic(FLOWS, RATE, COUNT).unwrap();
+
+    // Mid-run, fd-a leaves the scope (edge and nodes) without handing over
+    // its connections: its packets now reach other nodes, which must forward
+    // them to fd-a, their owner.
+    std::thread::sleep(Duration::from_secs(4));
+    let flip = cluster.scope_remove_everywhere("fd-a").unwrap();
+    assert_eq!(flip["result"], "scope_changed", "{flip}");
+    let edge_at_flip = cluster.admin(&["stats"]).unwrap();
+    let fd_a_at_flip = cluster.node_stats(0).unwrap();
 
     for (idx, what) in [(traffic, "traffic"), (tcp, "tcp-client")] {
         let status = cluster.process(idx).wait_timeout(Duration::from_secs(90)).unwrap();
@@ -70,6 +81,20 @@ fn udp_echo_and_kernel_tcp_cross_the_nodes_with_no_loss_and_owner_forwarding() {
         total("created"),
         u64::from(FLOWS) + u64::from(TCP_CONNECTIONS),
         "one connection per UDP flow and per TCP connection: {context}"
+    );
+    // After the flip the edge sent fd-a nothing new (at most what was in
+    // flight when the stats were read), yet fd-a kept serving its
+    // connections through the other nodes.
+    let edge_after = cluster.admin(&["stats"]).unwrap();
+    let sprayed_to_fd_a = |v: &serde_json::Value| v["members"][0]["packets"].as_u64().unwrap();
+    assert!(
+        sprayed_to_fd_a(&edge_after) - sprayed_to_fd_a(&edge_at_flip) < 100,
+        "{edge_at_flip}\n{edge_after}"
+    );
+    let from_node = |v: &serde_json::Value| v["totals"]["received_from_node"].as_u64().unwrap();
+    assert!(
+        from_node(&stats[0]) - from_node(&fd_a_at_flip) > 1000,
+        "fd-a got no forwarded traffic after the flip: {context}"
     );
     // Announcements reached the peers.
     let announced: u64 = stats

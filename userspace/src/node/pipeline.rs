@@ -22,7 +22,7 @@ use crate::{
     rewrite,
 };
 use handoff_common::{
-    fabric::{kind, FABRIC_ETHERTYPE},
+    fabric::{kind, ANY_WORKER, FABRIC_ETHERTYPE, FABRIC_MAX_HOPS},
     flow_key::{FlowKey, IP_V4},
     net::ethertype,
     parse::{parse_ethernet, parse_frame, Headers},
@@ -320,6 +320,11 @@ impl Pipeline {
                 Ok(h) => {
                     self.counters.received_from_node += 1;
                     hops = hops.max(h.hops);
+                    if h.target_worker != ANY_WORKER && h.target_worker != self.me.worker {
+                        // The sender named the owning core; another core's
+                        // table or scope would only send it away again.
+                        return self.hand_to_core(frame.bytes(), h.target_worker, hops, out);
+                    }
                 }
                 Err(FabricError::TooManyHops(_)) => return self.drop(DropReason::LoopGuard),
                 Err(_) => return self.drop(DropReason::BadFabric),
@@ -338,14 +343,14 @@ impl Pipeline {
             }
         }
         if let Some(forward_key) = self.policy.forward_key_of_reply(&key) {
-            let owner = self.view.owner_by_scope(&forward_key);
+            let owner = self.scope_owner(&forward_key);
             if owner != self.me {
                 return self.forward(frame, &headers, owner, hops, out);
             }
             // The connection would be ours, and we do not have it.
             return self.drop(DropReason::NoFlow);
         }
-        let owner = self.view.owner_by_scope(&key);
+        let owner = self.scope_owner(&key);
         if owner != self.me {
             return self.forward(frame, &headers, owner, hops, out);
         }
@@ -415,24 +420,11 @@ impl Pipeline {
         hops: u8,
         out: &mut Outbox,
     ) -> Verdict {
-        if hops >= handoff_common::fabric::FABRIC_MAX_HOPS {
+        if hops >= FABRIC_MAX_HOPS {
             return self.drop(DropReason::LoopGuard);
         }
         if owner.node == self.me.node {
-            let bytes = frame.bytes();
-            if owner.worker == self.me.worker || bytes.len() > CORE_FRAME {
-                return self.drop(DropReason::LoopGuard);
-            }
-            let mut packet = CorePacket {
-                worker: owner.worker,
-                hops: hops + 1,
-                len: bytes.len() as u16,
-                data: [0; CORE_FRAME],
-            };
-            packet.data[..bytes.len()].copy_from_slice(bytes);
-            out.to_cores.push(packet);
-            self.counters.forwarded_to_core += 1;
-            return Verdict::Drop;
+            return self.hand_to_core(frame.bytes(), owner.worker, hops, out);
         }
         let Some(peer) = self.view.peer_mac(owner.node) else {
             return self.drop(DropReason::UnknownOwner);
@@ -456,6 +448,38 @@ impl Pipeline {
             Err(FabricError::TooManyHops(_)) => self.drop(DropReason::LoopGuard),
             Err(_) => self.drop(DropReason::BadFabric),
         }
+    }
+
+    /// The owner of `key` by the scope. The worker is known only for this
+    /// node: another node may run a different number of workers, so its
+    /// packets name [`ANY_WORKER`] and that node picks the core.
+    fn scope_owner(&self, key: &FlowKey) -> Owner {
+        let owner = self.view.owner_by_scope(key);
+        if owner.node == self.me.node {
+            owner
+        } else {
+            Owner {
+                worker: ANY_WORKER,
+                ..owner
+            }
+        }
+    }
+
+    /// Queues a copy of `bytes` for `worker` of this node.
+    fn hand_to_core(&mut self, bytes: &[u8], worker: u8, hops: u8, out: &mut Outbox) -> Verdict {
+        if worker == self.me.worker || bytes.len() > CORE_FRAME || hops >= FABRIC_MAX_HOPS {
+            return self.drop(DropReason::LoopGuard);
+        }
+        let mut packet = CorePacket {
+            worker,
+            hops: hops + 1,
+            len: bytes.len() as u16,
+            data: [0; CORE_FRAME],
+        };
+        packet.data[..bytes.len()].copy_from_slice(bytes);
+        out.to_cores.push(packet);
+        self.counters.forwarded_to_core += 1;
+        Verdict::Drop
     }
 
     /// Runs the expiry sweep over at most `budget` slots.
