@@ -8,6 +8,9 @@ use crate::{
 };
 use handoff_common::flow_key::FlowKey;
 
+/// Added to worker indices to make their maglev member ids (low byte: the worker).
+const WORKER_ID_SALT: u32 = 0x776b_0000;
+
 /// The node's view of the cluster.
 #[derive(Clone, Debug)]
 pub struct NodeView {
@@ -26,11 +29,18 @@ pub struct NodeView {
 impl NodeView {
     /// A view with `workers` workers sharing the buckets evenly.
     pub fn new(node: u16, hash: HashParams, scope: Scope, workers: u8, peer_macs: Vec<Option<[u8; 6]>>) -> Self {
+        // A maglev table depends only on its member ids. Built from the plain
+        // worker indices it equals the scope's table whenever the node ids are
+        // 0..n and there are n workers, and then node k's buckets all go to its
+        // worker k. Salted ids give a table independent of the scope's.
         let members: Vec<WeightedMember> = (0..workers.max(1) as u32)
-            .map(|id| WeightedMember { id, weight: 1 })
+            .map(|w| WeightedMember {
+                id: WORKER_ID_SALT | w,
+                weight: 1,
+            })
             .collect();
         let worker_of_bucket = maglev::build(hash.buckets, &members, None)
-            .map(|t| t.into_iter().map(|w| w as u8).collect())
+            .map(|t| t.into_iter().map(|id| (id & 0xff) as u8).collect())
             .unwrap_or_else(|_| vec![0; hash.buckets as usize]);
         Self {
             node,
