@@ -1034,7 +1034,10 @@ fn no_frame_leaks_whatever_the_verdict() {
     let mine = first_owned_by(&view, Owner { node: 0, worker: 0 });
     let theirs = first_owned_by(&view, Owner { node: 1, worker: 1 });
     let other_core = first_owned_by(&view, Owner { node: 0, worker: 1 });
-    let stray = tcp(sock("10.0.0.7", 5), sock("10.0.9.1", 80), ACK);
+    let stray = (1..u16::MAX)
+        .map(|port| tcp(sock("10.0.0.7", port), sock("10.0.9.1", 80), ACK))
+        .find(|f| view.owner_by_scope(&key_of(f)) == Owner { node: 0, worker: 0 })
+        .unwrap();
     let kinds: [&[u8]; 7] = [
         &mine,
         &theirs,
