@@ -378,6 +378,61 @@ fn a_tagged_padded_frame_is_rewritten_without_its_padding() {
 }
 
 #[test]
+fn options_and_extension_headers_keep_valid_checksums() {
+    use etherparse::{IpHeaders, IpNumber, Ipv4Header, Ipv6Extensions, Ipv6Header, Ipv6RawExtHeader, TcpOptionElement};
+    let mut node = Node::solo();
+    let mut v4 = Ipv4Header::new(0, 64, IpNumber::TCP, [10, 0, 0, 7], [10, 0, 9, 1]).unwrap();
+    // Router alert, then end of options.
+    v4.options = [0x94, 0x04, 0, 0].as_slice().try_into().unwrap();
+    // PadN filling a hop-by-hop header and a destination-options header.
+    let pad = Ipv6RawExtHeader::new_raw(IpNumber::UDP, &[1, 4, 0, 0, 0, 0]).unwrap();
+    let v6 = Ipv6Header {
+        hop_limit: 64,
+        source: ip_octets6("fd00::7"),
+        destination: ip_octets6("fd00::9:1"),
+        ..Default::default()
+    };
+    let extensions = Ipv6Extensions {
+        hop_by_hop_options: Some(pad.clone()),
+        destination_options: Some(pad),
+        ..Default::default()
+    };
+    let mss = [
+        TcpOptionElement::MaximumSegmentSize(1460),
+        TcpOptionElement::Noop,
+        TcpOptionElement::WindowScale(7),
+        TcpOptionElement::SelectiveAcknowledgementPermitted,
+    ];
+    let mut tcp4 = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
+        .ip(IpHeaders::Ipv4(v4, Default::default()))
+        .tcp(40000, 80, 1, 4096)
+        .syn()
+        .options(&mss)
+        .unwrap()
+        .write(&mut tcp4, b"with options")
+        .unwrap();
+    let mut udp6 = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
+        .ip(IpHeaders::Ipv6(v6, extensions))
+        .udp(40000, 53)
+        .write(&mut udp6, b"behind extension headers")
+        .unwrap();
+    for (frame, backend, mac) in [
+        (tcp4, sock("10.1.0.1", 8080), BACKEND4_MAC),
+        (udp6, sock("fd00::1:1", 5353), BACKEND6_MAC),
+    ] {
+        let sent = node.handle(&frame, 0, at(1)).expect("sent");
+        let (before, after) = (seen(&frame), seen(&sent));
+        assert_eq!((after.dst_mac, after.src, after.dst), (mac, before.src, backend));
+        assert_eq!(after.payload, before.payload);
+        // Rewritten in place: no header grew or shrank.
+        assert_eq!(sent.len(), frame.len());
+    }
+    assert_eq!(node.counters().created, 2);
+}
+
+#[test]
 fn flows_are_installed_by_their_first_packet_both_ways() {
     let mut node = Node::solo();
     let (client, vip) = (sock("10.0.0.7", 40000), sock("10.0.9.1", 53));
@@ -750,6 +805,15 @@ fn a_fabric_frame_for_us_is_decapsulated_and_handled() {
     let s = seen(&sent);
     assert_eq!((s.dst_mac, s.dst), (BACKEND4_MAC, sock("10.1.0.1", 5353)));
 
+    // One for our other worker goes to its core as a plain Ethernet frame.
+    let other_core = first_owned_by(&view, Owner { node: 0, worker: 1 });
+    assert_eq!(node.handle(&encapsulated(&other_core, 1, 1), 0, at(1)), None);
+    let packet = &node.out.to_cores[0];
+    let data = &packet.data[..packet.len as usize];
+    assert_eq!((packet.worker, packet.hops), (1, 2));
+    assert_eq!((&data[..6], &data[6..12]), (&NODE_MAC[..], &PEER_MAC[..]));
+    assert_eq!(&data[12..], &other_core[12..]);
+
     // A drain marker is recorded, not forwarded.
     let mut marker = [0u8; INNER_OFFSET];
     let hop = Hop {
@@ -841,6 +905,39 @@ fn an_ownership_entry_overrides_the_scope() {
     assert_eq!(
         (c.forwarded_to_node, c.forwarded_to_core, c.created, c.dropped()),
         (2, 1, 1, 0),
+        "{c:?}"
+    );
+}
+
+#[test]
+fn a_redirected_flow_follows_its_new_owner() {
+    let view = pair_view();
+    let mut node = Node::new(POLICY, view.clone(), 0);
+    let mine = first_owned_by(&view, Owner { node: 0, worker: 0 });
+    node.handle(&mine, 0, at(1)).expect("sent");
+    let slot = node.pipeline.table().lookup(&key_of(&mine)).unwrap();
+    for (owner, encapsulated) in [
+        (Owner { node: 1, worker: 1 }, true),
+        (Owner { node: 0, worker: 1 }, false),
+    ] {
+        node.pipeline.table_mut().redirect(slot, owner).unwrap();
+        match node.handle(&mine, 0, at(2)) {
+            Some(sent) => {
+                assert!(encapsulated, "{owner:?}");
+                let f = fabric_of(&sent);
+                assert_eq!((f.dst_mac, f.target_worker), (PEER_MAC, 1));
+                assert_eq!(&sent[INNER_OFFSET..], &mine[14..]);
+            }
+            None => {
+                assert!(!encapsulated, "{owner:?}");
+                assert_eq!(node.out.to_cores.last().unwrap().worker, 1);
+            }
+        }
+    }
+    let c = node.counters();
+    assert_eq!(
+        (c.forwarded_to_node, c.forwarded_to_core, c.created, c.dropped()),
+        (1, 1, 1, 0),
         "{c:?}"
     );
 }
