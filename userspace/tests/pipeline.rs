@@ -687,6 +687,27 @@ fn encapsulated(plain: &[u8], hops: u8, target_worker: u8) -> Vec<u8> {
 }
 
 #[test]
+fn every_worker_of_every_node_gets_a_share_of_the_buckets() {
+    for (nodes, workers) in [(2u32, 2u8), (3, 3), (2, 4), (4, 2)] {
+        let members: Vec<u32> = (0..nodes).collect();
+        let scope = Scope::initial(BUCKETS, &members).unwrap();
+        for node in 0..nodes as u16 {
+            let view = NodeView::new(node, hash(), scope.clone(), workers, vec![]);
+            let mut share = vec![0u32; workers as usize];
+            for bucket in scope.buckets_of(u32::from(node)) {
+                share[view.worker_of_bucket[bucket as usize] as usize] += 1;
+            }
+            // Half the even share at least: no worker of a node sits idle.
+            let even = BUCKETS / nodes / u32::from(workers);
+            assert!(
+                share.iter().all(|&s| s >= even / 2),
+                "{nodes} nodes x {workers} workers, node {node}: {share:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_flow_of_the_other_worker_is_handed_to_its_core() {
     let view = pair_view();
     let mut node = Node::new(POLICY, view.clone(), 0);
@@ -1183,25 +1204,4 @@ fn no_frame_leaks_whatever_the_verdict() {
         c.drop_no_flow > 0 && c.drop_loop_guard > 0 && c.drop_malformed > 0,
         "{c:?}"
     );
-}
-
-#[test]
-fn every_worker_of_every_node_gets_a_share_of_the_buckets() {
-    for (nodes, workers) in [(2u32, 2u8), (3, 3), (2, 4), (4, 2)] {
-        let members: Vec<u32> = (0..nodes).collect();
-        let scope = Scope::initial(BUCKETS, &members).unwrap();
-        for node in 0..nodes as u16 {
-            let view = NodeView::new(node, hash(), scope.clone(), workers, vec![]);
-            let mut share = vec![0u32; workers as usize];
-            for bucket in scope.buckets_of(u32::from(node)) {
-                share[view.worker_of_bucket[bucket as usize] as usize] += 1;
-            }
-            // Half the even share at least: no worker of a node sits idle.
-            let even = BUCKETS / nodes / u32::from(workers);
-            assert!(
-                share.iter().all(|&s| s >= even / 2),
-                "{nodes} nodes x {workers} workers, node {node}: {share:?}"
-            );
-        }
-    }
 }
