@@ -337,22 +337,20 @@ impl Pipeline {
         if let Some(slot) = self.table.lookup(&key) {
             return self.apply(slot, frame, &headers, hops, now, out);
         }
-        if let Some(owner) = self.ownership.get(&key) {
-            if owner != self.me {
-                return self.forward(frame, &headers, owner, hops, out);
-            }
-        }
-        if let Some(forward_key) = self.policy.forward_key_of_reply(&key) {
-            let owner = self.scope_owner(&forward_key);
-            if owner != self.me {
-                return self.forward(frame, &headers, owner, hops, out);
-            }
-            // The connection would be ours, and we do not have it.
-            return self.drop(DropReason::NoFlow);
-        }
-        let owner = self.scope_owner(&key);
+        // An announced owner overrides the scope, also when it is us: asking
+        // the scope then would send our flow to a node that points back here.
+        let reply_of = self.policy.forward_key_of_reply(&key);
+        let owner = match (self.ownership.get(&key), reply_of) {
+            (Some(owner), _) => owner,
+            (None, Some(forward_key)) => self.scope_owner(&forward_key),
+            (None, None) => self.scope_owner(&key),
+        };
         if owner != self.me {
             return self.forward(frame, &headers, owner, hops, out);
+        }
+        if reply_of.is_some() {
+            // The connection would be ours, and we do not have it.
+            return self.drop(DropReason::NoFlow);
         }
         if self.table.admit(&key, headers.tcp_flags) == Admission::Drop {
             return self.drop(DropReason::NoFlow);

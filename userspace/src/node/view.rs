@@ -66,24 +66,3 @@ impl NodeView {
         self.peer_macs.get(node as usize).copied().flatten()
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_nodes_buckets_spread_evenly_over_its_workers() {
-        let hash = HashParams::default();
-        let scope = Scope::initial(hash.buckets, &[0, 1, 2]).unwrap();
-        let view = NodeView::new(0, hash, scope.clone(), 2, vec![]);
-        let mut per_worker = [0u32; 2];
-        for bucket in scope.buckets_of(0) {
-            per_worker[view.worker_of_bucket[bucket as usize] as usize] += 1;
-        }
-        let total = per_worker[0] + per_worker[1];
-        assert!(
-            per_worker.iter().all(|&n| n.abs_diff(total / 2) < total / 20),
-            "{per_worker:?}"
-        );
-    }
-}
