@@ -392,18 +392,36 @@ impl Cluster {
     /// Starts an AF_XDP sink on node `i`'s interface; returns its process
     /// index and JSON path once its program is attached.
     pub fn start_node_sink(&mut self, i: usize, flows: u32, idle_s: u32) -> Result<(usize, PathBuf)> {
-        let bench = crate::binaries::binary("handoff-bench")?;
-        let name = format!("sink-{}", node_name(i));
-        let json = self.log_dir.join(format!("{name}.json"));
         let ifname = self.nodes[i].port.ifname.clone();
-        let idx = self.spawn(
-            &name,
+        self.start_sink(
             NsRef::Node(i),
+            &format!("sink-{}", node_name(i)),
+            &ifname,
+            flows,
+            idle_s,
+        )
+    }
+
+    /// Starts an AF_XDP sink named `name` on `ifname` in `ns`; returns its
+    /// process index and JSON path once its program is attached.
+    pub fn start_sink(
+        &mut self,
+        ns: NsRef,
+        name: &str,
+        ifname: &str,
+        flows: u32,
+        idle_s: u32,
+    ) -> Result<(usize, PathBuf)> {
+        let bench = crate::binaries::binary("handoff-bench")?;
+        let json = self.log_dir.join(format!("{name}.json"));
+        let idx = self.spawn(
+            name,
+            ns,
             &bench,
             &[
                 arg("sink"),
                 arg("--interface"),
-                ifname,
+                arg(ifname),
                 arg("--flows"),
                 arg(flows),
                 arg("--per-flow"),
@@ -418,11 +436,7 @@ impl Cluster {
         if !wait_until(std::time::Duration::from_secs(15), || {
             self.process(idx).stderr().contains("attached")
         }) {
-            anyhow::bail!(
-                "the sink on {} did not start: {}",
-                node_name(i),
-                self.process(idx).stderr()
-            );
+            anyhow::bail!("the sink {name} did not start: {}", self.process(idx).stderr());
         }
         Ok((idx, json))
     }
