@@ -9,6 +9,7 @@ pub mod control;
 pub mod edge;
 pub mod flow;
 pub mod io;
+pub mod migration;
 pub mod node;
 pub mod rewrite;
 pub mod scope;
