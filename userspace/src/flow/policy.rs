@@ -213,19 +213,69 @@ impl Policy {
         })
     }
 
+    /// The reply direction of a connection whose forward direction has `key`
+    /// and `forward`: its key and its action (the rewrite undone, towards the
+    /// gateway). `None` for a redirect, which has no reply direction of its own.
+    pub fn reverse_of(&self, key: &FlowKey, forward: &NetworkAction) -> Option<(FlowKey, NetworkAction)> {
+        let gateway = self.config.gateway;
+        match *forward {
+            NetworkAction::Forward { .. } => Some((key.reversed(), NetworkAction::Forward { next_hop: gateway })),
+            NetworkAction::Rewrite(rw) => {
+                let (side, restored_addr, restored_port, reverse_key) = match rw.side {
+                    Side::Destination => (
+                        Side::Source,
+                        key.dst_ip(),
+                        key.dst_port.get(),
+                        FlowKey {
+                            src_addr: addr_words(rw.address),
+                            src_port: NetU16::from_host(rw.port),
+                            dst_addr: key.src_addr,
+                            dst_port: key.src_port,
+                            ..*key
+                        },
+                    ),
+                    Side::Source => (
+                        Side::Destination,
+                        key.src_ip(),
+                        key.src_port.get(),
+                        FlowKey {
+                            src_addr: key.dst_addr,
+                            src_port: key.dst_port,
+                            dst_addr: addr_words(rw.address),
+                            dst_port: NetU16::from_host(rw.port),
+                            ..*key
+                        },
+                    ),
+                };
+                let reverse = NetworkAction::Rewrite(Rewrite {
+                    side,
+                    address: restored_addr,
+                    port: restored_port,
+                    next_hop: gateway,
+                });
+                Some((reverse_key, reverse))
+            }
+            NetworkAction::Redirect { .. } => None,
+        }
+    }
+
     /// The actions for a flow whose first packet has `key`.
     pub fn decide(&self, key: &FlowKey) -> Decision {
         let gateway = self.config.gateway;
+        let install = |forward: NetworkAction| match self.reverse_of(key, &forward) {
+            Some((reverse_key, reverse)) => Decision::Install {
+                reverse_key,
+                actions: FlowActions {
+                    forward,
+                    reverse,
+                    app: AppId::NONE,
+                },
+            },
+            None => Decision::Drop,
+        };
         let Some(&i) = self.services.get(&ServiceKey::of_destination(key)) else {
             return match self.config.default_action {
-                DefaultAction::Forward => Decision::Install {
-                    reverse_key: key.reversed(),
-                    actions: FlowActions {
-                        forward: NetworkAction::Forward { next_hop: gateway },
-                        reverse: NetworkAction::Forward { next_hop: gateway },
-                        app: AppId::NONE,
-                    },
-                },
+                DefaultAction::Forward => install(NetworkAction::Forward { next_hop: gateway }),
                 DefaultAction::Drop => Decision::Drop,
             };
         };
@@ -238,31 +288,12 @@ impl Policy {
         else {
             return Decision::Drop;
         };
-        let reverse_key = FlowKey {
-            src_addr: addr_words(backend.address),
-            dst_addr: key.src_addr,
-            src_port: NetU16::from_host(backend.port),
-            dst_port: key.src_port,
-            ..*key
-        };
-        Decision::Install {
-            reverse_key,
-            actions: FlowActions {
-                forward: NetworkAction::Rewrite(Rewrite {
-                    side: Side::Destination,
-                    address: backend.address,
-                    port: backend.port,
-                    next_hop: backend.next_hop,
-                }),
-                reverse: NetworkAction::Rewrite(Rewrite {
-                    side: Side::Source,
-                    address: service.vip,
-                    port: service.port,
-                    next_hop: gateway,
-                }),
-                app: AppId::NONE,
-            },
-        }
+        install(NetworkAction::Rewrite(Rewrite {
+            side: Side::Destination,
+            address: backend.address,
+            port: backend.port,
+            next_hop: backend.next_hop,
+        }))
     }
 }
 

@@ -3,3 +3,4 @@
 //! purged once the node is drained.
 
 pub mod handover;
+pub mod wire;
