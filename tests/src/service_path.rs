@@ -220,6 +220,27 @@ impl Cluster {
         self.admin_at(&self.node_admin_socket(i), &["stats"])
     }
 
+    /// Runs `handoff disengage|engage <node>` against the edge and every
+    /// node; returns what it printed.
+    pub fn migrate(&self, verb: &str, node: &str) -> Result<String> {
+        let handoff = crate::binaries::binary("handoff")?;
+        let mut cmd = std::process::Command::new(handoff);
+        cmd.args([verb, node]).arg("--edge-admin").arg(self.admin_socket());
+        for i in 0..self.nodes.len() {
+            cmd.arg("--node-admin").arg(self.node_admin_socket(i));
+        }
+        let out = cmd.output()?;
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !out.status.success() {
+            bail!("handoff {verb} {node} failed: {printed}");
+        }
+        Ok(printed)
+    }
+
     /// Flips the scope without `member`, at the edge and on every node.
     pub fn scope_remove_everywhere(&self, member: &str) -> Result<serde_json::Value> {
         let flip = self.admin(&["scope", "remove", member])?;

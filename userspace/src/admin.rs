@@ -38,6 +38,12 @@ pub enum AdminRequest {
         /// Member name.
         member: String,
     },
+    /// (Node) Hand this node's connections to their owners in the scope
+    /// without it: copy, cut (redirect), broadcast the new ownership.
+    HandOver,
+    /// (Node) After the scope flip: hand over what was created since, wait
+    /// until no packet arrives and the rings are empty, then purge.
+    Release,
 }
 
 /// A response.
@@ -57,6 +63,8 @@ pub enum AdminResponse {
         /// Active generation after the flip.
         generation: u32,
     },
+    /// A step of a migration finished; what it did.
+    Done(serde_json::Value),
     /// The request failed.
     Error {
         /// Why.

@@ -42,6 +42,22 @@ enum Command {
     Status(AdminArgs),
     /// Show the data-plane counters of the edge or of a node.
     Stats(AdminArgs),
+    /// Take NODE out of service: hand its connections to their inheritors,
+    /// flip the scope without it (edge and nodes), drain and purge it.
+    Disengage {
+        /// The node's name.
+        node: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Put NODE back into the scope (edge and nodes). Connections stay with
+    /// their owners; NODE takes new ones.
+    Engage {
+        /// The node's name.
+        node: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
     /// Change the hash scope directly, without migrating state.
     Scope {
         #[command(subcommand)]
@@ -54,6 +70,16 @@ struct AdminArgs {
     /// The admin socket of the edge or of a node.
     #[arg(long, default_value = "/run/handoff/edge.sock")]
     admin: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+struct ClusterArgs {
+    /// The edge daemon's admin socket.
+    #[arg(long)]
+    edge_admin: PathBuf,
+    /// Every node's admin socket (repeat the flag).
+    #[arg(long = "node-admin", required = true)]
+    node_admins: Vec<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -91,6 +117,53 @@ fn admin_call(admin: &AdminArgs, request: AdminRequest) -> Result<()> {
     Ok(())
 }
 
+const PROCEDURE_TIMEOUT: Duration = Duration::from_secs(35);
+
+/// One admin request that must succeed; returns its result.
+fn step(socket: &std::path::Path, request: &AdminRequest) -> Result<serde_json::Value> {
+    match admin::call(socket, request, PROCEDURE_TIMEOUT)? {
+        AdminResponse::Error { message } => anyhow::bail!("{}: {message}", socket.display()),
+        other => Ok(serde_json::to_value(other)?),
+    }
+}
+
+/// The admin socket of the node named `node`.
+fn node_socket<'a>(cluster: &'a ClusterArgs, node: &str) -> Result<&'a PathBuf> {
+    for socket in &cluster.node_admins {
+        if step(socket, &AdminRequest::Status)?["node"] == node {
+            return Ok(socket);
+        }
+    }
+    anyhow::bail!("no --node-admin socket belongs to {node}")
+}
+
+fn flip_everywhere(cluster: &ClusterArgs, request: &AdminRequest) -> Result<serde_json::Value> {
+    let edge = step(&cluster.edge_admin, request).context("flipping the edge's scope")?;
+    for socket in &cluster.node_admins {
+        step(socket, request).with_context(|| format!("flipping the scope at {}", socket.display()))?;
+    }
+    Ok(edge)
+}
+
+fn disengage(node: &str, cluster: &ClusterArgs) -> Result<()> {
+    let own = node_socket(cluster, node)?;
+    let started = std::time::Instant::now();
+    let phase = |name: &str, detail: &serde_json::Value| {
+        println!("[{:>7.1} ms] {name}: {detail}", started.elapsed().as_secs_f64() * 1e3);
+    };
+    let handed = step(own, &AdminRequest::HandOver).context("handing over (nothing changed)")?;
+    phase("copy + cut + broadcast", &handed);
+    let flip = flip_everywhere(cluster, &AdminRequest::ScopeRemove { member: node.into() })?;
+    phase("flip", &flip);
+    let released = step(own, &AdminRequest::Release).context("draining")?;
+    phase("drain + purge", &released);
+    if released["connections_left"] != 0 {
+        anyhow::bail!("{node} still holds connections: {released}");
+    }
+    println!("{node} is disengaged");
+    Ok(())
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -106,6 +179,12 @@ fn main() -> Result<()> {
             let config = NodeConfig::load(&config)?;
             let stop = stop_flag()?;
             Node::start(config, stop)?.run()
+        }
+        Command::Disengage { node, cluster } => disengage(&node, &cluster),
+        Command::Engage { node, cluster } => {
+            let flip = flip_everywhere(&cluster, &AdminRequest::ScopeAdd { member: node.clone() })?;
+            println!("{node} is back in the scope: {flip}");
+            Ok(())
         }
         Command::Status(admin) => admin_call(&admin, AdminRequest::Status),
         Command::Stats(admin) => admin_call(&admin, AdminRequest::Stats),

@@ -154,6 +154,9 @@ impl Edge {
                 with.push(id);
                 self.rescope(with)
             }),
+            AdminRequest::HandOver | AdminRequest::Release => Err(anyhow::anyhow!(
+                "the edge has no connections to hand over; ask the node"
+            )),
         };
         result.unwrap_or_else(|e| AdminResponse::Error {
             message: format!("{e:#}"),

@@ -4,6 +4,7 @@
 
 use super::{
     config::NodeConfig,
+    handover,
     peers::{self, Identity, PeerCounters},
     pipeline::Pipeline,
     view::NodeView,
@@ -11,7 +12,10 @@ use super::{
 };
 use crate::{
     admin::{self, AdminCall, AdminRequest, AdminResponse},
-    control::ids::{Incarnation, NodeId},
+    control::{
+        flow::FlowRecordV2,
+        ids::{Incarnation, MigrationSerial, NodeId},
+    },
     flow::{config::PolicyConfig, Policy},
     io::afxdp::AfXdpPort,
     scope::Scope,
@@ -20,18 +24,29 @@ use anyhow::{bail, Context, Result};
 use crossbeam::channel::{bounded, Sender};
 use handoff_loader::XskProgram;
 use std::{
+    collections::BTreeMap,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
     thread::JoinHandle,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 /// Commands queued per worker at most; a full queue makes the control path wait.
 const COMMAND_QUEUE: usize = 256;
 /// How long the admin path waits for a worker's report.
 const REPORT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a worker may take over one handover step.
+const HANDOVER_STEP: Duration = Duration::from_secs(10);
+/// Handover rounds a release runs at most before giving up on stragglers.
+const MAX_RELEASE_ROUNDS: usize = 16;
+/// A release waits this long at most for the node to fall silent.
+const QUIET_TIMEOUT: Duration = Duration::from_secs(15);
+/// Interval of the silence checks.
+const QUIET_POLL: Duration = Duration::from_millis(100);
+/// Consecutive silent checks that make a node drained.
+const QUIET_POLLS: u32 = 3;
 
 /// The running node.
 pub struct Node {
@@ -42,6 +57,9 @@ pub struct Node {
     commands: Vec<Sender<WorkerCommand>>,
     threads: Vec<JoinHandle<()>>,
     counters: Arc<PeerCounters>,
+    identity: Identity,
+    /// The last handover attempt's serial.
+    handovers: u32,
     stop: Arc<AtomicBool>,
 }
 
@@ -137,11 +155,16 @@ impl Node {
         let counters = Arc::new(PeerCounters::default());
         let listener = peers::bind(config.control_listen)?;
         {
-            let (commands, counters, stop) = (commands.clone(), Arc::clone(&counters), Arc::clone(&stop));
+            let (routing, commands, counters, stop) = (
+                Arc::clone(&view),
+                commands.clone(),
+                Arc::clone(&counters),
+                Arc::clone(&stop),
+            );
             threads.push(
                 std::thread::Builder::new()
                     .name("control".into())
-                    .spawn(move || peers::run_listener(listener, identity, commands, counters, stop))?,
+                    .spawn(move || peers::run_listener(listener, identity, routing, commands, counters, stop))?,
             );
         }
         {
@@ -162,21 +185,14 @@ impl Node {
             commands,
             threads,
             counters,
+            identity,
+            handovers: 0,
             stop,
         })
     }
 
     fn reports(&self) -> Result<Vec<WorkerReport>> {
-        let (tx, rx) = bounded(self.commands.len());
-        for worker in &self.commands {
-            worker
-                .send(WorkerCommand::Report(tx.clone()))
-                .context("a worker has stopped")?;
-        }
-        let mut reports = Vec::with_capacity(self.commands.len());
-        for _ in &self.commands {
-            reports.push(rx.recv_timeout(REPORT_TIMEOUT).context("a worker did not answer")?);
-        }
+        let mut reports = self.ask_workers(WorkerCommand::Report, REPORT_TIMEOUT)?;
         reports.sort_by_key(|r| r.worker);
         Ok(reports)
     }
@@ -243,6 +259,146 @@ impl Node {
         })
     }
 
+    /// Asks every worker, collects one answer from each.
+    fn ask_workers<T>(&self, command: impl Fn(Sender<T>) -> WorkerCommand, timeout: Duration) -> Result<Vec<T>> {
+        let (tx, rx) = bounded(self.commands.len());
+        for worker in &self.commands {
+            worker.send(command(tx.clone())).context("a worker has stopped")?;
+        }
+        (0..self.commands.len())
+            .map(|_| rx.recv_timeout(timeout).context("a worker did not answer"))
+            .collect()
+    }
+
+    /// One handover round towards `next`: export, stream to each inheritor,
+    /// cut, broadcast. Nothing is cut unless every inheritor installed its share.
+    fn handover_round(&mut self, next: &Arc<NodeView>) -> Result<serde_json::Value> {
+        self.handovers += 1;
+        let serial = MigrationSerial(self.handovers);
+        let started = Instant::now();
+        let exported = self.ask_workers(
+            |reply| WorkerCommand::Export {
+                next: Arc::clone(next),
+                reply,
+            },
+            HANDOVER_STEP,
+        )?;
+        if let Some(refused) = exported.iter().flat_map(|e| &e.refused).next() {
+            bail!("a connection cannot be handed over, nothing changed: {refused}");
+        }
+        let mut by_inheritor: BTreeMap<u16, Vec<FlowRecordV2>> = BTreeMap::new();
+        for c in exported.iter().flat_map(|e| &e.connections) {
+            by_inheritor.entry(c.inheritor).or_default().push(c.record);
+        }
+        let mut inheritors = serde_json::Map::new();
+        for (&node, records) in &by_inheritor {
+            let member = self
+                .config
+                .members
+                .iter()
+                .find(|m| m.id == node)
+                .with_context(|| format!("inheritor {node} is not a configured member"))?;
+            let installed = handover::send(member.control, &self.identity, serial, records)
+                .with_context(|| format!("handing over to {}; nothing was cut", member.name))?;
+            inheritors.insert(member.name.clone(), installed.into());
+        }
+        let copied = started.elapsed();
+        let cut: usize = self
+            .ask_workers(|reply| WorkerCommand::Cut { reply }, HANDOVER_STEP)?
+            .into_iter()
+            .sum();
+        let owners = handover::owners_of(&exported);
+        // This node remembers the new owners too: once its table is purged,
+        // and if it rejoins the scope, their packets must still find them.
+        handover::tell_owners(&self.commands, &owners, self.identity.node);
+        let mut broadcast_failures = 0;
+        for peer in self.config.peers() {
+            if let Err(e) = handover::broadcast(peer.control, &self.identity, serial, &owners) {
+                tracing::warn!(peer = %peer.name, error = %e, "ownership broadcast failed; the redirect still carries its packets");
+                broadcast_failures += 1;
+            }
+        }
+        let moved: usize = by_inheritor.values().map(Vec::len).sum();
+        tracing::info!(serial = %serial, moved, cut, "handover round done");
+        Ok(serde_json::json!({
+            "serial": serial.0,
+            "connections": moved,
+            "cut": cut,
+            "inheritors": inheritors,
+            "copy_ms": copied.as_secs_f64() * 1e3,
+            "total_ms": started.elapsed().as_secs_f64() * 1e3,
+            "broadcast_failures": broadcast_failures,
+        }))
+    }
+
+    /// The scope without this node, as a view.
+    fn view_without_me(&self) -> Result<Arc<NodeView>> {
+        let me = u32::from(self.config.id);
+        let rest: Vec<u32> = self.scope.members().into_iter().filter(|&m| m != me).collect();
+        if rest.is_empty() {
+            bail!("no other member could inherit");
+        }
+        Ok(Arc::new(NodeView {
+            scope: self.scope.rebuilt(&rest)?,
+            ..(*self.view).clone()
+        }))
+    }
+
+    fn hand_over(&mut self) -> Result<serde_json::Value> {
+        let next = self.view_without_me()?;
+        self.handover_round(&next)
+    }
+
+    /// Hands over the stragglers, waits for silence, purges.
+    fn release(&mut self) -> Result<serde_json::Value> {
+        if self.scope.buckets_of(u32::from(self.config.id)).next().is_some() {
+            bail!("this node still owns buckets: flip the scope without it first");
+        }
+        let started = Instant::now();
+        let next = Arc::clone(&self.view);
+        let mut rounds = Vec::new();
+        for _ in 0..MAX_RELEASE_ROUNDS {
+            let round = self.handover_round(&next)?;
+            let moved = round["connections"].as_u64().unwrap_or(0);
+            rounds.push(round);
+            if moved == 0 {
+                break;
+            }
+        }
+        let deadline = Instant::now() + QUIET_TIMEOUT;
+        let mut last_rx = None;
+        let mut quiet_polls = 0;
+        while quiet_polls < QUIET_POLLS {
+            if Instant::now() > deadline {
+                bail!("traffic still arrives after {QUIET_TIMEOUT:?}; not purging");
+            }
+            std::thread::sleep(QUIET_POLL);
+            let reports = self.reports()?;
+            let rx: u64 = reports.iter().map(|r| r.counters.rx).sum();
+            let idle = reports
+                .iter()
+                .all(|r| r.pending_rx == 0 && r.pending_tx == 0 && r.inbox == 0);
+            quiet_polls = if idle && last_rx == Some(rx) {
+                quiet_polls + 1
+            } else {
+                0
+            };
+            last_rx = Some(rx);
+        }
+        let drained = started.elapsed();
+        let purged: usize = self
+            .ask_workers(|reply| WorkerCommand::Purge { reply }, HANDOVER_STEP)?
+            .into_iter()
+            .sum();
+        let left: u64 = self.reports()?.iter().map(|r| r.table.active).sum();
+        Ok(serde_json::json!({
+            "rounds": rounds,
+            "drain_ms": drained.as_secs_f64() * 1e3,
+            "purged": purged,
+            "connections_left": left,
+        }))
+    }
+
     fn member_id(&self, name: &str) -> Result<u32> {
         self.config
             .members
@@ -270,6 +426,8 @@ impl Node {
                 }
                 self.rescope(in_scope.iter().copied().chain([id]).collect())
             }),
+            AdminRequest::HandOver => self.hand_over().map(AdminResponse::Done),
+            AdminRequest::Release => self.release().map(AdminResponse::Done),
         };
         result.unwrap_or_else(|e| AdminResponse::Error {
             message: format!("{e:#}"),

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod daemon;
 pub mod fabric;
+pub mod handover;
 pub mod ownership;
 pub mod peers;
 pub mod pipeline;

@@ -7,7 +7,9 @@
 //! rate and size stay bounded whatever the connection rate.
 
 use super::{
+    handover::Receiver,
     pipeline::Installed,
+    view::NodeView,
     worker::{WorkerCommand, WorkerLinks},
 };
 use crate::control::{
@@ -67,7 +69,8 @@ pub struct Identity {
 }
 
 impl Identity {
-    fn hello() -> PeerHello {
+    /// This build's hello.
+    pub fn hello() -> PeerHello {
         PeerHello {
             software_version: env!("CARGO_PKG_VERSION").to_string(),
             protocol: SUPPORTED_VERSIONS,
@@ -75,7 +78,8 @@ impl Identity {
         }
     }
 
-    fn envelope(&self, serial: &mut u64, body: impl Into<Body>) -> Envelope {
+    /// The next envelope of a session whose last serial is `serial`.
+    pub fn envelope(&self, serial: &mut u64, body: impl Into<Body>) -> Envelope {
         *serial += 1;
         let serial = NonZeroU64::new(*serial).unwrap_or(NonZeroU64::MIN);
         Envelope::new(WireSender::Node(self.node), self.incarnation, serial, body)
@@ -112,7 +116,8 @@ impl PeerLink {
     }
 }
 
-fn open_link(address: SocketAddr, identity: &Identity, serial: &mut u64) -> Result<TcpStream> {
+/// Connects to the peer at `address` and opens a session (hello and its acceptance).
+pub fn open_link(address: SocketAddr, identity: &Identity, serial: &mut u64) -> Result<TcpStream> {
     let mut stream = TcpStream::connect_timeout(&address, PEER_TIMEOUT)?;
     stream.set_write_timeout(Some(PEER_TIMEOUT))?;
     stream.set_read_timeout(Some(PEER_TIMEOUT))?;
@@ -210,6 +215,7 @@ pub fn bind(address: SocketAddr) -> Result<TcpListener> {
 pub fn run_listener(
     listener: TcpListener,
     identity: Identity,
+    routing: Arc<NodeView>,
     workers: Vec<Sender<WorkerCommand>>,
     counters: Arc<PeerCounters>,
     stop: Arc<AtomicBool>,
@@ -217,10 +223,15 @@ pub fn run_listener(
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, from)) => {
-                let (workers, counters, stop) = (workers.clone(), Arc::clone(&counters), Arc::clone(&stop));
+                let (routing, workers, counters, stop) = (
+                    Arc::clone(&routing),
+                    workers.clone(),
+                    Arc::clone(&counters),
+                    Arc::clone(&stop),
+                );
                 let spawned = std::thread::Builder::new()
                     .name("peer".into())
-                    .spawn(move || serve_peer(stream, identity, &workers, &counters, &stop));
+                    .spawn(move || serve_peer(stream, identity, &routing, &workers, &counters, &stop));
                 if let Err(e) = spawned {
                     tracing::warn!(%from, error = %e, "cannot serve peer");
                 }
@@ -237,10 +248,12 @@ pub fn run_listener(
 fn serve_peer(
     mut stream: TcpStream,
     identity: Identity,
+    routing: &NodeView,
     workers: &[Sender<WorkerCommand>],
     counters: &PeerCounters,
     stop: &AtomicBool,
 ) {
+    let mut receiver = Receiver::new(identity.node, routing, workers);
     let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
     if stream.set_nonblocking(false).is_err() || stream.set_read_timeout(Some(Duration::from_millis(200))).is_err() {
         return;
@@ -269,6 +282,15 @@ fn serve_peer(
             Body::OwnerAnnounce(announce) if greeted => {
                 counters.announces_received.fetch_add(1, Ordering::Relaxed);
                 apply_announce(&announce, workers);
+            }
+            body @ (Body::TableAnnounce(_) | Body::FlowRecords(_) | Body::Cut(_) | Body::OwnershipBroadcast(_))
+                if greeted =>
+            {
+                if let Some(answer) = receiver.handle(&body) {
+                    if write_frame(&mut stream, &identity.envelope(&mut serial, answer)).is_err() {
+                        return;
+                    }
+                }
             }
             other => {
                 counters.messages_refused.fetch_add(1, Ordering::Relaxed);

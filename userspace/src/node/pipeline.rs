@@ -254,6 +254,16 @@ impl Pipeline {
         self.counters
     }
 
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The clock-independent view this worker routes by.
+    pub fn view(&self) -> &Arc<NodeView> {
+        &self.view
+    }
+
     /// The flow table.
     pub fn table(&self) -> &FlowTable {
         &self.table

@@ -14,8 +14,13 @@ use super::{
     view::NodeView,
 };
 use crate::{
+    control::flow::FlowRecordV2,
     flow::{FlowCounters, Owner, Timestamp},
     io::{memory::MemoryFrame, PacketIo, Pending, PortStats, Verdict},
+    migration::{
+        handover::{self, Outgoing},
+        wire,
+    },
 };
 use crossbeam::{
     channel::{Receiver, Sender, TryRecvError},
@@ -63,6 +68,62 @@ pub enum WorkerCommand {
     View(Arc<NodeView>),
     /// Send a report back.
     Report(Sender<WorkerReport>),
+    /// Export, in wire form, the connections whose owner changes under
+    /// `next`; remembered for the following [`WorkerCommand::Cut`].
+    Export {
+        /// The scope after the handover.
+        next: Arc<NodeView>,
+        /// Where the export goes.
+        reply: Sender<Exported>,
+    },
+    /// Redirect the connections of the last export to their inheritors.
+    Cut {
+        /// How many were redirected.
+        reply: Sender<usize>,
+    },
+    /// Install connections handed over by another node.
+    Import {
+        /// The connections.
+        records: Vec<FlowRecordV2>,
+        /// What was installed.
+        reply: Sender<Imported>,
+    },
+    /// Forget every redirected connection.
+    Purge {
+        /// How many were removed.
+        reply: Sender<usize>,
+    },
+}
+
+/// One connection of a handover, as it leaves.
+#[derive(Clone, Copy, Debug)]
+pub struct ExportedConnection {
+    /// The inheriting node.
+    pub inheritor: u16,
+    /// The connection in wire form.
+    pub record: FlowRecordV2,
+    /// Its reply direction's key (the wire form carries the forward key only).
+    pub reverse: FlowKey,
+}
+
+/// One worker's share of a handover.
+#[derive(Debug, Default)]
+pub struct Exported {
+    /// The connections.
+    pub connections: Vec<ExportedConnection>,
+    /// Connections that cannot be expressed on the wire, and why.
+    pub refused: Vec<String>,
+}
+
+/// What one worker installed of a handover.
+#[derive(Debug, Default)]
+pub struct Imported {
+    /// The worker.
+    pub worker: u8,
+    /// Forward and reverse key of each connection installed.
+    pub keys: Vec<(FlowKey, FlowKey)>,
+    /// Records refused, and why.
+    pub refused: Vec<String>,
 }
 
 /// A worker's state for operators.
@@ -120,6 +181,8 @@ pub struct Worker<P: PacketIo> {
     scratch: MemoryFrame,
     clock: Instant,
     announce_overflow: u64,
+    /// The connections of the last export, until they are cut.
+    exported: Vec<Outgoing>,
 }
 
 impl<P: PacketIo> std::fmt::Debug for Worker<P> {
@@ -148,6 +211,7 @@ impl<P: PacketIo> Worker<P> {
             scratch: MemoryFrame::new(CORE_FRAME, INBOX_HEADROOM),
             clock: Instant::now(),
             announce_overflow: 0,
+            exported: Vec::new(),
         }
     }
 
@@ -231,6 +295,19 @@ impl<P: PacketIo> Worker<P> {
                 Ok(WorkerCommand::Report(reply)) => {
                     let _ = reply.send(self.report());
                 }
+                Ok(WorkerCommand::Export { next, reply }) => {
+                    let _ = reply.send(self.export(&next));
+                }
+                Ok(WorkerCommand::Cut { reply }) => {
+                    let moved = std::mem::take(&mut self.exported);
+                    let _ = reply.send(handover::cut(self.pipeline.table_mut(), &moved));
+                }
+                Ok(WorkerCommand::Import { records, reply }) => {
+                    let _ = reply.send(self.import(&records));
+                }
+                Ok(WorkerCommand::Purge { reply }) => {
+                    let _ = reply.send(handover::purge(self.pipeline.table_mut()));
+                }
                 Err(TryRecvError::Empty) => return Ok(()),
                 Err(TryRecvError::Disconnected) => return Err(Disconnected),
             }
@@ -285,6 +362,51 @@ impl<P: PacketIo> Worker<P> {
         // Markers matter to a migration only; none is running in this
         // version of the node, so seeing one is counted and nothing more.
         self.outbox.markers.clear();
+    }
+
+    fn export(&mut self, next: &NodeView) -> Exported {
+        let now = self.now();
+        let outgoing = handover::export(self.pipeline.table(), next);
+        let mut exported = Exported::default();
+        self.exported.clear();
+        for o in outgoing {
+            match wire::to_wire(&o.record, self.pipeline.policy(), now) {
+                Ok(record) => {
+                    exported.connections.push(ExportedConnection {
+                        inheritor: o.inheritor.node,
+                        record,
+                        reverse: o.record.reverse.key,
+                    });
+                    self.exported.push(o);
+                }
+                Err(e) => exported.refused.push(format!("{}: {e}", o.record.forward.key)),
+            }
+        }
+        exported
+    }
+
+    fn import(&mut self, records: &[FlowRecordV2]) -> Imported {
+        let now = self.now();
+        let me = self.pipeline.owner();
+        let mut imported = Imported {
+            worker: me.worker,
+            ..Imported::default()
+        };
+        for wire_record in records {
+            let result = wire::from_wire(wire_record, self.pipeline.policy(), now)
+                .map_err(|e| e.to_string())
+                .and_then(|record| {
+                    let keys = (record.forward.key, record.reverse.key);
+                    handover::import(self.pipeline.table_mut(), record, me, now, now)
+                        .map(|_| keys)
+                        .map_err(|e| e.to_string())
+                });
+            match result {
+                Ok(keys) => imported.keys.push(keys),
+                Err(e) => imported.refused.push(format!("{}: {e}", wire_record.key)),
+            }
+        }
+        imported
     }
 
     /// The worker's report.

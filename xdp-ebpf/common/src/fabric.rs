@@ -11,9 +11,14 @@ use crate::net::{NetU16, NetU32};
 pub const FABRIC_ETHERTYPE: u16 = 0x88b5;
 /// Version of [`FabricHeader`].
 pub const FABRIC_VERSION: u8 = 1;
-/// Forwarded packets carry this many hops at most; a frame beyond it is
-/// dropped and counted (the loop guard).
-pub const FABRIC_MAX_HOPS: u8 = 3;
+/// Forwarded packets carry this many hops at most, node-to-node and
+/// core-to-core crossings together; a frame beyond it is dropped and counted
+/// (the loop guard). The longest legitimate path, during a handover, has
+/// four: a non-owner sends it to the old owner (1), whose receiving core hands
+/// it to the core holding the redirect (2), which sends it to the inheritor
+/// (3), whose receiving core hands it to the core holding the connection (4).
+/// Six leaves room for a scope flip in flight.
+pub const FABRIC_MAX_HOPS: u8 = 6;
 
 /// Frame kinds.
 pub mod kind {

@@ -1,0 +1,90 @@
+//! Taking a node out of service and back while traffic runs: `handoff
+//! disengage fd-a` hands its connections to their inheritors, flips the
+//! scope, drains and purges it; `handoff engage fd-a` puts it back. UDP echo
+//! over 10,000 flows and 200 kernel TCP connections run throughout.
+
+use handoff_bench::{
+    report::{GenReport, SinkReport},
+    tcp::TcpClientReport,
+};
+use handoff_testbed::{cluster::read_json, privileged, Cluster, ClusterSpec};
+use std::time::Duration;
+
+const FLOWS: u32 = 10_000;
+const RATE: u64 = 4_000;
+const COUNT: u64 = 60_000;
+const TCP_CONNECTIONS: u32 = 200;
+const TCP_REQUESTS: u32 = 600;
+
+fn rx_of(stats: &serde_json::Value) -> u64 {
+    stats["totals"]["rx"].as_u64().unwrap()
+}
+
+#[test]
+fn a_node_leaves_and_rejoins_under_load_with_no_loss_and_no_broken_connection() {
+    if !privileged("a_node_leaves_and_rejoins_under_load_with_no_loss_and_no_broken_connection") {
+        return;
+    }
+    let mut cluster = Cluster::create(&ClusterSpec {
+        node_queues: 2,
+        ..ClusterSpec::default()
+    })
+    .unwrap();
+    let edge = cluster.edge_config(true);
+    cluster.start_edge(&edge).unwrap();
+    cluster.start_services().unwrap();
+    cluster.start_nodes(2).unwrap();
+    let (tcp, tcp_json) = cluster.start_tcp_clients(TCP_CONNECTIONS, TCP_REQUESTS).unwrap();
+    let (traffic, gen_json, sink_json) = cluster.start_client_traffic(FLOWS, RATE, COUNT).unwrap();
+
+    std::thread::sleep(Duration::from_secs(4));
+    let before = cluster.node_stats(0).unwrap();
+    assert!(before["totals"]["active"].as_u64().unwrap() > 1000, "{before}");
+    let out = cluster.migrate("disengage", "fd-a").unwrap();
+    assert!(out.contains("fd-a is disengaged"), "{out}");
+    let released = cluster.node_stats(0).unwrap();
+    assert_eq!(released["totals"]["active"], 0, "fd-a's table is empty: {released}");
+
+    // Out of the scope, fd-a receives no data-plane packet.
+    std::thread::sleep(Duration::from_secs(3));
+    let idle = cluster.node_stats(0).unwrap();
+    assert_eq!(
+        rx_of(&idle),
+        rx_of(&released),
+        "fd-a got traffic while disengaged: {out}\n{idle}"
+    );
+    let edge_stats = cluster.admin(&["status"]).unwrap();
+    assert_eq!(edge_stats["members"][0]["buckets"], 0, "{edge_stats}");
+
+    // Back in: it takes its buckets again, and the connections it handed over
+    // stay where they are.
+    let out = cluster.migrate("engage", "fd-a").unwrap();
+    assert!(out.contains("back in the scope"), "{out}");
+
+    for (idx, what) in [(traffic, "traffic"), (tcp, "tcp-client")] {
+        let status = cluster.process(idx).wait_timeout(Duration::from_secs(120)).unwrap();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{what} failed: {}",
+            cluster.process(idx).stderr()
+        );
+    }
+    let gen: GenReport = read_json(&gen_json).unwrap();
+    let sink: SinkReport = read_json(&sink_json).unwrap();
+    let tcp: TcpClientReport = read_json(&tcp_json).unwrap();
+    let stats: Vec<serde_json::Value> = (0..3).map(|i| cluster.node_stats(i).unwrap()).collect();
+    let context = format!("sink {sink:?}\ntcp {tcp:?}\nnodes {stats:#?}");
+    assert_eq!(gen.sent, COUNT);
+    assert_eq!(
+        (sink.received, sink.lost, sink.reordered, sink.duplicated),
+        (COUNT, Some(0), 0, 0),
+        "{context}"
+    );
+    assert!(tcp.ok(), "{context}");
+    assert_eq!((tcp.reset, tcp.timed_out, tcp.corrupted), (0, 0, 0), "{context}");
+    for s in &stats {
+        assert_eq!(s["totals"]["dropped"], 0, "{context}");
+    }
+    // After rejoining, fd-a carried traffic again.
+    assert!(rx_of(&stats[0]) > rx_of(&idle), "{context}");
+}

@@ -1,0 +1,307 @@
+//! The node's side of a handover on the control protocol: streaming
+//! connections to an inheritor (`TableAnnounce`, `FlowRecords`..., `Cut`,
+//! answered by `CutAck` or `Abort`), receiving them, and the ownership
+//! broadcast that follows the cut.
+
+use super::{
+    peers::{open_link, Identity},
+    view::NodeView,
+    worker::{Exported, Imported, WorkerCommand},
+};
+use crate::{
+    control::{
+        flow::{FlowRecord as WireRecord, FlowRecordV2, Owner as WireOwner, RecordVersion, WireFlowKey},
+        ids::{MigrationSerial, NodeId},
+        io::{read_frame_within, write_frame},
+        message::{
+            Abort, AbortReason, Body, Cut, CutAck, FlowOwner, FlowRecords, OwnershipBroadcast, OwnershipChanges,
+            TableAnnounce,
+        },
+    },
+    flow::Owner,
+};
+use anyhow::{bail, Context, Result};
+use crossbeam::channel::{bounded, Sender};
+use handoff_common::{fabric::ANY_WORKER, flow_key::FlowKey};
+use std::{
+    net::{SocketAddr, TcpStream},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+/// Connections per `FlowRecords` chunk.
+pub const RECORDS_PER_CHUNK: usize = 512;
+/// Owners per `OwnershipBroadcast` message.
+const OWNERS_PER_BROADCAST: usize = 4096;
+/// How long an inheritor may take to install a stream after its cut.
+const CUT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Rough wire size of one record, for the receiver's pre-sizing.
+const RECORD_BYTES_ESTIMATE: u64 = 96;
+
+/// A version for ownership entries: wall-clock microseconds (see
+/// [`super::peers`]).
+pub fn ownership_version() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Streams `records` to the inheritor at `address` and waits for its cut
+/// acknowledgement. Returns the connections it installed.
+pub fn send(
+    address: SocketAddr,
+    identity: &Identity,
+    serial: MigrationSerial,
+    records: &[FlowRecordV2],
+) -> Result<u64> {
+    let mut message_serial = 0u64;
+    let mut stream = open_link(address, identity, &mut message_serial)?;
+    let mut send = |stream: &mut TcpStream, body: Body| -> Result<()> {
+        write_frame(stream, &identity.envelope(&mut message_serial, body))
+            .with_context(|| format!("streaming to {address}"))
+    };
+    send(
+        &mut stream,
+        Body::TableAnnounce(TableAnnounce {
+            serial,
+            flows: records.len() as u64,
+            bytes_estimate: records.len() as u64 * RECORD_BYTES_ESTIMATE,
+            record_version: RecordVersion::V2,
+        }),
+    )?;
+    let mut chunks = 0u32;
+    for chunk in records.chunks(RECORDS_PER_CHUNK) {
+        send(
+            &mut stream,
+            Body::FlowRecords(FlowRecords {
+                serial,
+                chunk: chunks,
+                records: chunk.iter().copied().map(WireRecord::V2).collect(),
+            }),
+        )?;
+        chunks += 1;
+    }
+    send(
+        &mut stream,
+        Body::Cut(Cut {
+            serial,
+            chunks,
+            delta_batches: 0,
+        }),
+    )?;
+    match read_frame_within(&stream, CUT_TIMEOUT)
+        .with_context(|| format!("waiting for {address} to install"))?
+        .body
+    {
+        Body::CutAck(ack) if ack.serial == serial && ack.flows == records.len() as u64 => Ok(ack.flows),
+        Body::CutAck(ack) => bail!(
+            "{address} installed {} of {} connections (attempt {})",
+            ack.flows,
+            records.len(),
+            ack.serial
+        ),
+        Body::Abort(abort) => bail!("{address} aborted: {}", abort.reason),
+        other => bail!("{address} answered the cut with {:?}", other.kind()),
+    }
+}
+
+/// Tells the peer at `address` who owns `owners` from now on.
+pub fn broadcast(
+    address: SocketAddr,
+    identity: &Identity,
+    serial: MigrationSerial,
+    owners: &[FlowOwner],
+) -> Result<()> {
+    let mut message_serial = 0u64;
+    let mut stream = open_link(address, identity, &mut message_serial)?;
+    for chunk in owners.chunks(OWNERS_PER_BROADCAST) {
+        let body = Body::OwnershipBroadcast(OwnershipBroadcast {
+            serial,
+            changes: OwnershipChanges::Flows(chunk.to_vec()),
+        });
+        write_frame(&mut stream, &identity.envelope(&mut message_serial, body))
+            .with_context(|| format!("broadcasting to {address}"))?;
+    }
+    Ok(())
+}
+
+/// Both keys of every exported connection, owned by its inheritor (any worker).
+pub fn owners_of(exported: &[Exported]) -> Vec<FlowOwner> {
+    let mut owners = Vec::new();
+    for share in exported {
+        for c in &share.connections {
+            let Ok(node) = NodeId::new(c.inheritor) else { continue };
+            let owner = WireOwner {
+                node,
+                worker: u16::from(ANY_WORKER),
+            };
+            owners.push(FlowOwner {
+                key: c.record.key,
+                owner,
+            });
+            if let Ok(key) = WireFlowKey::try_from(&c.reverse) {
+                owners.push(FlowOwner { key, owner });
+            }
+        }
+    }
+    owners
+}
+
+/// A stream being received.
+#[derive(Debug)]
+pub struct Incoming {
+    serial: MigrationSerial,
+    chunks: u32,
+    records: Vec<FlowRecordV2>,
+}
+
+/// The receiving end of handovers on one peer session.
+#[derive(Debug)]
+pub struct Receiver<'a> {
+    node: NodeId,
+    /// Routes a connection to the worker that will hold it.
+    routing: &'a NodeView,
+    workers: &'a [Sender<WorkerCommand>],
+    incoming: Option<Incoming>,
+}
+
+impl<'a> Receiver<'a> {
+    /// A receiver for `node`'s `workers`.
+    pub fn new(node: NodeId, routing: &'a NodeView, workers: &'a [Sender<WorkerCommand>]) -> Self {
+        Self {
+            node,
+            routing,
+            workers,
+            incoming: None,
+        }
+    }
+
+    /// Handles one handover message; returns the answer to send, if any.
+    /// Messages that are not part of a handover return `None` untouched.
+    pub fn handle(&mut self, body: &Body) -> Option<Body> {
+        match body {
+            Body::TableAnnounce(a) => {
+                self.incoming = Some(Incoming {
+                    serial: a.serial,
+                    chunks: 0,
+                    records: Vec::with_capacity(a.flows.min(1 << 22) as usize),
+                });
+                None
+            }
+            Body::FlowRecords(m) => match self.incoming.as_mut() {
+                Some(inc) if inc.serial == m.serial && inc.chunks == m.chunk => {
+                    inc.chunks += 1;
+                    inc.records
+                        .extend(m.records.iter().filter_map(|r| match r.translate(RecordVersion::V2) {
+                            Ok(WireRecord::V2(r)) => Some(r),
+                            _ => None,
+                        }));
+                    None
+                }
+                _ => Some(self.abort(m.serial)),
+            },
+            Body::Cut(c) => match self.incoming.take() {
+                Some(inc) if inc.serial == c.serial && inc.chunks == c.chunks => {
+                    let flows = self.install(inc.records);
+                    Some(Body::CutAck(CutAck {
+                        serial: c.serial,
+                        flows,
+                    }))
+                }
+                _ => Some(self.abort(c.serial)),
+            },
+            Body::OwnershipBroadcast(b) => {
+                if let OwnershipChanges::Flows(flows) = &b.changes {
+                    self.apply_owners(flows);
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn abort(&mut self, serial: MigrationSerial) -> Body {
+        self.incoming = None;
+        Body::Abort(Abort {
+            serial,
+            reason: AbortReason::StreamGap { node: self.node },
+        })
+    }
+
+    /// Installs `records` on the workers that own their buckets, then tells
+    /// every worker which core holds them. Returns how many were installed.
+    fn install(&self, records: Vec<FlowRecordV2>) -> u64 {
+        let mut per_worker: Vec<Vec<FlowRecordV2>> = vec![Vec::new(); self.workers.len()];
+        for record in records {
+            let key = FlowKey::from(&record.key);
+            let worker = self.routing.owner_by_scope(&key).worker as usize;
+            per_worker[worker.min(self.workers.len() - 1)].push(record);
+        }
+        let (tx, rx) = bounded::<Imported>(self.workers.len());
+        let mut asked = 0;
+        for (worker, records) in self.workers.iter().zip(per_worker) {
+            if worker
+                .send(WorkerCommand::Import {
+                    records,
+                    reply: tx.clone(),
+                })
+                .is_ok()
+            {
+                asked += 1;
+            }
+        }
+        let mut installed = 0u64;
+        let mut owners = Vec::new();
+        for _ in 0..asked {
+            let Ok(imported) = rx.recv_timeout(CUT_TIMEOUT) else {
+                break;
+            };
+            for refused in &imported.refused {
+                tracing::warn!(%refused, "handover: connection refused");
+            }
+            installed += imported.keys.len() as u64;
+            let owner = Owner {
+                node: self.node.get(),
+                worker: imported.worker,
+            };
+            owners.extend(imported.keys.iter().flat_map(|&(f, r)| [(f, owner), (r, owner)]));
+        }
+        let version = ownership_version();
+        for worker in self.workers {
+            let _ = worker.send(WorkerCommand::Owners {
+                version,
+                owners: owners.clone(),
+            });
+        }
+        installed
+    }
+
+    fn apply_owners(&self, flows: &[FlowOwner]) {
+        // Our own connections are routed by the entries `install` made.
+        tell_owners(self.workers, flows, self.node);
+    }
+}
+
+/// Records in every worker's ownership table that `flows` are owned as
+/// stated, except those owned by `local` (which this node routes itself).
+pub fn tell_owners(workers: &[Sender<WorkerCommand>], flows: &[FlowOwner], local: NodeId) {
+    let owners: Vec<(FlowKey, Owner)> = flows
+        .iter()
+        .filter(|f| f.owner.node != local)
+        .map(|f| {
+            (
+                FlowKey::from(&f.key),
+                Owner {
+                    node: f.owner.node.get(),
+                    worker: u8::try_from(f.owner.worker).unwrap_or(ANY_WORKER),
+                },
+            )
+        })
+        .collect();
+    let version = ownership_version();
+    for worker in workers {
+        let _ = worker.send(WorkerCommand::Owners {
+            version,
+            owners: owners.clone(),
+        });
+    }
+}
