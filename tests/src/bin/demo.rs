@@ -1,12 +1,13 @@
 //! `make demo`: the namespace cluster with the full service path (edge
 //! sprayer, three `handoff node`s, three services), UDP and kernel TCP
-//! traffic through it, one node flipped out of the hash scope mid-run, and a
-//! report.
+//! traffic through it, fd-a disengaged mid-run (phases printed live) and
+//! engaged again, a report, and a plot of packets/s per node.
 //!
 //! Everything it creates carries a per-run prefix and is removed on every
 //! exit path, including Ctrl-C.
 
 use anyhow::{bail, Result};
+use handoff::admin::{self, AdminRequest, AdminResponse};
 use handoff_bench::{
     report::{GenReport, SinkReport},
     tcp::TcpClientReport,
@@ -17,6 +18,7 @@ use handoff_testbed::{
     Cluster, ClusterSpec,
 };
 use std::{
+    path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -25,10 +27,11 @@ use std::{
 };
 
 const FLOWS: u32 = 10_000;
-const RATE: u64 = 8_000;
-const SECONDS: u64 = 8;
+const RATE: u64 = 6_000;
+const SECONDS: u64 = 14;
 const TCP_CONNECTIONS: u32 = 200;
-const TCP_REQUESTS: u32 = 300;
+const TCP_REQUESTS: u32 = 700;
+const SAMPLE: Duration = Duration::from_millis(250);
 
 fn sleep_unless(stop: &AtomicBool, total: Duration) -> Result<()> {
     let end = Instant::now() + total;
@@ -38,6 +41,93 @@ fn sleep_unless(stop: &AtomicBool, total: Duration) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    Ok(())
+}
+
+/// Every node's received-packet counter, sampled until `done` is set.
+fn sample(sockets: Vec<PathBuf>, done: Arc<AtomicBool>) -> Vec<(f64, Vec<u64>)> {
+    let start = Instant::now();
+    let mut samples = Vec::new();
+    while !done.load(Ordering::Relaxed) {
+        let rx: Vec<u64> = sockets
+            .iter()
+            .map(|s| match admin::call(s, &AdminRequest::Stats, Duration::from_secs(2)) {
+                Ok(AdminResponse::Stats(v)) => v["totals"]["rx"].as_u64().unwrap_or(0),
+                _ => 0,
+            })
+            .collect();
+        samples.push((start.elapsed().as_secs_f64(), rx));
+        std::thread::sleep(SAMPLE);
+    }
+    samples
+}
+
+/// Runs `handoff <verb> fd-a` and prints its lines as they come; returns them.
+fn migrate(cluster: &Cluster, verb: &str, node: &str, t0: Instant) -> Result<Vec<String>> {
+    let mut cmd = std::process::Command::new(handoff_testbed::binaries::binary("handoff")?);
+    cmd.args([verb, node]).arg("--edge-admin").arg(cluster.admin_socket());
+    for i in 0..cluster.nodes.len() {
+        cmd.arg("--node-admin").arg(cluster.node_admin_socket(i));
+    }
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn()?;
+    let mut lines = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(out)) {
+            let line = line?;
+            println!("  t={:>5.2}s  {line}", t0.elapsed().as_secs_f64());
+            lines.push(line);
+        }
+    }
+    if !child.wait()?.success() {
+        bail!("handoff {verb} {node} failed");
+    }
+    Ok(lines)
+}
+
+fn plot(samples: &[(f64, Vec<u64>)], marks: &[(f64, &str)], out: &std::path::Path) -> Result<()> {
+    use plotters::prelude::*;
+    let rates: Vec<Vec<(f64, f64)>> = (0..3)
+        .map(|n| {
+            samples
+                .windows(2)
+                .map(|w| {
+                    (
+                        w[1].0,
+                        (w[1].1[n].saturating_sub(w[0].1[n])) as f64 / (w[1].0 - w[0].0).max(1e-3),
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let t_max = samples.last().map_or(1.0, |s| s.0);
+    let y_max = rates.iter().flatten().map(|p| p.1).fold(1.0, f64::max) * 1.15;
+    let root = SVGBackend::new(out, (800, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "packets/s received per node (fd-a disengaged, then engaged)",
+            ("sans-serif", 18),
+        )
+        .margin(15)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..t_max, 0.0..y_max)?;
+    chart.configure_mesh().x_desc("seconds").y_desc("packets/s").draw()?;
+    for (n, (series, color)) in rates.iter().zip([RED, BLUE, GREEN]).enumerate() {
+        chart
+            .draw_series(LineSeries::new(series.iter().copied(), color.stroke_width(2)))?
+            .label(node_name(n))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
+    }
+    for &(t, _) in marks {
+        chart.draw_series(LineSeries::new([(t, 0.0), (t, y_max)], BLACK.mix(0.4)))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
     Ok(())
 }
 
@@ -64,6 +154,13 @@ fn main() -> Result<()> {
     cluster.start_services()?;
     cluster.start_nodes(2)?;
     println!("edge, 3 nodes (2 workers each, AF_XDP) and 3 services (UDP echo, TCP server) are up");
+    let sampling = Arc::new(AtomicBool::new(false));
+    let sockets: Vec<PathBuf> = (0..3).map(|i| cluster.node_admin_socket(i)).collect();
+    let sampler = {
+        let done = Arc::clone(&sampling);
+        std::thread::spawn(move || sample(sockets, done))
+    };
+    let t0 = Instant::now();
     let (tcp, tcp_json) = cluster.start_tcp_clients(TCP_CONNECTIONS, TCP_REQUESTS)?;
     let count = RATE * SECONDS;
     let (traffic, gen_json, sink_json) = cluster.start_client_traffic(FLOWS, RATE, count)?;
@@ -72,16 +169,19 @@ fn main() -> Result<()> {
         handoff_testbed::cluster::VIP
     );
 
-    sleep_unless(&stop, Duration::from_secs(SECONDS / 2))?;
-    let before = cluster.admin(&["stats"])?;
-    let flip = cluster.scope_remove_everywhere("fd-a")?;
+    sleep_unless(&stop, Duration::from_secs(4))?;
+    let held = cluster.node_stats(0)?["totals"]["active"].clone();
     println!(
-        "t={}s: scope flipped without fd-a (edge and nodes): version {}, {} buckets moved; \
-         fd-a's connections keep their owner: the other nodes forward their packets to it",
-        SECONDS / 2,
-        flip["version"],
-        flip["moved_buckets"],
+        "t={:.2}s: disengaging fd-a, which holds {held} connections",
+        t0.elapsed().as_secs_f64()
     );
+    let disengaged_at = t0.elapsed().as_secs_f64();
+    migrate(&cluster, "disengage", "fd-a", t0)?;
+    sleep_unless(&stop, Duration::from_secs(4))?;
+    println!("t={:.2}s: engaging fd-a again", t0.elapsed().as_secs_f64());
+    let engaged_at = t0.elapsed().as_secs_f64();
+    migrate(&cluster, "engage", "fd-a", t0)?;
+
     let deadline = Instant::now() + Duration::from_secs(SECONDS + 60);
     for idx in [traffic, tcp] {
         while cluster.process(idx).running() {
@@ -91,26 +191,29 @@ fn main() -> Result<()> {
             sleep_unless(&stop, Duration::from_millis(200))?;
         }
     }
-    let after = cluster.admin(&["stats"])?;
+    sampling.store(true, Ordering::Relaxed);
+    let samples = sampler.join().map_err(|_| anyhow::anyhow!("the sampler panicked"))?;
     let nodes: Vec<serde_json::Value> = (0..3).map(|i| cluster.node_stats(i)).collect::<Result<_>>()?;
     let gen: GenReport = read_json(&gen_json)?;
     let sink: SinkReport = read_json(&sink_json)?;
     let tcp: TcpClientReport = read_json(&tcp_json)?;
 
     println!(
-        "\n{:<6} {:>15} {:>15} {:>9} {:>9} {:>11} {:>11} {:>9} {:>8}",
-        "node", "sprayed before", "sprayed after", "rx", "created", "to core", "to node", "from node", "dropped"
+        "\n{:<6} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>9} {:>8}",
+        "node", "rx", "created", "imported", "active", "to core", "to node", "from node", "dropped"
     );
     for (i, stats) in nodes.iter().enumerate() {
-        let sprayed = |v: &serde_json::Value| v["members"][i]["packets"].as_u64().unwrap_or(0);
         let t = &stats["totals"];
+        let imported: u64 = stats["workers"].as_array().map_or(0, |w| {
+            w.iter().map(|w| w["table"]["imported"].as_u64().unwrap_or(0)).sum()
+        });
         println!(
-            "{:<6} {:>15} {:>15} {:>9} {:>9} {:>11} {:>11} {:>9} {:>8}",
+            "{:<6} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>9} {:>8}",
             node_name(i),
-            sprayed(&before),
-            sprayed(&after) - sprayed(&before),
             t["rx"],
             t["created"],
+            imported,
+            t["active"],
             t["forwarded_to_core"],
             t["forwarded_to_node"],
             t["received_from_node"],
@@ -126,10 +229,11 @@ fn main() -> Result<()> {
         "TCP: {} of {} connections completed {} exchanges; reset {}, timed out {} (p50 {:.0} us, p99 {:.0} us)",
         tcp.completed, tcp.connections, tcp.responses, tcp.reset, tcp.timed_out, tcp.latency_us.p50, tcp.latency_us.p99
     );
-    println!(
-        "\nNote: this flip moves buckets, not state; fd-a still owns its connections and serves them \
-         through owner forwarding. Migrating them away (so fd-a can leave) is the disengage procedure."
-    );
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../results");
+    std::fs::create_dir_all(&dir)?;
+    let svg = dir.join("demo.svg");
+    plot(&samples, &[(disengaged_at, "disengage"), (engaged_at, "engage")], &svg)?;
+    println!("plot of packets/s per node: {}", svg.display());
     let ok = lost == 0 && sink.reordered == 0 && sink.duplicated == 0 && tcp.ok();
     drop(cluster);
     println!("test bed removed.");
