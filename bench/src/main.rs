@@ -10,12 +10,7 @@ use handoff_bench::{
     report::SinkReport,
 };
 use handoff_loader::AttachMode;
-use std::{
-    net::Ipv4Addr,
-    path::PathBuf,
-    sync::{atomic::AtomicBool, Arc},
-    time::Duration,
-};
+use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -283,14 +278,6 @@ fn resolve_mac(next_hop: Ipv4Addr) -> Result<[u8; 6]> {
     bail!("could not resolve the MAC of {next_hop}: pass --dst-mac")
 }
 
-fn stop_flag() -> Result<Arc<AtomicBool>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing a signal handler")?;
-    }
-    Ok(stop)
-}
-
 fn write_json<T: serde::Serialize>(value: &T, path: Option<&PathBuf>) -> Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     match path {
@@ -353,7 +340,7 @@ fn gen_setup(args: &GenArgs) -> Result<(GenConfig, GenBackend)> {
 
 fn gen_command(args: GenArgs) -> Result<()> {
     let (config, backend) = gen_setup(&args)?;
-    let stop = stop_flag()?;
+    let stop = handoff::shutdown::stop_on_signals()?;
     let report = gen::run(&config, &backend, &stop)?;
     eprintln!(
         "gen: sent {} packets over {} flows in {:.2}s = {:.0} pps ({} backend, {}-byte frames)",
@@ -386,7 +373,7 @@ fn traffic_command(args: TrafficArgs) -> Result<()> {
         max_duration: config.duration + positive_seconds(args.idle, "--idle")? + Duration::from_secs(30),
         idle: Some(positive_seconds(args.idle, "--idle")?),
     };
-    let stop = stop_flag()?;
+    let stop = handoff::shutdown::stop_on_signals()?;
     eprintln!("traffic: ready on {ifname}");
     let (gen, sink) = handoff_bench::traffic::run_traffic(
         &ifname,
@@ -418,7 +405,7 @@ fn impair_command(args: ImpairArgs) -> Result<()> {
         max_duration: positive_seconds(args.duration, "--duration")?,
         idle: Some(positive_seconds(args.idle, "--idle")?),
     };
-    let stop = stop_flag()?;
+    let stop = handoff::shutdown::stop_on_signals()?;
     eprintln!("impair: ready on {} -> {}", args.rx, args.tx);
     let report = handoff_bench::impair::relay(&args.rx, &args.tx, args.dst_mac, &impairment, limits, &stop)?;
     eprintln!(
@@ -438,7 +425,7 @@ fn baseline_command(args: BaselineArgs) -> Result<()> {
         )?;
     }
     program.attach(&args.interface, args.xdp_mode)?;
-    let stop = stop_flag()?;
+    let stop = handoff::shutdown::stop_on_signals()?;
     eprintln!("baseline: ready on {}", args.interface);
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
@@ -462,7 +449,7 @@ fn sink_command(args: SinkArgs) -> Result<()> {
             .filter(|s| s.is_finite() && *s > 0.0)
             .map(Duration::from_secs_f64),
     };
-    let stop = stop_flag()?;
+    let stop = handoff::shutdown::stop_on_signals()?;
     // Readiness line for scripts and tests: the sink is receiving from here on.
     eprintln!("sink: ready on {}", args.interface);
     let captured = capture(&args.interface, &backend, args.flows, limits, &stop)?;
@@ -473,7 +460,7 @@ fn sink_command(args: SinkArgs) -> Result<()> {
 
 fn udp_echo_command(args: handoff_bench::echo::UdpEchoArgs) -> Result<()> {
     let server = handoff_bench::echo::UdpEchoServer::bind(&args)?;
-    let stop = stop_flag()?;
+    let stop = handoff::shutdown::stop_on_signals()?;
     eprintln!("udp-echo: ready on {:?}", server.local_addrs()?);
     let report = server.run(&stop)?;
     eprintln!(
@@ -485,7 +472,7 @@ fn udp_echo_command(args: handoff_bench::echo::UdpEchoArgs) -> Result<()> {
 
 fn tcp_server_command(args: handoff_bench::tcp::TcpServerArgs) -> Result<()> {
     let server = handoff_bench::tcp::TcpServer::bind(&args)?;
-    let stop = stop_flag()?;
+    let stop = handoff::shutdown::stop_on_signals()?;
     eprintln!("tcp-server: ready on {}", server.local_addr()?);
     let report = server.run(&stop)?;
     eprintln!(
@@ -496,7 +483,7 @@ fn tcp_server_command(args: handoff_bench::tcp::TcpServerArgs) -> Result<()> {
 }
 
 fn tcp_client_command(args: handoff_bench::tcp::TcpClientArgs) -> Result<()> {
-    let stop = stop_flag()?;
+    let stop = handoff::shutdown::stop_on_signals()?;
     let report = handoff_bench::tcp::run_tcp_client(&args, &stop)?;
     eprintln!(
         "tcp-client: {} of {} connections completed, reset {}, timed out {}",

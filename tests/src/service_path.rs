@@ -32,6 +32,20 @@ pub const CONTROL_PORT: u16 = 7700;
 pub const CLIENT_UDP_SRC: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 100);
 
 impl Cluster {
+    /// The whole service path, up: three nodes with `node_queues` workers
+    /// each behind the edge (spraying requests and replies), three services.
+    pub fn service_path(node_queues: u32) -> Result<Self> {
+        let mut cluster = Cluster::create(&crate::ClusterSpec {
+            node_queues,
+            ..crate::ClusterSpec::default()
+        })?;
+        let edge = cluster.edge_config(true);
+        cluster.start_edge(&edge)?;
+        cluster.start_services()?;
+        cluster.start_nodes(node_queues)?;
+        Ok(cluster)
+    }
+
     /// The policy every node runs: the VIP's UDP and TCP ports DNAT to the
     /// services, everything else and every reply goes to the edge.
     pub fn node_policy(&self) -> String {

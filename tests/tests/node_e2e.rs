@@ -9,7 +9,7 @@ use handoff_bench::{
     report::{GenReport, SinkReport},
     tcp::TcpClientReport,
 };
-use handoff_testbed::{cluster::read_json, privileged, Cluster, ClusterSpec};
+use handoff_testbed::{cluster::read_json, privileged, Cluster};
 use std::time::Duration;
 
 const FLOWS: u32 = 10_000;
@@ -23,15 +23,7 @@ fn udp_echo_and_kernel_tcp_cross_the_nodes_with_no_loss_and_owner_forwarding() {
     if !privileged("udp_echo_and_kernel_tcp_cross_the_nodes_with_no_loss_and_owner_forwarding") {
         return;
     }
-    let mut cluster = Cluster::create(&ClusterSpec {
-        node_queues: 2,
-        ..ClusterSpec::default()
-    })
-    .unwrap();
-    let edge = cluster.edge_config(true);
-    cluster.start_edge(&edge).unwrap();
-    cluster.start_services().unwrap();
-    cluster.start_nodes(2).unwrap();
+    let mut cluster = Cluster::service_path(2).unwrap();
     let (tcp, tcp_json) = cluster.start_tcp_clients(TCP_CONNECTIONS, TCP_REQUESTS).unwrap();
     let (traffic, gen_json, sink_json) = cluster.start_client_traffic(FLOWS, RATE, COUNT).unwrap();
 

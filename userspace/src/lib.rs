@@ -13,3 +13,4 @@ pub mod migration;
 pub mod node;
 pub mod rewrite;
 pub mod scope;
+pub mod shutdown;

@@ -7,11 +7,7 @@ use handoff::{
     edge::{config::EdgeConfig, Edge},
     node::{config::NodeConfig, daemon::Node},
 };
-use std::{
-    path::PathBuf,
-    sync::{atomic::AtomicBool, Arc},
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -100,14 +96,6 @@ enum ScopeChange {
     },
 }
 
-fn stop_flag() -> Result<Arc<AtomicBool>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing a signal handler")?;
-    }
-    Ok(stop)
-}
-
 fn admin_call(admin: &AdminArgs, request: AdminRequest) -> Result<()> {
     let response = admin::call(&admin.admin, &request, Duration::from_secs(35))?;
     println!("{}", serde_json::to_string_pretty(&response)?);
@@ -172,12 +160,12 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Edge { config } => {
             let config = EdgeConfig::load(&config)?;
-            let stop = stop_flag()?;
+            let stop = handoff::shutdown::stop_on_signals()?;
             Edge::start(config)?.run(stop)
         }
         Command::Node { config } => {
             let config = NodeConfig::load(&config)?;
-            let stop = stop_flag()?;
+            let stop = handoff::shutdown::stop_on_signals()?;
             Node::start(config, stop)?.run()
         }
         Command::Disengage { node, cluster } => disengage(&node, &cluster),

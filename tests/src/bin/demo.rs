@@ -15,7 +15,7 @@ use handoff_bench::{
 use handoff_testbed::{
     cluster::{node_name, read_json},
     privilege::missing_privilege,
-    Cluster, ClusterSpec,
+    Cluster,
 };
 use std::{
     path::PathBuf,
@@ -135,24 +135,14 @@ fn main() -> Result<()> {
     if let Some(reason) = missing_privilege() {
         bail!("the demo builds network namespaces and loads XDP programs: {reason}");
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))?;
-    }
+    let stop = handoff::shutdown::stop_on_signals()?;
     println!("== handoff demo: client -> edge (XDP sprayer) -> fd-a, fd-b, fd-c (handoff node) -> svc-1..3, and back");
-    let mut cluster = Cluster::create(&ClusterSpec {
-        node_queues: 2,
-        ..ClusterSpec::default()
-    })?;
+    let mut cluster = Cluster::service_path(2)?;
     println!(
         "test bed up: namespaces prefixed handoff-{}-*, logs in {}",
         cluster.prefix,
         cluster.log_dir.display()
     );
-    let config = cluster.edge_config(true);
-    cluster.start_edge(&config)?;
-    cluster.start_services()?;
-    cluster.start_nodes(2)?;
     println!("edge, 3 nodes (2 workers each, AF_XDP) and 3 services (UDP echo, TCP server) are up");
     let sampling = Arc::new(AtomicBool::new(false));
     let sockets: Vec<PathBuf> = (0..3).map(|i| cluster.node_admin_socket(i)).collect();

@@ -1,0 +1,13 @@
+//! Clean shutdown on SIGINT and SIGTERM, for every binary of the project.
+
+use anyhow::{Context, Result};
+use std::sync::{atomic::AtomicBool, Arc};
+
+/// A flag that SIGINT and SIGTERM set; loops poll it and wind down.
+pub fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing a signal handler")?;
+    }
+    Ok(stop)
+}
