@@ -132,6 +132,9 @@ pub fn capture(
     })
 }
 
+/// Receive buffer asked for the AF_PACKET sink, in bytes.
+const PACKET_SOCKET_BUFFER: libc::c_int = 16 << 20;
+
 fn packet_socket(
     ifname: &str,
     sink: &mut Sink,
@@ -164,6 +167,25 @@ fn packet_socket(
     } != 0
     {
         return Err(std::io::Error::last_os_error()).context("binding the AF_PACKET socket");
+    }
+    // The default receive buffer (net.core.rmem_default, ~200 KiB) holds a
+    // few hundred small frames: a sink descheduled for a few milliseconds
+    // would drop what it is there to count. Root may exceed rmem_max.
+    let rcvbuf: libc::c_int = PACKET_SOCKET_BUFFER;
+    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: setsockopt with an int of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                option,
+                (&rcvbuf as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        if rc == 0 {
+            break;
+        }
     }
     let timeout = libc::timeval {
         tv_sec: 0,

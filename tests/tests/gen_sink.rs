@@ -92,6 +92,10 @@ impl Pair {
     }
 
     fn gen(&self, extra: &[String], count: u64) -> GenReport {
+        self.gen_at(extra, count, 50_000)
+    }
+
+    fn gen_at(&self, extra: &[String], count: u64, rate: u64) -> GenReport {
         let json = self.log.join("gen.json");
         let mut cmd = self.gen_ns.command(bench());
         cmd.args([
@@ -103,7 +107,7 @@ impl Pair {
             "--dst",
             "10.88.0.2",
             "--rate",
-            "50000",
+            &rate.to_string(),
         ])
         .args(["--count", &count.to_string(), "--duration", "20", "--json"])
         .arg(&json)
@@ -286,7 +290,9 @@ fn raw_socket_generator_and_packet_socket_sink_work_without_af_xdp() {
         ])
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let gen = p.gen(&[arg("--backend"), arg("raw-socket")], 2_000);
+    // A functional test of the fallback path, not of its speed: a rate the
+    // kernel path carries even when the host is busy.
+    let gen = p.gen_at(&[arg("--backend"), arg("raw-socket")], 2_000, 5_000);
     assert_eq!(gen.backend, "raw_socket");
     let r = finish(sink, &json);
     assert_eq!((r.received, r.lost, r.duplicated), (2_000, Some(0), 0), "{r:?}");
