@@ -311,8 +311,15 @@ fn ns_per(elapsed: Duration, packets: usize) -> f64 {
     elapsed.as_secs_f64() * 1e9 / packets as f64
 }
 
-/// Every round's ns/packet for each case at `flows` flows, and the table's size.
-fn measure(flows: usize, rounds: usize) -> Result<(Vec<(Case, Vec<f64>)>, usize)> {
+/// One size's results.
+struct Measured {
+    /// Every round's ns per packet, by case.
+    samples: Vec<(Case, Vec<f64>)>,
+    /// Flow table bytes (slab and index).
+    table_bytes: usize,
+}
+
+fn measure(flows: usize, rounds: usize) -> Result<Measured> {
     let traffic = Traffic::new(flows);
     check_path(&traffic)?;
     // Two entries per connection; a power of two keeps an entry at 128 bytes.
@@ -334,7 +341,10 @@ fn measure(flows: usize, rounds: usize) -> Result<(Vec<(Case, Vec<f64>)>, usize)
         worker.pipeline.table().counters().evicted == 0,
         "the table evicted: it is too small for {flows} flows"
     );
-    Ok((samples.into(), worker.pipeline.table().memory_bytes()))
+    Ok(Measured {
+        samples: samples.into(),
+        table_bytes: worker.pipeline.table().memory_bytes(),
+    })
 }
 
 fn target_dir() -> PathBuf {
@@ -369,7 +379,10 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     let mut table_bytes = Vec::new();
     for flows in SIZES {
-        let (samples, bytes) = measure(flows, rounds).with_context(|| format!("{flows} flows"))?;
+        let Measured {
+            samples,
+            table_bytes: bytes,
+        } = measure(flows, rounds).with_context(|| format!("{flows} flows"))?;
         table_bytes.push((flows, bytes));
         let baseline_ns = samples
             .iter()
@@ -410,7 +423,7 @@ fn main() -> Result<()> {
     };
     let dir = target_dir().join("bench");
     std::fs::create_dir_all(&dir)?;
-    let path = dir.join("pipeline.json");
+    let path = dir.canonicalize()?.join("pipeline.json");
     std::fs::write(&path, serde_json::to_string_pretty(&summary)? + "\n")?;
     println!("wrote {}", path.display());
     Ok(())
