@@ -200,10 +200,10 @@ impl Worker {
     /// Runs `packets` frames through the pipeline; fails unless every one
     /// was rewritten and transmitted.
     fn run(&mut self, traffic: &Traffic, packets: usize) -> Result<Duration> {
+        let now = self.now();
         let Self {
             pipeline, port, out, ..
         } = self;
-        let now = Timestamp::from_nanos(self.clock);
         let before = pipeline.counters();
         let elapsed = timed(port, traffic, packets, |frame| {
             let verdict = pipeline.process(frame, 0, now, out);
