@@ -29,8 +29,10 @@ test: lint unit-test netns-test
 demo: build
 	target/release/handoff-demo
 
+# The pipeline micro-benchmark first: it needs no root, the others build test beds.
 bench: build
-	$(CARGO) bench -p handoff-bench
+	$(CARGO) bench -p handoff-bench --bench pipeline
+	$(CARGO) bench -p handoff-bench --bench dataplane --bench service_path --bench migration
 
 clean:
 	$(CARGO) clean
