@@ -13,7 +13,7 @@
 //!
 //! The host is shared and noisy: each round runs the three back to back, the
 //! rounds repeat, and the medians are compared. Results: a table on stdout
-//! and `target/bench/pipeline.json`.
+//! and `results/pipeline.json`.
 
 use anyhow::{ensure, Context, Result};
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
@@ -347,12 +347,6 @@ fn measure(flows: usize, rounds: usize) -> Result<Measured> {
     })
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
-
 fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--list") {
         return Ok(());
@@ -421,7 +415,7 @@ fn main() -> Result<()> {
         table_bytes,
         rows,
     };
-    let dir = target_dir().join("bench");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../results");
     std::fs::create_dir_all(&dir)?;
     let path = dir.canonicalize()?.join("pipeline.json");
     std::fs::write(&path, serde_json::to_string_pretty(&summary)? + "\n")?;
