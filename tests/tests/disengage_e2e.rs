@@ -80,3 +80,55 @@ fn a_node_leaves_and_rejoins_under_load_with_no_loss_and_no_broken_connection() 
     // After rejoining, fd-a carried traffic again.
     assert!(rx_of(&stats[0]) > rx_of(&idle), "{context}");
 }
+
+#[test]
+fn an_unreachable_inheritor_aborts_the_handover_and_nothing_changes() {
+    if !privileged("an_unreachable_inheritor_aborts_the_handover_and_nothing_changes") {
+        return;
+    }
+    let mut cluster = Cluster::service_path(2).unwrap();
+    let (tcp, tcp_json) = cluster.start_tcp_clients(TCP_CONNECTIONS, TCP_REQUESTS).unwrap();
+    let (traffic, _, sink_json) = cluster.start_client_traffic(FLOWS, RATE, COUNT).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+
+    // fd-b's control port goes silent, as if its host had died.
+    let rules = "table inet handoff_test {\n  chain input {\n    type filter hook input priority 0; policy accept;\n    tcp dport 7700 drop\n  }\n}\n";
+    let path = cluster.write_file("silence-fd-b.nft", rules).unwrap();
+    let fd_b = &cluster.nodes[1].ns;
+    fd_b.exec("nft", &["-f", &path.display().to_string()]).unwrap();
+    let held = cluster.node_stats(0).unwrap()["totals"]["active"].as_u64().unwrap();
+    let err = cluster.migrate("disengage", "fd-a").unwrap_err().to_string();
+    assert!(err.contains("nothing was cut"), "{err}");
+    let after = cluster.node_stats(0).unwrap();
+    assert!(
+        after["totals"]["active"].as_u64().unwrap() >= held,
+        "fd-a kept its connections: {after}"
+    );
+    let status = cluster.admin(&["status"]).unwrap();
+    assert!(
+        status["members"][0]["buckets"].as_u64().unwrap() > 0,
+        "the scope is unchanged: {status}"
+    );
+
+    // Once fd-b answers again, the same disengage goes through.
+    fd_b.exec("nft", &["delete", "table", "inet", "handoff_test"]).unwrap();
+    let out = cluster.migrate("disengage", "fd-a").unwrap();
+    assert!(out.contains("fd-a is disengaged"), "{out}");
+
+    for (idx, what) in [(traffic, "traffic"), (tcp, "tcp-client")] {
+        let status = cluster.process(idx).wait_timeout(Duration::from_secs(120)).unwrap();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{what} failed: {}",
+            cluster.process(idx).stderr()
+        );
+    }
+    let sink: SinkReport = read_json(&sink_json).unwrap();
+    let tcp: TcpClientReport = read_json(&tcp_json).unwrap();
+    assert_eq!(
+        (sink.received, sink.lost, sink.reordered, sink.duplicated),
+        (COUNT, Some(0), 0, 0),
+        "{sink:?}"
+    );
+    assert!(tcp.ok(), "{tcp:?}");
+}
