@@ -132,3 +132,45 @@ fn an_unreachable_inheritor_aborts_the_handover_and_nothing_changes() {
     );
     assert!(tcp.ok(), "{tcp:?}");
 }
+
+#[test]
+fn ten_disengage_engage_cycles_in_a_row_lose_nothing() {
+    if !privileged("ten_disengage_engage_cycles_in_a_row_lose_nothing") {
+        return;
+    }
+    const CYCLES: usize = 10;
+    const CYCLE_RATE: u64 = 3_000;
+    const CYCLE_COUNT: u64 = 105_000;
+    let mut cluster = Cluster::service_path(2).unwrap();
+    let (tcp, tcp_json) = cluster.start_tcp_clients(TCP_CONNECTIONS, 2_000).unwrap();
+    let (traffic, _, sink_json) = cluster.start_client_traffic(FLOWS, CYCLE_RATE, CYCLE_COUNT).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    for cycle in 0..CYCLES {
+        let out = cluster.migrate("disengage", "fd-a").unwrap();
+        assert!(out.contains("fd-a is disengaged"), "cycle {cycle}: {out}");
+        std::thread::sleep(Duration::from_millis(500));
+        let out = cluster.migrate("engage", "fd-a").unwrap();
+        assert!(out.contains("back in the scope"), "cycle {cycle}: {out}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for (idx, what) in [(traffic, "traffic"), (tcp, "tcp-client")] {
+        let status = cluster.process(idx).wait_timeout(Duration::from_secs(180)).unwrap();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{what} failed: {}",
+            cluster.process(idx).stderr()
+        );
+    }
+    let sink: SinkReport = read_json(&sink_json).unwrap();
+    let tcp: TcpClientReport = read_json(&tcp_json).unwrap();
+    let stats: Vec<serde_json::Value> = (0..3).map(|i| cluster.node_stats(i).unwrap()).collect();
+    assert_eq!(
+        (sink.received, sink.lost, sink.reordered, sink.duplicated),
+        (CYCLE_COUNT, Some(0), 0, 0),
+        "{sink:?}\n{stats:#?}"
+    );
+    assert!(tcp.ok(), "{tcp:?}");
+    for s in &stats {
+        assert_eq!(s["totals"]["dropped"], 0, "{stats:#?}");
+    }
+}
