@@ -31,6 +31,8 @@ pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 pub const EDGE_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 /// The edge's fabric-side address.
 pub const EDGE_FABRIC_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 1);
+/// The migration manager's control port on the edge.
+pub const MANAGER_PORT: u16 = 7600;
 
 /// Shape of the test bed.
 #[derive(Clone, Debug)]
@@ -234,6 +236,11 @@ impl Cluster {
         Ok(self.processes.len() - 1)
     }
 
+    /// The process started with [`Self::spawn`] under `name`, if any.
+    pub fn process_named(&mut self, name: &str) -> Option<&mut Spawned> {
+        self.processes.iter_mut().find(|p| p.name() == name)
+    }
+
     /// A process started with [`Self::spawn`].
     pub fn process(&mut self, index: usize) -> &mut Spawned {
         &mut self.processes[index]
@@ -332,7 +339,7 @@ impl Cluster {
         }
         let sources: Vec<String> = self.services.iter().map(|s| format!("\"{}/32\"", s.port.ip)).collect();
         let mut text = format!(
-            "[edge]\ninterfaces = [{}]\nadmin_socket = {:?}\nlocal_addresses = [\"{}\", \"{}\"]\n\n[cluster]\ndestinations = [\"{}/32\"]\nsources = [{}]\n",
+            "[edge]\ninterfaces = [{}]\nadmin_socket = {:?}\nlocal_addresses = [\"{}\", \"{}\"]\ncontrol_listen = \"{EDGE_FABRIC_IP}:{MANAGER_PORT}\"\n\n[cluster]\ndestinations = [\"{}/32\"]\nsources = [{}]\n",
             interfaces.join(", "),
             self.admin_socket().display().to_string(),
             EDGE_CLIENT_IP,

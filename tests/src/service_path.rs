@@ -11,7 +11,7 @@
 //! forwarded to its owner.
 
 use crate::{
-    cluster::{arg, node_name, wait_until, Cluster, NsRef, VIP},
+    cluster::{arg, node_name, wait_until, Cluster, NsRef, EDGE_FABRIC_IP, MANAGER_PORT, VIP},
     netns::mac_string,
 };
 use anyhow::{bail, Result};
@@ -78,7 +78,7 @@ impl Cluster {
         let node = &self.nodes[i];
         let queue_list: Vec<String> = (0..queues).map(|q| q.to_string()).collect();
         let mut text = format!(
-            "[node]\nname = {:?}\nid = {i}\ninterface = {:?}\nqueues = [{}]\nxdp_mode = \"skb\"\nbind_mode = \"copy\"\nlocal_addresses = [\"{}\"]\npolicy = {:?}\nadmin_socket = {:?}\ncontrol_listen = \"{}:{CONTROL_PORT}\"\n",
+            "[node]\nname = {:?}\nid = {i}\ninterface = {:?}\nqueues = [{}]\nxdp_mode = \"skb\"\nbind_mode = \"copy\"\nlocal_addresses = [\"{}\"]\npolicy = {:?}\nadmin_socket = {:?}\ncontrol_listen = \"{}:{CONTROL_PORT}\"\nmanager = \"{EDGE_FABRIC_IP}:{MANAGER_PORT}\"\n",
             node.name,
             node.port.ifname,
             queue_list.join(", "),

@@ -3,20 +3,26 @@
 //! through its single loop, so no lock guards the maps.
 
 pub mod config;
+pub mod manager;
+pub mod membership;
 
 use crate::{
     admin::{self, AdminCall, AdminRequest, AdminResponse},
+    control::ids::Incarnation,
     scope::Scope,
 };
 use anyhow::{bail, Context, Result};
 use config::{EdgeConfig, MemberConfig};
 use handoff_loader::EdgeProgram;
+use manager::ManagerState;
+use membership::Membership;
 use std::{
+    collections::BTreeMap,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// The running edge.
@@ -27,6 +33,8 @@ pub struct Edge {
     scope: Scope,
     /// Members currently in the scope.
     active: Vec<u32>,
+    /// The migration manager's member table and what it tells nodes.
+    manager: Arc<Mutex<ManagerState>>,
 }
 
 impl Edge {
@@ -54,11 +62,23 @@ impl Edge {
             program.attach(interface, config.xdp_mode)?;
         }
         tracing::info!(members = active.len(), buckets = config.hash.buckets, "edge up");
+        let manager = Arc::new(Mutex::new(ManagerState {
+            membership: Membership::new(manager::FAILURE_AFTER),
+            hash: config.hash,
+            scope: scope.clone(),
+            configured: config
+                .members
+                .iter()
+                .filter_map(|m| Some((u16::try_from(m.id).ok()?, m.name.clone())))
+                .collect(),
+            registrations: BTreeMap::new(),
+        }));
         Ok(Self {
             config,
             program,
             scope,
             active,
+            manager,
         })
     }
 
@@ -84,6 +104,11 @@ impl Edge {
             generation = write.generation,
             "scope flipped"
         );
+        {
+            let mut m = manager::lock(&self.manager);
+            m.scope = next.clone();
+            m.membership.scope_changed(&members);
+        }
         self.scope = next;
         self.active = members;
         Ok(AdminResponse::ScopeChanged {
@@ -94,16 +119,21 @@ impl Edge {
     }
 
     fn status(&self) -> serde_json::Value {
+        let registered = manager::lock(&self.manager).membership.view(Instant::now());
         let members: Vec<_> = self
             .config
             .members
             .iter()
             .map(|m| {
+                let member = registered.iter().find(|r| u32::from(r.node) == m.id);
                 serde_json::json!({
                     "name": m.name,
                     "id": m.id,
                     "in_scope": self.active.contains(&m.id),
                     "buckets": self.scope.buckets_of(m.id).count(),
+                    "status": member.map(|r| r.status),
+                    "last_seen_ms": member.map(|r| r.last_seen_ms),
+                    "flows": member.map(|r| r.flows),
                 })
             })
             .collect();
@@ -167,11 +197,29 @@ impl Edge {
     pub fn run(mut self, stop: Arc<AtomicBool>) -> Result<()> {
         let (tx, rx) = crossbeam::channel::unbounded::<AdminCall>();
         let _socket = admin::serve(&self.config.admin_socket, tx, Arc::clone(&stop))?;
+        if let Some(address) = self.config.control_listen {
+            let listener = std::net::TcpListener::bind(address)
+                .with_context(|| format!("binding the manager's control port {address}"))?;
+            listener.set_nonblocking(true)?;
+            let incarnation = Incarnation(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64),
+            );
+            let (state, stop) = (Arc::clone(&self.manager), Arc::clone(&stop));
+            std::thread::Builder::new()
+                .name("manager".into())
+                .spawn(move || manager::run_listener(listener, state, incarnation, stop))?;
+            tracing::info!(%address, "manager control port ready");
+        }
         tracing::info!(socket = %self.config.admin_socket.display(), "admin socket ready");
         while !stop.load(Ordering::Relaxed) {
             if let Ok((request, reply)) = rx.recv_timeout(Duration::from_millis(100)) {
                 let response = self.handle(request);
                 let _ = reply.send(response);
+            }
+            for node in manager::lock(&self.manager).membership.tick(Instant::now()) {
+                tracing::warn!(node, "member FAILED: no heartbeat");
             }
         }
         self.program.detach()?;

@@ -14,6 +14,7 @@
 //! policy = "policy.toml"          # relative to this file
 //! admin_socket = "/run/handoff/fd-a.sock"
 //! control_listen = "10.0.1.11:7700"
+//! manager = "10.0.1.1:7600"       # optional: the edge's control port
 //!
 //! [hash]                          # must equal the edge's
 //! buckets = 65536
@@ -73,6 +74,8 @@ struct RawNode {
     policy: PathBuf,
     admin_socket: PathBuf,
     control_listen: String,
+    #[serde(default)]
+    manager: Option<String>,
     #[serde(default = "default_ownership_capacity")]
     ownership_capacity: usize,
     #[serde(default)]
@@ -163,6 +166,8 @@ pub struct NodeConfig {
     pub admin_socket: PathBuf,
     /// Where the control port listens.
     pub control_listen: SocketAddr,
+    /// The migration manager's control port (in the edge), if any.
+    pub manager: Option<SocketAddr>,
     /// Flow ownership entries each worker keeps for flows it does not hold.
     pub ownership_capacity: usize,
     /// How flows map to buckets.
@@ -262,6 +267,17 @@ impl NodeConfig {
                 format!("{:?} is not an address:port", node.control_listen),
             )
         })?;
+        let manager = match &node.manager {
+            Some(m) => Some(m.parse().map_err(|_| {
+                invalid(
+                    "[node]",
+                    "node.manager",
+                    "manager",
+                    format!("{m:?} is not an address:port"),
+                )
+            })?),
+            None => None,
+        };
         if node.ownership_capacity == 0 {
             return Err(invalid(
                 "[node]",
@@ -310,6 +326,7 @@ impl NodeConfig {
             policy: node.policy,
             admin_socket: node.admin_socket,
             control_listen,
+            manager,
             ownership_capacity: node.ownership_capacity,
             hash: HashParams {
                 buckets,

@@ -4,7 +4,7 @@
 
 use super::{
     config::NodeConfig,
-    handover,
+    handover, manager_link,
     peers::{self, Identity, PeerCounters},
     pipeline::Pipeline,
     view::NodeView,
@@ -13,8 +13,10 @@ use super::{
 use crate::{
     admin::{self, AdminCall, AdminRequest, AdminResponse},
     control::{
+        codec::SUPPORTED_VERSIONS,
         flow::FlowRecordV2,
-        ids::{Incarnation, MigrationSerial, NodeId},
+        ids::{Capabilities, Incarnation, MacAddr, MigrationSerial, NodeId},
+        message::Register,
     },
     flow::{config::PolicyConfig, Policy},
     io::afxdp::AfXdpPort,
@@ -26,7 +28,7 @@ use handoff_loader::XskProgram;
 use std::{
     collections::BTreeMap,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
     thread::JoinHandle,
@@ -57,6 +59,7 @@ pub struct Node {
     commands: Vec<Sender<WorkerCommand>>,
     threads: Vec<JoinHandle<()>>,
     counters: Arc<PeerCounters>,
+    scope_version: Arc<AtomicU64>,
     identity: Identity,
     /// The last handover attempt's serial.
     handovers: u32,
@@ -176,6 +179,30 @@ impl Node {
                     .spawn(move || peers::run_announcer(identity, peer_addrs, links, counters, stop))?,
             );
         }
+        let scope_version = Arc::new(AtomicU64::new(scope.version));
+        if let Some(manager) = config.manager {
+            let register = Register {
+                name: config.name.clone(),
+                software_version: env!("CARGO_PKG_VERSION").to_string(),
+                protocol: SUPPORTED_VERSIONS,
+                capabilities: Capabilities::THIS_BUILD,
+                control_addr: config.control_listen,
+                data_mac: MacAddr(own_mac),
+                data_ip: config
+                    .local_addresses
+                    .first()
+                    .copied()
+                    .unwrap_or(config.control_listen.ip()),
+                workers: workers as u16,
+                in_progress: None,
+            };
+            let (commands, version, stop) = (commands.clone(), Arc::clone(&scope_version), Arc::clone(&stop));
+            threads.push(
+                std::thread::Builder::new()
+                    .name("manager-link".into())
+                    .spawn(move || manager_link::run(manager, identity, register, commands, &version, &stop))?,
+            );
+        }
         tracing::info!(node = %config.name, workers, interface = %config.interface, "node up");
         Ok(Self {
             config,
@@ -185,6 +212,7 @@ impl Node {
             commands,
             threads,
             counters,
+            scope_version,
             identity,
             handovers: 0,
             stop,
@@ -250,6 +278,7 @@ impl Node {
                 .send(WorkerCommand::View(Arc::clone(&view)))
                 .context("a worker has stopped")?;
         }
+        self.scope_version.store(next.version, Ordering::Relaxed);
         self.scope = next;
         self.view = view;
         Ok(AdminResponse::ScopeChanged {

@@ -1,0 +1,255 @@
+//! Who is in the cluster and whether it is alive: the migration manager's
+//! member table. Pure logic over explicit timestamps; the edge's control
+//! listener feeds it registrations and heartbeats, its loop calls [`Membership::tick`].
+
+use crate::control::{ids::Incarnation, message::MemberStatus};
+use serde::Serialize;
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+/// One member as the manager sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Its name.
+    pub name: String,
+    /// The run of the node process that registered.
+    pub incarnation: Incarnation,
+    /// Its status.
+    pub status: MemberStatus,
+    /// When it last proved alive.
+    pub last_seen: Instant,
+    /// Flows in its tables, from its last heartbeat.
+    pub flows: u64,
+    /// Its workers.
+    pub workers: u16,
+}
+
+/// How a registration was taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Registration {
+    /// First time this node registers.
+    New,
+    /// A new incarnation of a known node (it restarted): its state is reset.
+    Restarted,
+    /// The same incarnation again (a reconnect).
+    Again,
+}
+
+/// Why a heartbeat was not taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HeartbeatError {
+    /// The node never registered.
+    #[error("node {0} is not registered")]
+    Unknown(u16),
+    /// From another run of the node than the registered one.
+    #[error("node {node}: heartbeat from incarnation {got}, registered {registered}")]
+    StaleIncarnation {
+        /// The node.
+        node: u16,
+        /// The heartbeat's.
+        got: Incarnation,
+        /// The registered one.
+        registered: Incarnation,
+    },
+}
+
+/// The member table.
+#[derive(Debug)]
+pub struct Membership {
+    members: BTreeMap<u16, Member>,
+    failure_after: Duration,
+}
+
+/// A member for operators.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemberView {
+    /// Node id.
+    pub node: u16,
+    /// Name.
+    pub name: String,
+    /// Status.
+    pub status: MemberStatus,
+    /// Milliseconds since it last proved alive.
+    pub last_seen_ms: u128,
+    /// Flows it reported.
+    pub flows: u64,
+    /// Its workers.
+    pub workers: u16,
+}
+
+impl Membership {
+    /// A table that marks a member FAILED after `failure_after` without a heartbeat.
+    pub fn new(failure_after: Duration) -> Self {
+        Self {
+            members: BTreeMap::new(),
+            failure_after,
+        }
+    }
+
+    /// Takes a registration; `in_scope` says whether the node owns buckets now.
+    pub fn register(
+        &mut self,
+        node: u16,
+        name: &str,
+        incarnation: Incarnation,
+        workers: u16,
+        in_scope: bool,
+        now: Instant,
+    ) -> Registration {
+        let status = if in_scope {
+            MemberStatus::Active
+        } else {
+            MemberStatus::Disengaged
+        };
+        let fresh = Member {
+            name: name.to_string(),
+            incarnation,
+            status,
+            last_seen: now,
+            flows: 0,
+            workers,
+        };
+        match self.members.insert(node, fresh) {
+            None => Registration::New,
+            Some(old) if old.incarnation == incarnation => {
+                if let Some(m) = self.members.get_mut(&node) {
+                    m.flows = old.flows;
+                }
+                Registration::Again
+            }
+            Some(_) => Registration::Restarted,
+        }
+    }
+
+    /// Takes a heartbeat reporting `flows`.
+    pub fn heartbeat(
+        &mut self,
+        node: u16,
+        incarnation: Incarnation,
+        flows: u64,
+        now: Instant,
+    ) -> Result<(), HeartbeatError> {
+        let member = self.members.get_mut(&node).ok_or(HeartbeatError::Unknown(node))?;
+        if member.incarnation != incarnation {
+            return Err(HeartbeatError::StaleIncarnation {
+                node,
+                got: incarnation,
+                registered: member.incarnation,
+            });
+        }
+        member.last_seen = now;
+        member.flows = flows;
+        if member.status == MemberStatus::Failed {
+            member.status = MemberStatus::Active;
+        }
+        Ok(())
+    }
+
+    /// Marks the members silent for too long FAILED; returns those that just failed.
+    pub fn tick(&mut self, now: Instant) -> Vec<u16> {
+        let limit = self.failure_after;
+        self.members
+            .iter_mut()
+            .filter(|(_, m)| m.status != MemberStatus::Failed && now.saturating_duration_since(m.last_seen) > limit)
+            .map(|(&id, m)| {
+                m.status = MemberStatus::Failed;
+                id
+            })
+            .collect()
+    }
+
+    /// Records a scope change: members in it are ACTIVE, the others
+    /// DISENGAGED (FAILED ones stay FAILED).
+    pub fn scope_changed(&mut self, in_scope: &[u32]) {
+        for (&id, m) in &mut self.members {
+            if m.status != MemberStatus::Failed {
+                m.status = if in_scope.contains(&u32::from(id)) {
+                    MemberStatus::Active
+                } else {
+                    MemberStatus::Disengaged
+                };
+            }
+        }
+    }
+
+    /// Every member, for operators.
+    pub fn view(&self, now: Instant) -> Vec<MemberView> {
+        self.members
+            .iter()
+            .map(|(&node, m)| MemberView {
+                node,
+                name: m.name.clone(),
+                status: m.status,
+                last_seen_ms: now.saturating_duration_since(m.last_seen).as_millis(),
+                flows: m.flows,
+                workers: m.workers,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silence_fails_a_member_and_a_heartbeat_revives_it() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(Duration::from_millis(600));
+        assert_eq!(m.register(0, "fd-a", Incarnation(1), 2, true, t0), Registration::New);
+        assert_eq!(m.register(1, "fd-b", Incarnation(7), 2, true, t0), Registration::New);
+        let t1 = t0 + Duration::from_millis(500);
+        m.heartbeat(0, Incarnation(1), 42, t1).unwrap();
+        assert!(m.tick(t1).is_empty());
+        let t2 = t0 + Duration::from_millis(700);
+        assert_eq!(m.tick(t2), vec![1]);
+        assert!(m.tick(t2).is_empty(), "reported once");
+        let view = m.view(t2);
+        assert_eq!((view[0].status, view[0].flows), (MemberStatus::Active, 42));
+        assert_eq!(view[1].status, MemberStatus::Failed);
+        m.heartbeat(1, Incarnation(7), 0, t2).unwrap();
+        assert_eq!(m.view(t2)[1].status, MemberStatus::Active);
+    }
+
+    #[test]
+    fn a_restart_replaces_the_member_and_silences_the_old_run() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(Duration::from_secs(1));
+        m.register(0, "fd-a", Incarnation(1), 2, true, t0);
+        m.heartbeat(0, Incarnation(1), 10, t0).unwrap();
+        assert_eq!(m.register(0, "fd-a", Incarnation(1), 2, true, t0), Registration::Again);
+        assert_eq!(m.view(t0)[0].flows, 10);
+        assert_eq!(
+            m.register(0, "fd-a", Incarnation(2), 2, true, t0),
+            Registration::Restarted
+        );
+        assert_eq!(
+            m.heartbeat(0, Incarnation(1), 10, t0),
+            Err(HeartbeatError::StaleIncarnation {
+                node: 0,
+                got: Incarnation(1),
+                registered: Incarnation(2)
+            })
+        );
+        assert_eq!(m.heartbeat(5, Incarnation(1), 0, t0), Err(HeartbeatError::Unknown(5)));
+    }
+
+    #[test]
+    fn scope_changes_set_active_and_disengaged_but_not_failed() {
+        let t0 = Instant::now();
+        let mut m = Membership::new(Duration::from_millis(10));
+        m.register(0, "fd-a", Incarnation(1), 1, true, t0);
+        m.register(1, "fd-b", Incarnation(1), 1, true, t0);
+        m.tick(t0 + Duration::from_millis(20));
+        m.heartbeat(0, Incarnation(1), 0, t0 + Duration::from_millis(20))
+            .unwrap();
+        m.scope_changed(&[1]);
+        let v = m.view(t0);
+        assert_eq!(
+            (v[0].status, v[1].status),
+            (MemberStatus::Disengaged, MemberStatus::Failed)
+        );
+    }
+}
