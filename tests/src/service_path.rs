@@ -11,10 +11,14 @@
 //! forwarded to its owner.
 
 use crate::{
-    cluster::{arg, node_name, wait_until, Cluster, NsRef, EDGE_FABRIC_IP, MANAGER_PORT, VIP},
+    cluster::{arg, node_name, read_json, wait_until, Cluster, NsRef, EDGE_FABRIC_IP, MANAGER_PORT, VIP},
     netns::mac_string,
 };
 use anyhow::{bail, Result};
+use handoff_bench::{
+    report::{GenReport, SinkReport},
+    tcp::TcpClientReport,
+};
 use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -229,6 +233,31 @@ impl Cluster {
         Ok((idx, json))
     }
 
+    /// Starts the client's UDP echo traffic and its kernel TCP connections.
+    pub fn start_client_load(&mut self, load: &LoadSpec) -> Result<ClientLoad> {
+        let (tcp, tcp_json) = self.start_tcp_clients(load.connections, load.requests)?;
+        let (traffic, gen_json, sink_json) = self.start_client_traffic(load.flows, load.rate, load.count)?;
+        Ok(ClientLoad {
+            traffic,
+            tcp,
+            gen_json,
+            sink_json,
+            tcp_json,
+        })
+    }
+
+    /// Waits up to `timeout` for both parts of `load` to end, fails unless
+    /// both succeeded, and returns their reports.
+    pub fn finish_client_load(&mut self, load: &ClientLoad, timeout: Duration) -> Result<LoadReports> {
+        for (idx, what) in [(load.traffic, "traffic"), (load.tcp, "tcp-client")] {
+            let status = self.process(idx).wait_timeout(timeout)?;
+            if !status.is_some_and(|s| s.success()) {
+                bail!("{what} failed: {}", self.process(idx).stderr());
+            }
+        }
+        load.reports()
+    }
+
     /// `handoff stats` of node `i`.
     pub fn node_stats(&self, i: usize) -> Result<serde_json::Value> {
         self.admin_at(&self.node_admin_socket(i), &["stats"])
@@ -262,5 +291,55 @@ impl Cluster {
             self.admin_at(&self.node_admin_socket(i), &["scope", "remove", member])?;
         }
         Ok(flip)
+    }
+}
+
+/// The client's load: UDP flows echoed by the services, and kernel TCP
+/// connections doing request/response.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadSpec {
+    /// UDP flows.
+    pub flows: u32,
+    /// UDP packets per second.
+    pub rate: u64,
+    /// UDP packets in all.
+    pub count: u64,
+    /// TCP connections.
+    pub connections: u32,
+    /// Requests per TCP connection.
+    pub requests: u32,
+}
+
+/// A running [`LoadSpec`]: its processes and where they report.
+#[derive(Clone, Debug)]
+pub struct ClientLoad {
+    /// The UDP traffic process.
+    pub traffic: usize,
+    /// The TCP client process.
+    pub tcp: usize,
+    gen_json: PathBuf,
+    sink_json: PathBuf,
+    tcp_json: PathBuf,
+}
+
+/// What the client's load saw.
+#[derive(Debug)]
+pub struct LoadReports {
+    /// The UDP generator.
+    pub gen: GenReport,
+    /// The echoes.
+    pub sink: SinkReport,
+    /// The TCP connections.
+    pub tcp: TcpClientReport,
+}
+
+impl ClientLoad {
+    /// The reports, once both processes have ended.
+    pub fn reports(&self) -> Result<LoadReports> {
+        Ok(LoadReports {
+            gen: read_json(&self.gen_json)?,
+            sink: read_json(&self.sink_json)?,
+            tcp: read_json(&self.tcp_json)?,
+        })
     }
 }

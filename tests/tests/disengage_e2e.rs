@@ -3,18 +3,23 @@
 //! scope, drains and purges it; `handoff engage fd-a` puts it back. UDP echo
 //! over 10,000 flows and 200 kernel TCP connections run throughout.
 
-use handoff_bench::{
-    report::{GenReport, SinkReport},
-    tcp::TcpClientReport,
+use handoff_testbed::{
+    privileged,
+    service_path::{LoadReports, LoadSpec},
+    Cluster,
 };
-use handoff_testbed::{cluster::read_json, privileged, Cluster};
 use std::time::Duration;
 
 const FLOWS: u32 = 10_000;
-const RATE: u64 = 4_000;
 const COUNT: u64 = 60_000;
 const TCP_CONNECTIONS: u32 = 200;
-const TCP_REQUESTS: u32 = 600;
+const LOAD: LoadSpec = LoadSpec {
+    flows: FLOWS,
+    rate: 4_000,
+    count: COUNT,
+    connections: TCP_CONNECTIONS,
+    requests: 600,
+};
 
 fn rx_of(stats: &serde_json::Value) -> u64 {
     stats["totals"]["rx"].as_u64().unwrap()
@@ -26,8 +31,7 @@ fn a_node_leaves_and_rejoins_under_load_with_no_loss_and_no_broken_connection() 
         return;
     }
     let mut cluster = Cluster::service_path(2).unwrap();
-    let (tcp, tcp_json) = cluster.start_tcp_clients(TCP_CONNECTIONS, TCP_REQUESTS).unwrap();
-    let (traffic, gen_json, sink_json) = cluster.start_client_traffic(FLOWS, RATE, COUNT).unwrap();
+    let load = cluster.start_client_load(&LOAD).unwrap();
 
     std::thread::sleep(Duration::from_secs(4));
     let before = cluster.node_stats(0).unwrap();
@@ -53,17 +57,7 @@ fn a_node_leaves_and_rejoins_under_load_with_no_loss_and_no_broken_connection() 
     let out = cluster.migrate("engage", "fd-a").unwrap();
     assert!(out.contains("back in the scope"), "{out}");
 
-    for (idx, what) in [(traffic, "traffic"), (tcp, "tcp-client")] {
-        let status = cluster.process(idx).wait_timeout(Duration::from_secs(120)).unwrap();
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "{what} failed: {}",
-            cluster.process(idx).stderr()
-        );
-    }
-    let gen: GenReport = read_json(&gen_json).unwrap();
-    let sink: SinkReport = read_json(&sink_json).unwrap();
-    let tcp: TcpClientReport = read_json(&tcp_json).unwrap();
+    let LoadReports { gen, sink, tcp } = cluster.finish_client_load(&load, Duration::from_secs(120)).unwrap();
     let stats: Vec<serde_json::Value> = (0..3).map(|i| cluster.node_stats(i).unwrap()).collect();
     let context = format!("sink {sink:?}\ntcp {tcp:?}\nnodes {stats:#?}");
     assert_eq!(gen.sent, COUNT);
@@ -87,8 +81,7 @@ fn an_unreachable_inheritor_aborts_the_handover_and_nothing_changes() {
         return;
     }
     let mut cluster = Cluster::service_path(2).unwrap();
-    let (tcp, tcp_json) = cluster.start_tcp_clients(TCP_CONNECTIONS, TCP_REQUESTS).unwrap();
-    let (traffic, _, sink_json) = cluster.start_client_traffic(FLOWS, RATE, COUNT).unwrap();
+    let load = cluster.start_client_load(&LOAD).unwrap();
     std::thread::sleep(Duration::from_secs(3));
 
     // fd-b's control port goes silent, as if its host had died.
@@ -115,16 +108,7 @@ fn an_unreachable_inheritor_aborts_the_handover_and_nothing_changes() {
     let out = cluster.migrate("disengage", "fd-a").unwrap();
     assert!(out.contains("fd-a is disengaged"), "{out}");
 
-    for (idx, what) in [(traffic, "traffic"), (tcp, "tcp-client")] {
-        let status = cluster.process(idx).wait_timeout(Duration::from_secs(120)).unwrap();
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "{what} failed: {}",
-            cluster.process(idx).stderr()
-        );
-    }
-    let sink: SinkReport = read_json(&sink_json).unwrap();
-    let tcp: TcpClientReport = read_json(&tcp_json).unwrap();
+    let LoadReports { sink, tcp, .. } = cluster.finish_client_load(&load, Duration::from_secs(120)).unwrap();
     assert_eq!(
         (sink.received, sink.lost, sink.reordered, sink.duplicated),
         (COUNT, Some(0), 0, 0),
@@ -142,8 +126,14 @@ fn ten_disengage_engage_cycles_in_a_row_lose_nothing() {
     const CYCLE_RATE: u64 = 3_000;
     const CYCLE_COUNT: u64 = 105_000;
     let mut cluster = Cluster::service_path(2).unwrap();
-    let (tcp, tcp_json) = cluster.start_tcp_clients(TCP_CONNECTIONS, 2_000).unwrap();
-    let (traffic, _, sink_json) = cluster.start_client_traffic(FLOWS, CYCLE_RATE, CYCLE_COUNT).unwrap();
+    let load = cluster
+        .start_client_load(&LoadSpec {
+            rate: CYCLE_RATE,
+            count: CYCLE_COUNT,
+            requests: 2_000,
+            ..LOAD
+        })
+        .unwrap();
     std::thread::sleep(Duration::from_secs(3));
     for cycle in 0..CYCLES {
         let out = cluster.migrate("disengage", "fd-a").unwrap();
@@ -153,16 +143,7 @@ fn ten_disengage_engage_cycles_in_a_row_lose_nothing() {
         assert!(out.contains("back in the scope"), "cycle {cycle}: {out}");
         std::thread::sleep(Duration::from_millis(500));
     }
-    for (idx, what) in [(traffic, "traffic"), (tcp, "tcp-client")] {
-        let status = cluster.process(idx).wait_timeout(Duration::from_secs(180)).unwrap();
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "{what} failed: {}",
-            cluster.process(idx).stderr()
-        );
-    }
-    let sink: SinkReport = read_json(&sink_json).unwrap();
-    let tcp: TcpClientReport = read_json(&tcp_json).unwrap();
+    let LoadReports { sink, tcp, .. } = cluster.finish_client_load(&load, Duration::from_secs(180)).unwrap();
     let stats: Vec<serde_json::Value> = (0..3).map(|i| cluster.node_stats(i).unwrap()).collect();
     assert_eq!(
         (sink.received, sink.lost, sink.reordered, sink.duplicated),

@@ -5,18 +5,24 @@
 //! fd-a leaves the scope without handing over its connections: all their
 //! packets then arrive elsewhere and must still reach it.
 
-use handoff_bench::{
-    report::{GenReport, SinkReport},
-    tcp::TcpClientReport,
+use handoff_testbed::{
+    privileged,
+    service_path::{LoadReports, LoadSpec},
+    Cluster,
 };
-use handoff_testbed::{cluster::read_json, privileged, Cluster};
 use std::time::Duration;
 
 const FLOWS: u32 = 10_000;
-const RATE: u64 = 4_000;
 const COUNT: u64 = 40_000;
 const TCP_CONNECTIONS: u32 = 200;
 const TCP_REQUESTS: u32 = 20;
+const LOAD: LoadSpec = LoadSpec {
+    flows: FLOWS,
+    rate: 4_000,
+    count: COUNT,
+    connections: TCP_CONNECTIONS,
+    requests: TCP_REQUESTS,
+};
 
 #[test]
 fn udp_echo_and_kernel_tcp_cross_the_nodes_with_no_loss_and_owner_forwarding() {
@@ -24,8 +30,7 @@ fn udp_echo_and_kernel_tcp_cross_the_nodes_with_no_loss_and_owner_forwarding() {
         return;
     }
     let mut cluster = Cluster::service_path(2).unwrap();
-    let (tcp, tcp_json) = cluster.start_tcp_clients(TCP_CONNECTIONS, TCP_REQUESTS).unwrap();
-    let (traffic, gen_json, sink_json) = cluster.start_client_traffic(FLOWS, RATE, COUNT).unwrap();
+    let load = cluster.start_client_load(&LOAD).unwrap();
 
     // Mid-run, fd-a leaves the scope (edge and nodes) without handing over
     // its connections: its packets now reach other nodes, which must forward
@@ -36,17 +41,7 @@ fn udp_echo_and_kernel_tcp_cross_the_nodes_with_no_loss_and_owner_forwarding() {
     let edge_at_flip = cluster.admin(&["stats"]).unwrap();
     let fd_a_at_flip = cluster.node_stats(0).unwrap();
 
-    for (idx, what) in [(traffic, "traffic"), (tcp, "tcp-client")] {
-        let status = cluster.process(idx).wait_timeout(Duration::from_secs(90)).unwrap();
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "{what} failed: {}",
-            cluster.process(idx).stderr()
-        );
-    }
-    let gen: GenReport = read_json(&gen_json).unwrap();
-    let sink: SinkReport = read_json(&sink_json).unwrap();
-    let tcp: TcpClientReport = read_json(&tcp_json).unwrap();
+    let LoadReports { gen, sink, tcp } = cluster.finish_client_load(&load, Duration::from_secs(90)).unwrap();
     let stats: Vec<serde_json::Value> = (0..3).map(|i| cluster.node_stats(i).unwrap()).collect();
     let context = format!("sink {sink:?}\ntcp {tcp:?}\nnodes {stats:#?}");
 

@@ -8,13 +8,10 @@
 
 use anyhow::{bail, Result};
 use handoff::admin::{self, AdminRequest, AdminResponse};
-use handoff_bench::{
-    report::{GenReport, SinkReport},
-    tcp::TcpClientReport,
-};
 use handoff_testbed::{
-    cluster::{node_name, read_json},
+    cluster::node_name,
     privilege::missing_privilege,
+    service_path::{LoadReports, LoadSpec},
     Cluster,
 };
 use std::{
@@ -151,9 +148,14 @@ fn main() -> Result<()> {
         std::thread::spawn(move || sample(sockets, done))
     };
     let t0 = Instant::now();
-    let (tcp, tcp_json) = cluster.start_tcp_clients(TCP_CONNECTIONS, TCP_REQUESTS)?;
     let count = RATE * SECONDS;
-    let (traffic, gen_json, sink_json) = cluster.start_client_traffic(FLOWS, RATE, count)?;
+    let load = cluster.start_client_load(&LoadSpec {
+        flows: FLOWS,
+        rate: RATE,
+        count,
+        connections: TCP_CONNECTIONS,
+        requests: TCP_REQUESTS,
+    })?;
     println!(
         "client: {count} UDP echo requests over {FLOWS} flows at {RATE} pps, and {TCP_CONNECTIONS} kernel TCP connections x {TCP_REQUESTS} requests, to VIP {}",
         handoff_testbed::cluster::VIP
@@ -173,7 +175,7 @@ fn main() -> Result<()> {
     migrate(&cluster, "engage", "fd-a", t0)?;
 
     let deadline = Instant::now() + Duration::from_secs(SECONDS + 60);
-    for idx in [traffic, tcp] {
+    for idx in [load.traffic, load.tcp] {
         while cluster.process(idx).running() {
             if Instant::now() > deadline {
                 bail!("the client traffic did not finish");
@@ -184,9 +186,7 @@ fn main() -> Result<()> {
     sampling.store(true, Ordering::Relaxed);
     let samples = sampler.join().map_err(|_| anyhow::anyhow!("the sampler panicked"))?;
     let nodes: Vec<serde_json::Value> = (0..3).map(|i| cluster.node_stats(i)).collect::<Result<_>>()?;
-    let gen: GenReport = read_json(&gen_json)?;
-    let sink: SinkReport = read_json(&sink_json)?;
-    let tcp: TcpClientReport = read_json(&tcp_json)?;
+    let LoadReports { gen, sink, tcp } = load.reports()?;
 
     println!(
         "\n{:<6} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>9} {:>8}",
