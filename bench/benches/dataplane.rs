@@ -12,7 +12,10 @@
 //! and an SVG plot under `results/` (not committed).
 
 use anyhow::{bail, Context, Result};
-use handoff_bench::report::{GenReport, SinkReport};
+use handoff_bench::{
+    measure,
+    report::{GenReport, SinkReport},
+};
 use handoff_testbed::{
     cluster::read_json,
     netns::{mac_string, veth, Netns, RunPrefix, VethEnd},
@@ -224,11 +227,6 @@ impl Bed {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
 #[derive(Debug, Serialize)]
 struct Summary {
     host_cpus: usize,
@@ -282,14 +280,8 @@ fn main() -> Result<()> {
     if let Some(reason) = missing_privilege() {
         bail!("the benchmark builds network namespaces and loads XDP programs: {reason}");
     }
-    let count: u64 = std::env::var("HANDOFF_BENCH_PACKETS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let repeats: usize = std::env::var("HANDOFF_BENCH_REPEATS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let count = measure::packets_per_run(1_000_000);
+    let repeats = measure::repeats(3);
     let bed = bed().context("building the benchmark test bed")?;
     println!("handoff dataplane benchmark: {count} packets x {repeats} rounds per path, {FLOWS} flows, 60-byte frames");
     let order = [Path::NullSink, Path::Sprayer, Path::Baseline, Path::Kernel];
@@ -309,7 +301,9 @@ fn main() -> Result<()> {
             runs.push(run);
         }
     }
-    let med = |p: Path| median(runs.iter().filter(|r| r.path == p).map(|r| r.forwarded_pps).collect());
+    let med = |p: Path| {
+        measure::median(runs.iter().filter(|r| r.path == p).map(|r| r.forwarded_pps).collect()).unwrap_or(0.0)
+    };
     let gen_ceiling = med(Path::NullSink);
     let median_pps: Vec<(Path, f64)> = order.iter().map(|&p| (p, med(p))).collect();
     let generator_bound: Vec<Path> = order[1..]

@@ -29,6 +29,7 @@ use handoff::{
     },
     scope::{HashParams, Scope},
 };
+use handoff_bench::measure;
 use handoff_testbed::frames::{udp4, DST_MAC};
 use serde::Serialize;
 use std::{
@@ -302,11 +303,6 @@ struct Summary {
     rows: Vec<Row>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 fn ns_per(elapsed: Duration, packets: usize) -> f64 {
     elapsed.as_secs_f64() * 1e9 / packets as f64
 }
@@ -351,11 +347,7 @@ fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--list") {
         return Ok(());
     }
-    let rounds: usize = std::env::var("HANDOFF_BENCH_REPEATS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5)
-        .max(1);
+    let rounds = measure::repeats(5).max(1);
     let method = format!(
         "median of {rounds} rounds; a round is new flows (an emptied table filled to N, repeated to >= {MIN_SETUPS} setups), \
          established ({PACKETS} packets over the N flows in a shuffled order) and baseline (the same packets, MAC swap only), \
@@ -381,10 +373,10 @@ fn main() -> Result<()> {
         let baseline_ns = samples
             .iter()
             .find(|(c, _)| *c == Case::Baseline)
-            .map(|(_, s)| median(s.clone()))
+            .map(|(_, s)| measure::median(s.clone()).unwrap_or(f64::NAN))
             .context("no baseline")?;
         for (case, samples_ns) in samples {
-            let ns = median(samples_ns.clone());
+            let ns = measure::median(samples_ns.clone()).unwrap_or(f64::NAN);
             let row = Row {
                 flows,
                 case,

@@ -13,7 +13,10 @@
 //! Results: a table on stdout and `results/service-path.json`.
 
 use anyhow::{bail, Context, Result};
-use handoff_bench::report::{GenReport, SinkReport};
+use handoff_bench::{
+    measure,
+    report::{GenReport, SinkReport},
+};
 use handoff_testbed::{
     cluster::{read_json, VIP},
     netns::mac_string,
@@ -120,11 +123,6 @@ fn run(node: NodeKind, count: u64) -> Result<Run> {
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
 #[derive(Debug, Serialize)]
 struct Summary {
     host_cpus: usize,
@@ -146,14 +144,8 @@ fn main() -> Result<()> {
     if let Some(reason) = missing_privilege() {
         bail!("the benchmark builds network namespaces and loads XDP programs: {reason}");
     }
-    let count: u64 = std::env::var("HANDOFF_BENCH_PACKETS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let repeats: usize = std::env::var("HANDOFF_BENCH_REPEATS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let count = measure::packets_per_run(1_000_000);
+    let repeats = measure::repeats(3);
     println!(
         "handoff service-path benchmark: {count} packets x {repeats} rounds per node kind, {FLOWS} flows, offered {OFFERED_PPS} pps"
     );
@@ -174,8 +166,12 @@ fn main() -> Result<()> {
             runs.push(run);
         }
     }
-    let med = |n: NodeKind| median(runs.iter().filter(|r| r.node == n).map(|r| r.forwarded_pps).collect());
-    let gen_med = |n: NodeKind| median(runs.iter().filter(|r| r.node == n).map(|r| r.generator_pps).collect());
+    let med = |n: NodeKind| {
+        measure::median(runs.iter().filter(|r| r.node == n).map(|r| r.forwarded_pps).collect()).unwrap_or(0.0)
+    };
+    let gen_med = |n: NodeKind| {
+        measure::median(runs.iter().filter(|r| r.node == n).map(|r| r.generator_pps).collect()).unwrap_or(0.0)
+    };
     let generator_bound: Vec<NodeKind> = order.iter().copied().filter(|&n| med(n) >= 0.95 * gen_med(n)).collect();
     let summary = Summary {
         host_cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),

@@ -7,6 +7,7 @@ pub mod echo;
 pub mod flows;
 pub mod gen;
 pub mod impair;
+pub mod measure;
 pub mod payload;
 pub mod report;
 pub mod sink;
