@@ -162,6 +162,63 @@ pub(crate) fn line_of(text: &str, section: &str, needle: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// Validates the `[[members]]` entries every config shares (name, id and
+/// MAC), each against the entries before it.
+#[derive(Debug, Default)]
+pub(crate) struct MemberChecks {
+    ids: HashSet<u32>,
+    names: HashSet<String>,
+}
+
+impl MemberChecks {
+    /// Checks entry `i`; returns its MAC. `invalid` builds the error from a
+    /// section, a field, the text to find its line by, and a detail.
+    pub(crate) fn check(
+        &mut self,
+        i: usize,
+        name: &str,
+        id: u32,
+        mac: &str,
+        invalid: &impl Fn(&str, &str, &str, String) -> ConfigError,
+    ) -> Result<[u8; 6], ConfigError> {
+        let field = |f: &str| format!("members[{i}].{f}");
+        let mac = parse_mac(mac).ok_or_else(|| {
+            invalid(
+                "[[members]]",
+                &field("mac"),
+                mac,
+                format!("{mac:?} is not a MAC address"),
+            )
+        })?;
+        let id_text = format!("id = {id}");
+        if id >= handoff_common::names::limits::MAX_MEMBERS {
+            return Err(invalid(
+                "[[members]]",
+                &field("id"),
+                &id_text,
+                format!("{id} is not below {}", handoff_common::names::limits::MAX_MEMBERS),
+            ));
+        }
+        if !self.ids.insert(id) {
+            return Err(invalid(
+                "[[members]]",
+                &field("id"),
+                &id_text,
+                format!("id {id} is used twice"),
+            ));
+        }
+        if !self.names.insert(name.to_string()) {
+            return Err(invalid(
+                "[[members]]",
+                &field("name"),
+                name,
+                format!("name {name:?} is used twice"),
+            ));
+        }
+        Ok(mac)
+    }
+}
+
 /// Parses a MAC address `aa:bb:cc:dd:ee:ff`.
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
@@ -238,41 +295,9 @@ impl EdgeConfig {
         let destinations = prefixes(&raw.cluster.destinations, "cluster.destinations")?;
         let sources = prefixes(&raw.cluster.sources, "cluster.sources")?;
         let mut members = Vec::new();
-        let (mut ids, mut names) = (HashSet::new(), HashSet::new());
+        let mut checks = MemberChecks::default();
         for (i, m) in raw.members.iter().enumerate() {
-            let field = |f: &str| format!("members[{i}].{f}");
-            let mac = parse_mac(&m.mac).ok_or_else(|| {
-                invalid(
-                    "[[members]]",
-                    &field("mac"),
-                    &m.mac,
-                    format!("{:?} is not a MAC address", m.mac),
-                )
-            })?;
-            if m.id >= handoff_common::names::limits::MAX_MEMBERS {
-                return Err(invalid(
-                    "[[members]]",
-                    &field("id"),
-                    &format!("id = {}", m.id),
-                    format!("{} is not below {}", m.id, handoff_common::names::limits::MAX_MEMBERS),
-                ));
-            }
-            if !ids.insert(m.id) {
-                return Err(invalid(
-                    "[[members]]",
-                    &field("id"),
-                    &format!("id = {}", m.id),
-                    format!("id {} is used twice", m.id),
-                ));
-            }
-            if !names.insert(m.name.clone()) {
-                return Err(invalid(
-                    "[[members]]",
-                    &field("name"),
-                    &m.name,
-                    format!("name {:?} is used twice", m.name),
-                ));
-            }
+            let mac = checks.check(i, &m.name, m.id, &m.mac, &invalid)?;
             members.push(MemberConfig {
                 name: m.name.clone(),
                 id: m.id,

@@ -29,7 +29,7 @@
 //! ```
 
 use crate::{
-    edge::config::{line_of, parse_mac, ConfigError},
+    edge::config::{line_of, ConfigError, MemberChecks},
     io::afxdp::{AfXdpConfig, BindMode},
     scope::HashParams,
 };
@@ -357,45 +357,13 @@ fn members(
     raw: &[RawMember],
     invalid: &impl Fn(&str, &str, &str, String) -> ConfigError,
 ) -> Result<Vec<NodeMember>, ConfigError> {
-    let (mut ids, mut names) = (HashSet::new(), HashSet::new());
+    let mut checks = MemberChecks::default();
     let mut members = Vec::with_capacity(raw.len());
     for (i, m) in raw.iter().enumerate() {
         let field = |f: &str| format!("members[{i}].{f}");
-        let mac = parse_mac(&m.mac).ok_or_else(|| {
-            invalid(
-                "[[members]]",
-                &field("mac"),
-                &m.mac,
-                format!("{:?} is not a MAC address", m.mac),
-            )
-        })?;
-        let id = u16::try_from(m.id)
-            .ok()
-            .filter(|&id| u32::from(id) < MAX_MEMBERS)
-            .ok_or_else(|| {
-                invalid(
-                    "[[members]]",
-                    &field("id"),
-                    &format!("id = {}", m.id),
-                    format!("{} is not below {MAX_MEMBERS}", m.id),
-                )
-            })?;
-        if !ids.insert(id) {
-            return Err(invalid(
-                "[[members]]",
-                &field("id"),
-                &format!("id = {}", m.id),
-                format!("id {id} is used twice"),
-            ));
-        }
-        if !names.insert(m.name.as_str()) {
-            return Err(invalid(
-                "[[members]]",
-                &field("name"),
-                &m.name,
-                format!("{:?} is used twice", m.name),
-            ));
-        }
+        let mac = checks.check(i, &m.name, m.id, &m.mac, invalid)?;
+        // The checks bound ids by MAX_MEMBERS, far below u16::MAX.
+        let id = m.id as u16;
         let control = m.control.parse().map_err(|_| {
             invalid(
                 "[[members]]",
