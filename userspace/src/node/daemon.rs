@@ -339,7 +339,12 @@ impl Node {
         let owners = handover::owners_of(&exported);
         // This node remembers the new owners too: once its table is purged,
         // and if it rejoins the scope, their packets must still find them.
-        handover::tell_owners(&self.commands, &owners, self.identity.node);
+        peers::tell_owners(
+            &self.commands,
+            &owners,
+            self.identity.node,
+            handover::ownership_version(),
+        );
         let mut broadcast_failures = 0;
         for peer in self.config.peers() {
             if let Err(e) = handover::broadcast(peer.control, &self.identity, serial, &owners) {

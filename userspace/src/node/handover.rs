@@ -4,7 +4,7 @@
 //! broadcast that follows the cut.
 
 use super::{
-    peers::{open_link, Identity},
+    peers::{open_link, tell_owners, Identity},
     view::NodeView,
     worker::{Exported, Imported, WorkerCommand},
 };
@@ -277,31 +277,6 @@ impl<'a> Receiver<'a> {
 
     fn apply_owners(&self, flows: &[FlowOwner]) {
         // Our own connections are routed by the entries `install` made.
-        tell_owners(self.workers, flows, self.node);
-    }
-}
-
-/// Records in every worker's ownership table that `flows` are owned as
-/// stated, except those owned by `local` (which this node routes itself).
-pub fn tell_owners(workers: &[Sender<WorkerCommand>], flows: &[FlowOwner], local: NodeId) {
-    let owners: Vec<(FlowKey, Owner)> = flows
-        .iter()
-        .filter(|f| f.owner.node != local)
-        .map(|f| {
-            (
-                FlowKey::from(&f.key),
-                Owner {
-                    node: f.owner.node.get(),
-                    worker: u8::try_from(f.owner.worker).unwrap_or(ANY_WORKER),
-                },
-            )
-        })
-        .collect();
-    let version = ownership_version();
-    for worker in workers {
-        let _ = worker.send(WorkerCommand::Owners {
-            version,
-            owners: owners.clone(),
-        });
+        tell_owners(self.workers, flows, self.node, ownership_version());
     }
 }

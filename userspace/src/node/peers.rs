@@ -281,7 +281,7 @@ fn serve_peer(
             }
             Body::OwnerAnnounce(announce) if greeted => {
                 counters.announces_received.fetch_add(1, Ordering::Relaxed);
-                apply_announce(&announce, workers);
+                apply_announce(&announce, workers, identity.node);
             }
             body @ (Body::TableAnnounce(_) | Body::FlowRecords(_) | Body::Cut(_) | Body::OwnershipBroadcast(_))
                 if greeted =>
@@ -300,10 +300,23 @@ fn serve_peer(
     }
 }
 
-fn apply_announce(announce: &OwnerAnnounce, workers: &[Sender<WorkerCommand>]) {
-    let owners: Vec<(FlowKey, Owner)> = announce
-        .added
+fn apply_announce(announce: &OwnerAnnounce, workers: &[Sender<WorkerCommand>], local: NodeId) {
+    tell_owners(workers, &announce.added, local, announce.version);
+    let removed: Vec<FlowKey> = announce.removed.iter().map(FlowKey::from).collect();
+    if !removed.is_empty() {
+        for worker in workers {
+            let _ = worker.send(WorkerCommand::Forget { keys: removed.clone() });
+        }
+    }
+}
+
+/// Records in every worker's ownership table that `flows` are owned as
+/// stated, as of `version`. Entries owned by `local` (which this node routes
+/// itself) and entries naming no valid worker are left out.
+pub fn tell_owners(workers: &[Sender<WorkerCommand>], flows: &[FlowOwner], local: NodeId, version: u64) {
+    let owners: Vec<(FlowKey, Owner)> = flows
         .iter()
+        .filter(|f| f.owner.node != local)
         .filter_map(|f| {
             Some((
                 FlowKey::from(&f.key),
@@ -314,16 +327,13 @@ fn apply_announce(announce: &OwnerAnnounce, workers: &[Sender<WorkerCommand>]) {
             ))
         })
         .collect();
-    let removed: Vec<FlowKey> = announce.removed.iter().map(FlowKey::from).collect();
+    if owners.is_empty() {
+        return;
+    }
     for worker in workers {
-        if !owners.is_empty() {
-            let _ = worker.send(WorkerCommand::Owners {
-                version: announce.version,
-                owners: owners.clone(),
-            });
-        }
-        if !removed.is_empty() {
-            let _ = worker.send(WorkerCommand::Forget { keys: removed.clone() });
-        }
+        let _ = worker.send(WorkerCommand::Owners {
+            version,
+            owners: owners.clone(),
+        });
     }
 }
