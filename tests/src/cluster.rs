@@ -339,7 +339,7 @@ impl Cluster {
         }
         let sources: Vec<String> = self.services.iter().map(|s| format!("\"{}/32\"", s.port.ip)).collect();
         let mut text = format!(
-            "[edge]\ninterfaces = [{}]\nadmin_socket = {:?}\nlocal_addresses = [\"{}\", \"{}\"]\ncontrol_listen = \"{EDGE_FABRIC_IP}:{MANAGER_PORT}\"\n\n[cluster]\ndestinations = [\"{}/32\"]\nsources = [{}]\n",
+            "[edge]\ninterfaces = [{}]\nadmin_socket = {:?}\nlocal_addresses = [\"{}\", \"{}\"]\ncontrol_listen = \"{EDGE_FABRIC_IP}:{MANAGER_PORT}\"\n\n[manager]\nhold_down_ms = 1000\nfailover_after_ms = 1000\n\n[cluster]\ndestinations = [\"{}/32\"]\nsources = [{}]\n",
             interfaces.join(", "),
             self.admin_socket().display().to_string(),
             EDGE_CLIENT_IP,

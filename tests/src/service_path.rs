@@ -14,7 +14,7 @@ use crate::{
     cluster::{arg, node_name, read_json, wait_until, Cluster, NsRef, EDGE_FABRIC_IP, MANAGER_PORT, VIP},
     netns::mac_string,
 };
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use handoff_bench::{
     report::{GenReport, SinkReport},
     tcp::TcpClientReport,
@@ -263,34 +263,49 @@ impl Cluster {
         self.admin_at(&self.node_admin_socket(i), &["stats"])
     }
 
-    /// Runs `handoff disengage|engage <node>` against the edge and every
-    /// node; returns what it printed.
-    pub fn migrate(&self, verb: &str, node: &str) -> Result<String> {
+    /// Runs `handoff <args> --admin <edge socket>` (a `disengage` or
+    /// `engage`) and returns what it printed; fails when it fails.
+    pub fn migrate(&self, args: &[&str]) -> Result<String> {
         let handoff = crate::binaries::binary("handoff")?;
-        let mut cmd = std::process::Command::new(handoff);
-        cmd.args([verb, node]).arg("--edge-admin").arg(self.admin_socket());
-        for i in 0..self.nodes.len() {
-            cmd.arg("--node-admin").arg(self.node_admin_socket(i));
-        }
-        let out = cmd.output()?;
+        let out = std::process::Command::new(handoff)
+            .args(args)
+            .arg("--admin")
+            .arg(self.admin_socket())
+            .output()?;
         let printed = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
         if !out.status.success() {
-            bail!("handoff {verb} {node} failed: {printed}");
+            bail!("handoff {args:?} failed: {printed}");
         }
         Ok(printed)
     }
 
-    /// Flips the scope without `member`, at the edge and on every node.
-    pub fn scope_remove_everywhere(&self, member: &str) -> Result<serde_json::Value> {
+    /// Flips the edge's scope without `member` (no state moves) and waits
+    /// until every node forwards by it: the manager sends it to them.
+    pub fn scope_remove(&self, member: &str) -> Result<serde_json::Value> {
         let flip = self.admin(&["scope", "remove", member])?;
-        for i in 0..self.nodes.len() {
-            self.admin_at(&self.node_admin_socket(i), &["scope", "remove", member])?;
+        let version = flip["version"].as_u64().context("the flip has no version")?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let status = self.admin(&["status"])?;
+            let behind: Vec<_> = status["members"]
+                .as_array()
+                .context("no members")?
+                .iter()
+                .filter(|m| m["scope_version"].as_u64().unwrap_or(0) < version)
+                .map(|m| m["name"].clone())
+                .collect();
+            if behind.is_empty() {
+                return Ok(flip);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("nodes {behind:?} did not take scope version {version}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        Ok(flip)
     }
 }
 

@@ -1,7 +1,8 @@
 //! Taking a node out of service and back while traffic runs: `handoff
-//! disengage fd-a` hands its connections to their inheritors, flips the
-//! scope, drains and purges it; `handoff engage fd-a` puts it back. UDP echo
-//! over 10,000 flows and 200 kernel TCP connections run throughout.
+//! disengage fd-a` asks the edge's migration manager, which has fd-a hand its
+//! connections to their inheritors, flips the scope, has fd-a drain and purge;
+//! `handoff engage fd-a` puts it back. UDP echo over 10,000 flows and 200
+//! kernel TCP connections run throughout.
 
 use handoff_testbed::{
     privileged,
@@ -25,6 +26,22 @@ fn rx_of(stats: &serde_json::Value) -> u64 {
     stats["totals"]["rx"].as_u64().unwrap()
 }
 
+/// The status of member `i` as the manager reports it.
+fn status_of(cluster: &Cluster, i: usize) -> String {
+    cluster.admin(&["status"]).unwrap()["members"][i]["status"]
+        .as_str()
+        .unwrap_or("unregistered")
+        .to_string()
+}
+
+fn disengaged(out: &str) -> bool {
+    out.contains("\"status\": \"Disengaged\"")
+}
+
+fn engaged(out: &str) -> bool {
+    out.contains("\"status\": \"Active\"")
+}
+
 #[test]
 fn a_node_leaves_and_rejoins_under_load_with_no_loss_and_no_broken_connection() {
     if !privileged("a_node_leaves_and_rejoins_under_load_with_no_loss_and_no_broken_connection") {
@@ -36,8 +53,27 @@ fn a_node_leaves_and_rejoins_under_load_with_no_loss_and_no_broken_connection() 
     std::thread::sleep(Duration::from_secs(4));
     let before = cluster.node_stats(0).unwrap();
     assert!(before["totals"]["active"].as_u64().unwrap() > 1000, "{before}");
-    let out = cluster.migrate("disengage", "fd-a").unwrap();
-    assert!(out.contains("fd-a is disengaged"), "{out}");
+    let out = std::thread::scope(|s| {
+        let running = s.spawn(|| cluster.migrate(&["disengage", "fd-a"]));
+        // While it runs, fd-a is DISENGAGING and a second migration is refused.
+        let mut seen = Vec::new();
+        while !running.is_finished() {
+            let status = status_of(&cluster, 0);
+            if status == "Disengaging" && !seen.contains(&status) {
+                let busy = cluster.migrate(&["disengage", "fd-b"]).unwrap_err().to_string();
+                assert!(busy.contains("busy"), "{busy}");
+            }
+            seen.push(status);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(seen.iter().any(|s| s == "Disengaging"), "{seen:?}");
+        running.join().unwrap().unwrap()
+    });
+    assert!(disengaged(&out), "{out}");
+    for phase in ["Select", "Copy", "Broadcast", "Flip", "Drain", "Purge"] {
+        assert!(out.contains(&format!("] {phase}: ")), "phase {phase} printed: {out}");
+    }
+    assert_eq!(status_of(&cluster, 0), "Disengaged");
     let released = cluster.node_stats(0).unwrap();
     assert_eq!(released["totals"]["active"], 0, "fd-a's table is empty: {released}");
 
@@ -54,8 +90,9 @@ fn a_node_leaves_and_rejoins_under_load_with_no_loss_and_no_broken_connection() 
 
     // Back in: it takes its buckets again, and the connections it handed over
     // stay where they are.
-    let out = cluster.migrate("engage", "fd-a").unwrap();
-    assert!(out.contains("back in the scope"), "{out}");
+    let out = cluster.migrate(&["engage", "fd-a"]).unwrap();
+    assert!(engaged(&out), "{out}");
+    assert_eq!(status_of(&cluster, 0), "Active");
 
     let LoadReports { gen, sink, tcp } = cluster.finish_client_load(&load, Duration::from_secs(120)).unwrap();
     let stats: Vec<serde_json::Value> = (0..3).map(|i| cluster.node_stats(i).unwrap()).collect();
@@ -90,8 +127,16 @@ fn an_unreachable_inheritor_aborts_the_handover_and_nothing_changes() {
     let fd_b = &cluster.nodes[1].ns;
     fd_b.exec("nft", &["-f", &path.display().to_string()]).unwrap();
     let held = cluster.node_stats(0).unwrap()["totals"]["active"].as_u64().unwrap();
-    let err = cluster.migrate("disengage", "fd-a").unwrap_err().to_string();
-    assert!(err.contains("nothing was cut"), "{err}");
+    // fd-b is the named inheritor: every bucket of fd-a would go to it.
+    let err = cluster
+        .migrate(&["disengage", "fd-a", "--inheritor", "fd-b"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("aborted, nothing changed") && err.contains("inheritor 1 was lost"),
+        "{err}"
+    );
+    assert_eq!(status_of(&cluster, 0), "Active");
     let after = cluster.node_stats(0).unwrap();
     assert!(
         after["totals"]["active"].as_u64().unwrap() >= held,
@@ -105,8 +150,8 @@ fn an_unreachable_inheritor_aborts_the_handover_and_nothing_changes() {
 
     // Once fd-b answers again, the same disengage goes through.
     fd_b.exec("nft", &["delete", "table", "inet", "handoff_test"]).unwrap();
-    let out = cluster.migrate("disengage", "fd-a").unwrap();
-    assert!(out.contains("fd-a is disengaged"), "{out}");
+    let out = cluster.migrate(&["disengage", "fd-a", "--inheritor", "fd-b"]).unwrap();
+    assert!(disengaged(&out), "{out}");
 
     let LoadReports { sink, tcp, .. } = cluster.finish_client_load(&load, Duration::from_secs(120)).unwrap();
     assert_eq!(
@@ -135,12 +180,17 @@ fn ten_disengage_engage_cycles_in_a_row_lose_nothing() {
         })
         .unwrap();
     std::thread::sleep(Duration::from_secs(3));
+    // Every way of choosing inheritors takes its turn.
+    let inheritors = ["auto", "least-flows", "fd-b", "fd-c", "spread"];
     for cycle in 0..CYCLES {
-        let out = cluster.migrate("disengage", "fd-a").unwrap();
-        assert!(out.contains("fd-a is disengaged"), "cycle {cycle}: {out}");
+        let inheritor = inheritors[cycle % inheritors.len()];
+        let out = cluster
+            .migrate(&["disengage", "fd-a", "--inheritor", inheritor])
+            .unwrap();
+        assert!(disengaged(&out), "cycle {cycle}: {out}");
         std::thread::sleep(Duration::from_millis(500));
-        let out = cluster.migrate("engage", "fd-a").unwrap();
-        assert!(out.contains("back in the scope"), "cycle {cycle}: {out}");
+        let out = cluster.migrate(&["engage", "fd-a"]).unwrap();
+        assert!(engaged(&out), "cycle {cycle}: {out}");
         std::thread::sleep(Duration::from_millis(500));
     }
     let LoadReports { sink, tcp, .. } = cluster.finish_client_load(&load, Duration::from_secs(180)).unwrap();
@@ -153,5 +203,49 @@ fn ten_disengage_engage_cycles_in_a_row_lose_nothing() {
     assert!(tcp.ok(), "{tcp:?}");
     for s in &stats {
         assert_eq!(s["totals"]["dropped"], 0, "{stats:#?}");
+    }
+}
+
+#[test]
+fn a_node_killed_while_disengaging_is_failed_and_the_others_take_its_buckets() {
+    if !privileged("a_node_killed_while_disengaging_is_failed_and_the_others_take_its_buckets") {
+        return;
+    }
+    let mut cluster = Cluster::service_path(2).unwrap();
+    let load = cluster.start_client_load(&LOAD).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let fd_a = cluster.process_named("fd-a").unwrap().pid() as libc::pid_t;
+    let err = std::thread::scope(|s| {
+        let running = s.spawn(|| cluster.migrate(&["disengage", "fd-a"]));
+        while status_of(&cluster, 0) != "Disengaging" && !running.is_finished() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // SAFETY: fd_a is the pid of the node process this test started and
+        // has not yet reaped.
+        assert_eq!(unsafe { libc::kill(fd_a, libc::SIGKILL) }, 0);
+        running.join().unwrap()
+    });
+    // Killed before its purge finished: the migration reports the loss (if
+    // fd-a had finished first, the disengage would have succeeded instead).
+    let err = err.unwrap_err().to_string();
+    assert!(err.contains("node lost") && err.contains("FAILED"), "{err}");
+    assert_eq!(status_of(&cluster, 0), "Failed");
+
+    // Failover takes fd-a out of the scope (if the flip had not already), and
+    // the survivors serve everything.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while cluster.admin(&["status"]).unwrap()["members"][0]["in_scope"] != false {
+        assert!(std::time::Instant::now() < deadline, "fd-a stayed in the scope");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let survivors_before: Vec<u64> = (1..3).map(|i| rx_of(&cluster.node_stats(i).unwrap())).collect();
+    let LoadReports { gen, sink, tcp } = cluster.finish_client_load(&load, Duration::from_secs(120)).unwrap();
+    assert_eq!(gen.sent, COUNT);
+    // What fd-a held when it died, and what reached it until the failover
+    // flip, is lost; everything else comes back.
+    assert!(sink.received > COUNT * 8 / 10, "{sink:?}\n{tcp:?}");
+    for (i, before) in (1..3).zip(survivors_before) {
+        let after = rx_of(&cluster.node_stats(i).unwrap());
+        assert!(after > before, "fd-{i} kept forwarding: {before} -> {after}");
     }
 }

@@ -36,7 +36,7 @@ fn udp_echo_and_kernel_tcp_cross_the_nodes_with_no_loss_and_owner_forwarding() {
     // its connections: its packets now reach other nodes, which must forward
     // them to fd-a, their owner.
     std::thread::sleep(Duration::from_secs(4));
-    let flip = cluster.scope_remove_everywhere("fd-a").unwrap();
+    let flip = cluster.scope_remove("fd-a").unwrap();
     assert_eq!(flip["result"], "scope_changed", "{flip}");
     let edge_at_flip = cluster.admin(&["stats"]).unwrap();
     let fd_a_at_flip = cluster.node_stats(0).unwrap();

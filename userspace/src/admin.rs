@@ -4,7 +4,7 @@
 //! works across network namespaces.
 
 use anyhow::{bail, Context, Result};
-use crossbeam::channel::{bounded, Sender};
+use crossbeam::channel::{unbounded, Sender};
 use serde::{Deserialize, Serialize};
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -38,12 +38,36 @@ pub enum AdminRequest {
         /// Member name.
         member: String,
     },
-    /// (Node) Hand this node's connections to their owners in the scope
-    /// without it: copy, cut (redirect), broadcast the new ownership.
-    HandOver,
-    /// (Node) After the scope flip: hand over what was created since, wait
-    /// until no packet arrives and the rings are empty, then purge.
-    Release,
+    /// (Edge) Take `node` out of service with its connections: the manager
+    /// runs the migration (select, copy, broadcast, flip, drain, purge).
+    Disengage {
+        /// Node name.
+        node: String,
+        /// `auto` or `spread` (its buckets spread as the next scope assigns
+        /// them), `least-flows`, or a member's name.
+        #[serde(default = "auto")]
+        inheritor: String,
+    },
+    /// (Edge) Put `node` back into the scope.
+    Engage {
+        /// Node name.
+        node: String,
+    },
+}
+
+fn auto() -> String {
+    "auto".into()
+}
+
+impl AdminRequest {
+    /// How long the caller waits for each response line: a migration reports
+    /// every phase as it starts, and ends by its own deadline.
+    pub fn patience(&self) -> Duration {
+        match self {
+            Self::Disengage { .. } | Self::Engage { .. } => Duration::from_secs(600),
+            _ => Duration::from_secs(30),
+        }
+    }
 }
 
 /// A response.
@@ -63,7 +87,9 @@ pub enum AdminResponse {
         /// Active generation after the flip.
         generation: u32,
     },
-    /// A step of a migration finished; what it did.
+    /// A migration entered a phase; more lines follow.
+    Progress(serde_json::Value),
+    /// A migration finished; what it did.
     Done(serde_json::Value),
     /// The request failed.
     Error {
@@ -95,8 +121,16 @@ pub fn serve(path: &Path, calls: Sender<AdminCall>, stop: Arc<AtomicBool>) -> Re
         while !thread_stop.load(Ordering::Relaxed) {
             match listener.accept() {
                 Ok((stream, _)) => {
-                    if let Err(e) = handle(stream, &calls) {
-                        tracing::warn!(error = %e, "admin connection");
+                    // A connection each: a migration's caller waits minutes
+                    // while others ask for status (and get "busy").
+                    let calls = calls.clone();
+                    let spawned = std::thread::Builder::new().name("admin-call".into()).spawn(move || {
+                        if let Err(e) = handle(stream, &calls) {
+                            tracing::warn!(error = %e, "admin connection");
+                        }
+                    });
+                    if let Err(e) = spawned {
+                        tracing::warn!(error = %e, "cannot serve an admin connection");
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
@@ -130,33 +164,52 @@ fn handle(stream: UnixStream, calls: &Sender<AdminCall>) -> Result<()> {
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
     BufReader::new((&stream).take(MAX_LINE)).read_line(&mut line)?;
-    let response = match serde_json::from_str::<AdminRequest>(line.trim()) {
-        Err(e) => AdminResponse::Error {
-            message: format!("malformed request: {e}"),
-        },
-        Ok(request) => {
-            let (tx, rx) = bounded(1);
-            if calls.send((request, tx)).is_err() {
-                AdminResponse::Error {
-                    message: "the daemon is shutting down".into(),
-                }
-            } else {
-                // Scope changes wait out the generation grace period; migrations report progress separately.
-                rx.recv_timeout(Duration::from_secs(30))
-                    .unwrap_or(AdminResponse::Error {
-                        message: "the daemon did not answer in time".into(),
-                    })
-            }
+    let write = |response: &AdminResponse| -> Result<()> {
+        let mut out = serde_json::to_string(response)?;
+        out.push('\n');
+        (&stream).write_all(out.as_bytes())?;
+        Ok(())
+    };
+    let request = match serde_json::from_str::<AdminRequest>(line.trim()) {
+        Ok(request) => request,
+        Err(e) => {
+            return write(&AdminResponse::Error {
+                message: format!("malformed request: {e}"),
+            })
         }
     };
-    let mut out = serde_json::to_string(&response)?;
-    out.push('\n');
-    (&stream).write_all(out.as_bytes())?;
-    Ok(())
+    let patience = request.patience();
+    let (tx, rx) = unbounded();
+    if calls.send((request, tx)).is_err() {
+        return write(&AdminResponse::Error {
+            message: "the daemon is shutting down".into(),
+        });
+    }
+    loop {
+        let response = rx.recv_timeout(patience).unwrap_or(AdminResponse::Error {
+            message: "the daemon did not answer in time".into(),
+        });
+        // The caller may have gone; the daemon's work goes on regardless.
+        let _ = write(&response);
+        if !matches!(response, AdminResponse::Progress(_)) {
+            return Ok(());
+        }
+    }
 }
 
 /// Sends one request to the daemon at `path` and returns its response.
 pub fn call(path: &Path, request: &AdminRequest, timeout: Duration) -> Result<AdminResponse> {
+    call_with_progress(path, request, timeout, |_| {})
+}
+
+/// Sends one request and returns its final response, handing every
+/// progress line to `progress` as it arrives. `timeout` bounds each line.
+pub fn call_with_progress(
+    path: &Path,
+    request: &AdminRequest,
+    timeout: Duration,
+    mut progress: impl FnMut(&serde_json::Value),
+) -> Result<AdminResponse> {
     let stream = UnixStream::connect(path)
         .with_context(|| format!("connecting to {} (is the edge daemon running?)", path.display()))?;
     stream.set_read_timeout(Some(timeout))?;
@@ -164,11 +217,17 @@ pub fn call(path: &Path, request: &AdminRequest, timeout: Duration) -> Result<Ad
     let mut line = serde_json::to_string(request)?;
     line.push('\n');
     (&stream).write_all(line.as_bytes())?;
-    let mut reply = String::new();
-    BufReader::new((&stream).take(16 * 1024 * 1024))
-        .read_line(&mut reply)
-        .context("reading the response")?;
-    serde_json::from_str(reply.trim()).with_context(|| format!("malformed response {reply:?}"))
+    let mut reader = BufReader::new((&stream).take(64 * 1024 * 1024));
+    loop {
+        let mut reply = String::new();
+        if reader.read_line(&mut reply).context("reading the response")? == 0 {
+            bail!("the daemon closed the connection without an answer");
+        }
+        match serde_json::from_str(reply.trim()).with_context(|| format!("malformed response {reply:?}"))? {
+            AdminResponse::Progress(line) => progress(&line),
+            last => return Ok(last),
+        }
+    }
 }
 
 #[cfg(test)]

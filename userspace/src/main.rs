@@ -1,6 +1,6 @@
 //! `handoff`: the edge daemon, the node daemon and the operator commands.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use handoff::{
     admin::{self, AdminRequest, AdminResponse},
@@ -38,21 +38,26 @@ enum Command {
     Status(AdminArgs),
     /// Show the data-plane counters of the edge or of a node.
     Stats(AdminArgs),
-    /// Take NODE out of service: hand its connections to their inheritors,
-    /// flip the scope without it (edge and nodes), drain and purge it.
+    /// Take NODE out of service with its connections. The edge's migration
+    /// manager runs it: select, copy, broadcast, flip, drain, purge; each
+    /// phase is printed as it starts.
     Disengage {
         /// The node's name.
         node: String,
+        /// Who inherits: `auto` or `spread` (the buckets spread as the next
+        /// scope assigns them), `least-flows`, or a member's name.
+        #[arg(long, default_value = "auto")]
+        inheritor: String,
         #[command(flatten)]
-        cluster: ClusterArgs,
+        admin: AdminArgs,
     },
-    /// Put NODE back into the scope (edge and nodes). Connections stay with
-    /// their owners; NODE takes new ones.
+    /// Put NODE back into the scope. Connections stay with their owners;
+    /// NODE takes new ones.
     Engage {
         /// The node's name.
         node: String,
         #[command(flatten)]
-        cluster: ClusterArgs,
+        admin: AdminArgs,
     },
     /// Change the hash scope directly, without migrating state.
     Scope {
@@ -66,16 +71,6 @@ struct AdminArgs {
     /// The admin socket of the edge or of a node.
     #[arg(long, default_value = "/run/handoff/edge.sock")]
     admin: PathBuf,
-}
-
-#[derive(clap::Args, Debug)]
-struct ClusterArgs {
-    /// The edge daemon's admin socket.
-    #[arg(long)]
-    edge_admin: PathBuf,
-    /// Every node's admin socket (repeat the flag).
-    #[arg(long = "node-admin", required = true)]
-    node_admins: Vec<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -105,51 +100,24 @@ fn admin_call(admin: &AdminArgs, request: AdminRequest) -> Result<()> {
     Ok(())
 }
 
-const PROCEDURE_TIMEOUT: Duration = Duration::from_secs(35);
-
-/// One admin request that must succeed; returns its result.
-fn step(socket: &std::path::Path, request: &AdminRequest) -> Result<serde_json::Value> {
-    match admin::call(socket, request, PROCEDURE_TIMEOUT)? {
-        AdminResponse::Error { message } => anyhow::bail!("{}: {message}", socket.display()),
-        other => Ok(serde_json::to_value(other)?),
-    }
-}
-
-/// The admin socket of the node named `node`.
-fn node_socket<'a>(cluster: &'a ClusterArgs, node: &str) -> Result<&'a PathBuf> {
-    for socket in &cluster.node_admins {
-        if step(socket, &AdminRequest::Status)?["node"] == node {
-            return Ok(socket);
+/// Runs a migration through the edge, printing each phase as it starts.
+fn migrate(admin: &AdminArgs, request: AdminRequest) -> Result<()> {
+    let response = admin::call_with_progress(&admin.admin, &request, request.patience(), |line| {
+        println!(
+            "[{:>8.1} ms] {}: {}",
+            line["at_ms"].as_f64().unwrap_or(0.0),
+            line["phase"].as_str().unwrap_or("?"),
+            line["detail"]
+        );
+    })?;
+    match response {
+        AdminResponse::Done(report) => {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
         }
+        AdminResponse::Error { message } => anyhow::bail!("{message}"),
+        other => anyhow::bail!("unexpected answer: {other:?}"),
     }
-    anyhow::bail!("no --node-admin socket belongs to {node}")
-}
-
-fn flip_everywhere(cluster: &ClusterArgs, request: &AdminRequest) -> Result<serde_json::Value> {
-    let edge = step(&cluster.edge_admin, request).context("flipping the edge's scope")?;
-    for socket in &cluster.node_admins {
-        step(socket, request).with_context(|| format!("flipping the scope at {}", socket.display()))?;
-    }
-    Ok(edge)
-}
-
-fn disengage(node: &str, cluster: &ClusterArgs) -> Result<()> {
-    let own = node_socket(cluster, node)?;
-    let started = std::time::Instant::now();
-    let phase = |name: &str, detail: &serde_json::Value| {
-        println!("[{:>7.1} ms] {name}: {detail}", started.elapsed().as_secs_f64() * 1e3);
-    };
-    let handed = step(own, &AdminRequest::HandOver).context("handing over (nothing changed)")?;
-    phase("copy + cut + broadcast", &handed);
-    let flip = flip_everywhere(cluster, &AdminRequest::ScopeRemove { member: node.into() })?;
-    phase("flip", &flip);
-    let released = step(own, &AdminRequest::Release).context("draining")?;
-    phase("drain + purge", &released);
-    if released["connections_left"] != 0 {
-        anyhow::bail!("{node} still holds connections: {released}");
-    }
-    println!("{node} is disengaged");
-    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -168,12 +136,8 @@ fn main() -> Result<()> {
             let stop = handoff::shutdown::stop_on_signals()?;
             Node::start(config, stop)?.run()
         }
-        Command::Disengage { node, cluster } => disengage(&node, &cluster),
-        Command::Engage { node, cluster } => {
-            let flip = flip_everywhere(&cluster, &AdminRequest::ScopeAdd { member: node.clone() })?;
-            println!("{node} is back in the scope: {flip}");
-            Ok(())
-        }
+        Command::Disengage { node, inheritor, admin } => migrate(&admin, AdminRequest::Disengage { node, inheritor }),
+        Command::Engage { node, admin } => migrate(&admin, AdminRequest::Engage { node }),
         Command::Status(admin) => admin_call(&admin, AdminRequest::Status),
         Command::Stats(admin) => admin_call(&admin, AdminRequest::Stats),
         Command::Scope {

@@ -62,10 +62,7 @@ fn sample(sockets: Vec<PathBuf>, done: Arc<AtomicBool>) -> Vec<(f64, Vec<u64>)> 
 /// Runs `handoff <verb> fd-a` and prints its lines as they come; returns them.
 fn migrate(cluster: &Cluster, verb: &str, node: &str, t0: Instant) -> Result<Vec<String>> {
     let mut cmd = std::process::Command::new(handoff_testbed::binaries::binary("handoff")?);
-    cmd.args([verb, node]).arg("--edge-admin").arg(cluster.admin_socket());
-    for i in 0..cluster.nodes.len() {
-        cmd.arg("--node-admin").arg(cluster.node_admin_socket(i));
-    }
+    cmd.args([verb, node]).arg("--admin").arg(cluster.admin_socket());
     let mut child = cmd.stdout(std::process::Stdio::piped()).spawn()?;
     let mut lines = Vec::new();
     if let Some(out) = child.stdout.take() {

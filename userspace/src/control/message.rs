@@ -536,12 +536,14 @@ pub enum AbortReason {
 
 /// Ends a migration attempt; the old scope stays and the migrating node keeps
 /// (or takes back) ownership of everything it had.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Abort {
     /// The attempt.
     pub serial: MigrationSerial,
     /// Why.
     pub reason: AbortReason,
+    /// What the operator reads: the error as the aborting side saw it.
+    pub detail: String,
 }
 
 /// Another migration is running; only one runs at a time.

@@ -160,6 +160,7 @@ pub(super) fn every_body() -> Vec<Body> {
                     theirs: VersionRange { min: 2, max: 3 },
                 },
             },
+            detail: "peer session refused".into(),
         }
         .into(),
         Busy { current: report() }.into(),

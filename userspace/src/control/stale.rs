@@ -248,6 +248,7 @@ mod tests {
         let abort = Abort {
             serial: MigrationSerial(7),
             reason: AbortReason::Cancelled,
+            detail: String::new(),
         };
         assert_eq!(filter.classify(&from(PEER, 2, abort)), Freshness::Current);
         filter.end_migration();

@@ -13,6 +13,11 @@
 //! destinations = ["10.77.9.0/24"]   # VIPs
 //! sources = ["10.77.1.21/32"]       # backends whose replies return through the edge
 //!
+//! [manager]                         # the migration manager (all optional)
+//! migration_timeout_ms = 60000      # a migration's whole budget
+//! hold_down_ms = 5000               # after a migration, before automatic actions
+//! failover_after_ms = 3000          # a FAILED member in the scope is removed after this; 0 = never
+//!
 //! [[members]]
 //! name = "fd-a"
 //! id = 0
@@ -69,7 +74,42 @@ struct RawFile {
     #[serde(default)]
     cluster: RawCluster,
     #[serde(default)]
+    manager: RawManager,
+    #[serde(default)]
     members: Vec<RawMember>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManager {
+    #[serde(default = "default_migration_timeout_ms")]
+    migration_timeout_ms: u64,
+    #[serde(default = "default_hold_down_ms")]
+    hold_down_ms: u64,
+    #[serde(default = "default_failover_after_ms")]
+    failover_after_ms: u64,
+}
+
+impl Default for RawManager {
+    fn default() -> Self {
+        Self {
+            migration_timeout_ms: default_migration_timeout_ms(),
+            hold_down_ms: default_hold_down_ms(),
+            failover_after_ms: default_failover_after_ms(),
+        }
+    }
+}
+
+fn default_migration_timeout_ms() -> u64 {
+    60_000
+}
+
+fn default_hold_down_ms() -> u64 {
+    5_000
+}
+
+fn default_failover_after_ms() -> u64 {
+    3_000
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,6 +170,19 @@ pub struct MemberConfig {
     pub interface: String,
 }
 
+/// The migration manager's limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ManagerConfig {
+    /// A migration's whole budget; past it, it aborts (before the flip) or
+    /// reports the step that did not finish (after).
+    pub migration_timeout: std::time::Duration,
+    /// After a migration ends, automatic actions wait this long.
+    pub hold_down: std::time::Duration,
+    /// A member FAILED this long while in the scope is removed from it;
+    /// `None` leaves that to the operator.
+    pub failover_after: Option<std::time::Duration>,
+}
+
 /// A validated edge configuration.
 #[derive(Clone, Debug)]
 pub struct EdgeConfig {
@@ -151,6 +204,8 @@ pub struct EdgeConfig {
     pub admin_socket: PathBuf,
     /// Where the migration manager listens for nodes, if anywhere.
     pub control_listen: Option<std::net::SocketAddr>,
+    /// The migration manager's limits.
+    pub manager: ManagerConfig,
 }
 
 /// The line in `text` where `needle` first appears after `section`, for error messages.
@@ -316,7 +371,22 @@ impl EdgeConfig {
             })?),
             None => None,
         };
+        if raw.manager.migration_timeout_ms == 0 {
+            return Err(invalid(
+                "[manager]",
+                "manager.migration_timeout_ms",
+                "migration_timeout_ms",
+                "a migration needs a time budget above 0".into(),
+            ));
+        }
+        let manager = ManagerConfig {
+            migration_timeout: std::time::Duration::from_millis(raw.manager.migration_timeout_ms),
+            hold_down: std::time::Duration::from_millis(raw.manager.hold_down_ms),
+            failover_after: (raw.manager.failover_after_ms > 0)
+                .then(|| std::time::Duration::from_millis(raw.manager.failover_after_ms)),
+        };
         Ok(Self {
+            manager,
             interfaces: raw.edge.interfaces,
             xdp_mode,
             hash: HashParams {
@@ -363,6 +433,17 @@ interface = "e1"
         assert_eq!(c.hash.buckets, 65536);
         assert_eq!(c.members[0].mac, [2, 0, 0, 0, 0, 1]);
         assert_eq!(c.destinations.len(), 2);
+        assert_eq!(c.manager.failover_after, Some(std::time::Duration::from_secs(3)));
+        let c = EdgeConfig::parse(
+            &GOOD.replace(
+                "[cluster]",
+                "[manager]\nfailover_after_ms = 0\nhold_down_ms = 10\n\n[cluster]",
+            ),
+            Path::new("edge.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.manager.failover_after, None);
+        assert_eq!(c.manager.hold_down, std::time::Duration::from_millis(10));
     }
 
     #[test]
@@ -379,6 +460,11 @@ interface = "e1"
             "{GOOD}\n[[members]]\nname = \"fd-b\"\nid = 0\nmac = \"02:00:00:00:00:02\"\ninterface = \"e1\"\n"
         ));
         assert!(e.contains("members[1].id") && e.contains("used twice"), "{e}");
+        let e = err(&GOOD.replace("[cluster]", "[manager]\nmigration_timeout_ms = 0\n\n[cluster]"));
+        assert!(
+            e.contains("manager.migration_timeout_ms") && e.contains("edge.toml:7"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -2,8 +2,17 @@
 //! (`Register` → `RegisterAck` with the hash parameters, the scope and the
 //! members) and then send a `Heartbeat` every interval; a node silent for
 //! longer than the failure limit is marked FAILED (see [`Membership`]).
+//!
+//! Each session has an outbox the migration driver writes to (`MigrateStart`,
+//! `ScopeUpdate`, `Flipped`, `Abort`); what a node sends about the running
+//! migration goes to the driver's event channel. Messages from another
+//! incarnation, of an attempt that is not the running one, or repeated, are
+//! refused and counted ([`StalenessFilter`]).
 
-use super::membership::{Membership, Registration};
+use super::{
+    membership::{Membership, Registration},
+    migration::Coordinator,
+};
 use crate::{
     control::{
         codec::Envelope,
@@ -11,9 +20,11 @@ use crate::{
         io::{read_frame, read_frame_within, write_frame, FrameIoError},
         message::{Body, MemberInfo, Register, RegisterAck},
         scope_wire::WireScope,
+        stale::{Freshness, StalenessFilter},
     },
     scope::{HashParams, Scope},
 };
+use crossbeam::channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use std::{
     collections::BTreeMap,
     io::ErrorKind,
@@ -32,6 +43,8 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
 pub const FAILURE_AFTER: Duration = Duration::from_millis(1000);
 /// How long a node may take to send its registration.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages queued for one node at most.
+const OUTBOX: usize = 1024;
 
 /// What the control port and the edge's loop share.
 #[derive(Debug)]
@@ -46,6 +59,22 @@ pub struct ManagerState {
     pub configured: BTreeMap<u16, String>,
     /// Each registered member's registration, for the member lists.
     pub registrations: BTreeMap<u16, (Incarnation, Register)>,
+    /// Each live session's outbox.
+    pub outboxes: BTreeMap<u16, Sender<Body>>,
+    /// Admits one migration at a time.
+    pub coordinator: Coordinator,
+    /// Where the running migration's messages from its node go.
+    pub migration_events: Option<Sender<Body>>,
+    /// Messages refused as stale or duplicate.
+    pub refused: u64,
+}
+
+impl ManagerState {
+    /// Queues `body` for `node`; false if it has no live session or its
+    /// outbox is full.
+    pub fn send(&self, node: u16, body: Body) -> bool {
+        self.outboxes.get(&node).is_some_and(|o| o.try_send(body).is_ok())
+    }
 }
 
 /// Locks the shared state; a panic elsewhere does not make it unusable.
@@ -147,7 +176,7 @@ fn serve_member(mut stream: TcpStream, state: &Mutex<ManagerState>, incarnation:
         }
     };
     let mut serial = 1u64;
-    let envelope = |serial: &mut u64, body: Body| {
+    let envelope = move |serial: &mut u64, body: Body| {
         *serial += 1;
         Envelope::new(
             WireSender::Manager,
@@ -161,27 +190,271 @@ fn serve_member(mut stream: TcpStream, state: &Mutex<ManagerState>, incarnation:
     {
         return;
     }
-    let member_incarnation = first.incarnation;
-    while !stop.load(Ordering::Relaxed) {
-        match read_frame(&mut stream) {
-            Ok(envelope) => match envelope.body {
-                Body::Heartbeat(beat) => {
-                    let flows = beat.workers.iter().map(|w| w.flows).sum();
-                    if let Err(e) = lock(state)
-                        .membership
-                        .heartbeat(id, envelope.incarnation, flows, Instant::now())
-                    {
-                        tracing::warn!(%peer, error = %e, "heartbeat refused; closing");
-                        return;
-                    }
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let (outbox, queued) = bounded::<Body>(OUTBOX);
+    lock(state).outboxes.insert(id, outbox.clone());
+    let written = std::thread::Builder::new().name("member-out".into()).spawn(move || {
+        write_outbox(&mut writer, &queued, |body| envelope(&mut serial, body));
+    });
+    if written.is_ok() {
+        read_member(&mut stream, id, first.incarnation, state, stop, &peer);
+    }
+    let mut s = lock(state);
+    if s.outboxes.get(&id).is_some_and(|o| o.same_channel(&outbox)) {
+        s.outboxes.remove(&id);
+    }
+    // The writer ends once the last sender is gone.
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+/// Writes what the driver queues until the session's sender is dropped.
+fn write_outbox(stream: &mut TcpStream, queued: &Receiver<Body>, mut envelope: impl FnMut(Body) -> Envelope) {
+    loop {
+        match queued.recv_timeout(HEARTBEAT_INTERVAL) {
+            Ok(body) => {
+                if let Err(e) = write_frame(stream, &envelope(body)) {
+                    tracing::warn!(error = %e, "writing to a member");
+                    return;
                 }
-                other => tracing::warn!(%peer, kind = ?other.kind(), "unexpected message from a member"),
-            },
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+/// Reads heartbeats and migration messages until the session breaks.
+fn read_member(
+    stream: &mut TcpStream,
+    id: u16,
+    member_incarnation: Incarnation,
+    state: &Mutex<ManagerState>,
+    stop: &AtomicBool,
+    peer: &str,
+) {
+    let mut filter = StalenessFilter::new(member_incarnation);
+    while !stop.load(Ordering::Relaxed) {
+        let envelope = match read_frame(stream) {
+            Ok(envelope) => envelope,
             Err(FrameIoError::Timeout { received: 0 }) => continue,
             Err(e) => {
                 tracing::info!(%peer, node = id, incarnation = %member_incarnation, error = %e, "member session ended");
                 return;
             }
+        };
+        let mut s = lock(state);
+        match s.coordinator.running() {
+            Some(r) if r.target == id => {
+                if filter.active_migration() != Some(r.serial) {
+                    filter.begin_migration(r.serial);
+                }
+            }
+            _ => filter.end_migration(),
         }
+        let verdict = filter.classify(&envelope);
+        if verdict != Freshness::Current {
+            s.refused += 1;
+            tracing::warn!(%peer, node = id, kind = ?envelope.body.kind(), ?verdict, "member message refused");
+            continue;
+        }
+        match envelope.body {
+            Body::Heartbeat(beat) => {
+                let flows = beat.workers.iter().map(|w| w.flows).sum();
+                if let Err(e) =
+                    s.membership
+                        .heartbeat(id, envelope.incarnation, flows, beat.scope_version, Instant::now())
+                {
+                    tracing::warn!(%peer, error = %e, "heartbeat refused; closing");
+                    return;
+                }
+            }
+            body @ (Body::Progress(_) | Body::ReadyToFlip(_) | Body::Drained(_) | Body::Purged(_) | Body::Abort(_)) => {
+                if s.migration_events.as_ref().is_none_or(|e| e.try_send(body).is_err()) {
+                    s.refused += 1;
+                    tracing::warn!(%peer, node = id, "migration message with no migration to take it");
+                }
+            }
+            other => tracing::warn!(%peer, kind = ?other.kind(), "unexpected message from a member"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{
+        codec::SUPPORTED_VERSIONS,
+        ids::{MacAddr, MigrationSerial, NodeId},
+        message::{Heartbeat, MigrationMode, Progress, ReadyToFlip},
+    };
+
+    const NODE: u16 = 1;
+    const NODE_RUN: Incarnation = Incarnation(77);
+
+    fn state() -> Arc<Mutex<ManagerState>> {
+        let hash = HashParams {
+            buckets: 64,
+            symmetric: false,
+            seed: 0,
+        };
+        Arc::new(Mutex::new(ManagerState {
+            membership: Membership::new(FAILURE_AFTER),
+            hash,
+            scope: Scope::initial(64, &[0, 1]).unwrap(),
+            configured: [(0, "fd-a".to_string()), (NODE, "fd-b".to_string())].into(),
+            registrations: BTreeMap::new(),
+            outboxes: BTreeMap::new(),
+            coordinator: Coordinator::new(Duration::ZERO),
+            migration_events: None,
+            refused: 0,
+        }))
+    }
+
+    fn register(name: &str) -> Register {
+        Register {
+            name: name.into(),
+            software_version: "test".into(),
+            protocol: SUPPORTED_VERSIONS,
+            capabilities: Capabilities::THIS_BUILD,
+            control_addr: "127.0.0.1:1".parse().unwrap(),
+            data_mac: MacAddr([2, 0, 0, 0, 0, 2]),
+            data_ip: "127.0.0.1".parse().unwrap(),
+            workers: 1,
+            in_progress: None,
+        }
+    }
+
+    fn send(stream: &mut TcpStream, incarnation: Incarnation, serial: u64, body: impl Into<Body>) {
+        let envelope = Envelope::new(
+            WireSender::Node(NodeId::new(NODE).unwrap()),
+            incarnation,
+            NonZeroU64::new(serial).unwrap(),
+            body,
+        );
+        write_frame(stream, &envelope).unwrap();
+    }
+
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn the_session_takes_current_messages_and_refuses_stale_and_repeated_ones() {
+        let state = state();
+        let stop = Arc::new(AtomicBool::new(false));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let manager = {
+            let (state, stop) = (Arc::clone(&state), Arc::clone(&stop));
+            std::thread::spawn(move || run_listener(listener, state, Incarnation(5), stop))
+        };
+        let mut stream = TcpStream::connect(address).unwrap();
+        send(&mut stream, NODE_RUN, 1, register("fd-b"));
+        let ack = read_frame_within(&stream, Duration::from_secs(5)).unwrap();
+        assert!(matches!(ack.body, Body::RegisterAck(_)), "{:?}", ack.body.kind());
+        wait_until("the outbox", || lock(&state).outboxes.contains_key(&NODE));
+
+        send(
+            &mut stream,
+            NODE_RUN,
+            2,
+            Heartbeat {
+                scope_version: 1,
+                workers: vec![],
+            },
+        );
+        wait_until("the heartbeat", || {
+            lock(&state).membership.member(NODE).unwrap().scope_version == 1
+        });
+        let refused = |n: u64| {
+            let state = Arc::clone(&state);
+            move || lock(&state).refused == n
+        };
+        // The same message serial again: a duplicate.
+        send(
+            &mut stream,
+            NODE_RUN,
+            2,
+            Heartbeat {
+                scope_version: 9,
+                workers: vec![],
+            },
+        );
+        wait_until("the duplicate refused", refused(1));
+        // Another run of the node.
+        send(
+            &mut stream,
+            Incarnation(76),
+            3,
+            Heartbeat {
+                scope_version: 9,
+                workers: vec![],
+            },
+        );
+        wait_until("the old incarnation refused", refused(2));
+        // A migration message while none runs.
+        send(
+            &mut stream,
+            NODE_RUN,
+            4,
+            ReadyToFlip {
+                serial: MigrationSerial(1),
+                flows_handed_over: 3,
+            },
+        );
+        wait_until("the stray message refused", refused(3));
+
+        let (events_tx, events) = crossbeam::channel::bounded(8);
+        let running = {
+            let mut s = lock(&state);
+            s.migration_events = Some(events_tx);
+            s.coordinator
+                .begin(MigrationMode::Disengage, NODE, Instant::now(), Duration::from_secs(30))
+                .unwrap()
+        };
+        // A late message of an earlier attempt, then the running one's.
+        let late = MigrationSerial(running.serial.0 + 100);
+        send(
+            &mut stream,
+            NODE_RUN,
+            5,
+            ReadyToFlip {
+                serial: late,
+                flows_handed_over: 3,
+            },
+        );
+        wait_until("the late message refused", refused(4));
+        let progress = Progress {
+            serial: running.serial,
+            phase: crate::control::message::Phase::Copy,
+            flows_copied: 1,
+            deltas_sent: 0,
+            flows_remaining: 2,
+        };
+        send(&mut stream, NODE_RUN, 6, progress);
+        assert_eq!(
+            events.recv_timeout(Duration::from_secs(5)).unwrap(),
+            Body::Progress(progress)
+        );
+        assert!(lock(&state).send(
+            NODE,
+            Body::Drained(crate::control::message::Drained { serial: running.serial })
+        ));
+        let written = read_frame_within(&stream, Duration::from_secs(5)).unwrap();
+        assert_eq!(written.sender, WireSender::Manager);
+        assert!(matches!(written.body, Body::Drained(_)));
+        assert_eq!(lock(&state).refused, 4, "nothing else was refused");
+
+        drop(stream);
+        wait_until("the session's end", || !lock(&state).outboxes.contains_key(&NODE));
+        stop.store(true, Ordering::Relaxed);
+        manager.join().unwrap();
     }
 }

@@ -24,6 +24,8 @@ pub struct Member {
     pub flows: u64,
     /// Its workers.
     pub workers: u16,
+    /// The scope version it forwards by, from its last heartbeat.
+    pub scope_version: u64,
 }
 
 /// How a registration was taken.
@@ -77,6 +79,8 @@ pub struct MemberView {
     pub flows: u64,
     /// Its workers.
     pub workers: u16,
+    /// The scope version it forwards by.
+    pub scope_version: u64,
 }
 
 impl Membership {
@@ -110,6 +114,7 @@ impl Membership {
             last_seen: now,
             flows: 0,
             workers,
+            scope_version: 0,
         };
         match self.members.insert(node, fresh) {
             None => Registration::New,
@@ -123,12 +128,13 @@ impl Membership {
         }
     }
 
-    /// Takes a heartbeat reporting `flows`.
+    /// Takes a heartbeat reporting `flows` and the node's `scope_version`.
     pub fn heartbeat(
         &mut self,
         node: u16,
         incarnation: Incarnation,
         flows: u64,
+        scope_version: u64,
         now: Instant,
     ) -> Result<(), HeartbeatError> {
         let member = self.members.get_mut(&node).ok_or(HeartbeatError::Unknown(node))?;
@@ -141,6 +147,7 @@ impl Membership {
         }
         member.last_seen = now;
         member.flows = flows;
+        member.scope_version = scope_version;
         if member.status == MemberStatus::Failed {
             member.status = MemberStatus::Active;
         }
@@ -161,10 +168,15 @@ impl Membership {
     }
 
     /// Records a scope change: members in it are ACTIVE, the others
-    /// DISENGAGED (FAILED ones stay FAILED).
+    /// DISENGAGED. FAILED ones stay FAILED, and a member a migration is
+    /// moving (DISENGAGING, JOINING) keeps its status until the migration
+    /// sets the final one.
     pub fn scope_changed(&mut self, in_scope: &[u32]) {
         for (&id, m) in &mut self.members {
-            if m.status != MemberStatus::Failed {
+            if !matches!(
+                m.status,
+                MemberStatus::Failed | MemberStatus::Disengaging | MemberStatus::Joining
+            ) {
                 m.status = if in_scope.contains(&u32::from(id)) {
                     MemberStatus::Active
                 } else {
@@ -172,6 +184,26 @@ impl Membership {
                 };
             }
         }
+    }
+
+    /// Sets `node`'s status (a migration moves it); false if unknown.
+    pub fn set_status(&mut self, node: u16, status: MemberStatus) -> bool {
+        self.members.get_mut(&node).map(|m| m.status = status).is_some()
+    }
+
+    /// `node` as registered.
+    pub fn member(&self, node: u16) -> Option<&Member> {
+        self.members.get(&node)
+    }
+
+    /// Members that are not FAILED and forward by a scope older than
+    /// `version`: the ones a flip still waits for.
+    pub fn lagging(&self, version: u64) -> Vec<u16> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.status != MemberStatus::Failed && m.scope_version < version)
+            .map(|(&id, _)| id)
+            .collect()
     }
 
     /// Every member, for operators.
@@ -185,6 +217,7 @@ impl Membership {
                 last_seen_ms: now.saturating_duration_since(m.last_seen).as_millis(),
                 flows: m.flows,
                 workers: m.workers,
+                scope_version: m.scope_version,
             })
             .collect()
     }
@@ -201,15 +234,17 @@ mod tests {
         assert_eq!(m.register(0, "fd-a", Incarnation(1), 2, true, t0), Registration::New);
         assert_eq!(m.register(1, "fd-b", Incarnation(7), 2, true, t0), Registration::New);
         let t1 = t0 + Duration::from_millis(500);
-        m.heartbeat(0, Incarnation(1), 42, t1).unwrap();
+        m.heartbeat(0, Incarnation(1), 42, 3, t1).unwrap();
         assert!(m.tick(t1).is_empty());
         let t2 = t0 + Duration::from_millis(700);
         assert_eq!(m.tick(t2), vec![1]);
         assert!(m.tick(t2).is_empty(), "reported once");
         let view = m.view(t2);
         assert_eq!((view[0].status, view[0].flows), (MemberStatus::Active, 42));
+        assert_eq!(m.lagging(3), Vec::<u16>::new(), "the FAILED member is not waited for");
+        assert_eq!(m.lagging(4), vec![0]);
         assert_eq!(view[1].status, MemberStatus::Failed);
-        m.heartbeat(1, Incarnation(7), 0, t2).unwrap();
+        m.heartbeat(1, Incarnation(7), 0, 1, t2).unwrap();
         assert_eq!(m.view(t2)[1].status, MemberStatus::Active);
     }
 
@@ -218,7 +253,7 @@ mod tests {
         let t0 = Instant::now();
         let mut m = Membership::new(Duration::from_secs(1));
         m.register(0, "fd-a", Incarnation(1), 2, true, t0);
-        m.heartbeat(0, Incarnation(1), 10, t0).unwrap();
+        m.heartbeat(0, Incarnation(1), 10, 1, t0).unwrap();
         assert_eq!(m.register(0, "fd-a", Incarnation(1), 2, true, t0), Registration::Again);
         assert_eq!(m.view(t0)[0].flows, 10);
         assert_eq!(
@@ -226,14 +261,17 @@ mod tests {
             Registration::Restarted
         );
         assert_eq!(
-            m.heartbeat(0, Incarnation(1), 10, t0),
+            m.heartbeat(0, Incarnation(1), 10, 1, t0),
             Err(HeartbeatError::StaleIncarnation {
                 node: 0,
                 got: Incarnation(1),
                 registered: Incarnation(2)
             })
         );
-        assert_eq!(m.heartbeat(5, Incarnation(1), 0, t0), Err(HeartbeatError::Unknown(5)));
+        assert_eq!(
+            m.heartbeat(5, Incarnation(1), 0, 1, t0),
+            Err(HeartbeatError::Unknown(5))
+        );
     }
 
     #[test]
@@ -243,7 +281,7 @@ mod tests {
         m.register(0, "fd-a", Incarnation(1), 1, true, t0);
         m.register(1, "fd-b", Incarnation(1), 1, true, t0);
         m.tick(t0 + Duration::from_millis(20));
-        m.heartbeat(0, Incarnation(1), 0, t0 + Duration::from_millis(20))
+        m.heartbeat(0, Incarnation(1), 0, 1, t0 + Duration::from_millis(20))
             .unwrap();
         m.scope_changed(&[1]);
         let v = m.view(t0);
@@ -251,5 +289,13 @@ mod tests {
             (v[0].status, v[1].status),
             (MemberStatus::Disengaged, MemberStatus::Failed)
         );
+        assert!(m.set_status(0, MemberStatus::Joining));
+        m.scope_changed(&[0, 1]);
+        assert_eq!(
+            m.view(t0)[0].status,
+            MemberStatus::Joining,
+            "the migration sets the final status"
+        );
+        assert!(!m.set_status(9, MemberStatus::Active));
     }
 }

@@ -3,19 +3,28 @@
 //! through its single loop, so no lock guards the maps.
 
 pub mod config;
+pub mod driver;
 pub mod manager;
 pub mod membership;
+pub mod migration;
 
 use crate::{
     admin::{self, AdminCall, AdminRequest, AdminResponse},
-    control::ids::Incarnation,
+    control::{
+        ids::{Incarnation, NodeId},
+        message::{Body, InheritorChoice, MemberStatus, MigrationMode, ScopeUpdate},
+        scope_wire::WireScope,
+    },
     scope::Scope,
 };
 use anyhow::{bail, Context, Result};
 use config::{EdgeConfig, MemberConfig};
+use crossbeam::channel::{unbounded, Receiver, Sender};
+use driver::{Driver, FlipRequest};
 use handoff_loader::EdgeProgram;
 use manager::ManagerState;
 use membership::Membership;
+use migration::{Candidate, Coordinator};
 use std::{
     collections::BTreeMap,
     sync::{
@@ -35,6 +44,10 @@ pub struct Edge {
     active: Vec<u32>,
     /// The migration manager's member table and what it tells nodes.
     manager: Arc<Mutex<ManagerState>>,
+    /// Migration drivers ask the loop to flip here.
+    flips: (Sender<FlipRequest>, Receiver<FlipRequest>),
+    /// Since when each FAILED member in the scope has been failed.
+    failed_since: BTreeMap<u32, Instant>,
 }
 
 impl Edge {
@@ -72,6 +85,10 @@ impl Edge {
                 .filter_map(|m| Some((u16::try_from(m.id).ok()?, m.name.clone())))
                 .collect(),
             registrations: BTreeMap::new(),
+            outboxes: BTreeMap::new(),
+            coordinator: Coordinator::new(config.manager.hold_down),
+            migration_events: None,
+            refused: 0,
         }));
         Ok(Self {
             config,
@@ -79,6 +96,8 @@ impl Edge {
             scope,
             active,
             manager,
+            flips: unbounded(),
+            failed_since: BTreeMap::new(),
         })
     }
 
@@ -91,11 +110,32 @@ impl Edge {
     }
 
     /// Publishes a scope over `members`, moving as few buckets as possible.
-    pub fn rescope(&mut self, members: Vec<u32>) -> Result<AdminResponse> {
+    pub fn rescope(&mut self, members: &[u32]) -> Result<AdminResponse> {
         if members.is_empty() {
             bail!("refusing to leave every bucket without an owner");
         }
-        let next = self.scope.rebuilt(&members)?;
+        let next = self.scope.rebuilt(members)?;
+        self.publish(next)
+    }
+
+    /// Publishes `next` as the scope. Refuses a table with an unowned bucket
+    /// or an owner that is not a member.
+    pub fn publish(&mut self, next: Scope) -> Result<AdminResponse> {
+        if next.table.len() != self.scope.table.len() {
+            bail!(
+                "a scope of {} buckets, the edge has {}",
+                next.table.len(),
+                self.scope.table.len()
+            );
+        }
+        if let Some(bad) = next
+            .table
+            .iter()
+            .find(|&&owner| !self.config.members.iter().any(|m| m.id == owner))
+        {
+            bail!("refusing a scope with bucket owner {bad}, not a member");
+        }
+        let members = next.members();
         let moved = self.scope.moves(&next).count();
         let write = self.program.publish_scope(&next.table)?;
         tracing::info!(
@@ -108,6 +148,13 @@ impl Edge {
             let mut m = manager::lock(&self.manager);
             m.scope = next.clone();
             m.membership.scope_changed(&members);
+            // Every node forwards by the edge's scope: they find owners by it.
+            for (&node, (_, registration)) in &m.registrations {
+                let scope = WireScope::new(&next, registration.capabilities);
+                if !m.send(node, Body::ScopeUpdate(ScopeUpdate { scope })) {
+                    tracing::warn!(node, "no live session for the scope update");
+                }
+            }
         }
         self.scope = next;
         self.active = members;
@@ -119,7 +166,10 @@ impl Edge {
     }
 
     fn status(&self) -> serde_json::Value {
-        let registered = manager::lock(&self.manager).membership.view(Instant::now());
+        let (registered, migration, refused) = {
+            let m = manager::lock(&self.manager);
+            (m.membership.view(Instant::now()), m.coordinator.report(), m.refused)
+        };
         let members: Vec<_> = self
             .config
             .members
@@ -134,6 +184,7 @@ impl Edge {
                     "status": member.map(|r| r.status),
                     "last_seen_ms": member.map(|r| r.last_seen_ms),
                     "flows": member.map(|r| r.flows),
+                    "scope_version": member.map(|r| r.scope_version),
                 })
             })
             .collect();
@@ -142,6 +193,8 @@ impl Edge {
             "generation": self.program.active_generation(),
             "buckets": self.config.hash.buckets,
             "members": members,
+            "migration": migration,
+            "control_messages_refused": refused,
         })
     }
 
@@ -165,7 +218,8 @@ impl Edge {
         Ok(serde_json::json!({"reasons": named, "members": per_member}))
     }
 
-    fn handle(&mut self, request: AdminRequest) -> AdminResponse {
+    /// Answers `request`; a migration's driver answers it later itself.
+    fn handle(&mut self, request: AdminRequest, reply: Sender<AdminResponse>) {
         let result = match request {
             AdminRequest::Status => Ok(AdminResponse::Status(self.status())),
             AdminRequest::Stats => self.stats().map(AdminResponse::Stats),
@@ -174,7 +228,7 @@ impl Edge {
                 if rest.len() == self.active.len() {
                     bail!("{member} is not in the scope");
                 }
-                self.rescope(rest)
+                self.rescope(&rest)
             }),
             AdminRequest::ScopeAdd { member } => self.member(&member).map(|m| m.id).and_then(|id| {
                 if self.active.contains(&id) {
@@ -182,15 +236,166 @@ impl Edge {
                 }
                 let mut with = self.active.clone();
                 with.push(id);
-                self.rescope(with)
+                self.rescope(&with)
             }),
-            AdminRequest::HandOver | AdminRequest::Release => Err(anyhow::anyhow!(
-                "the edge has no connections to hand over; ask the node"
-            )),
+            AdminRequest::Disengage { node, inheritor } => {
+                match self.start_migration(MigrationMode::Disengage, &node, &inheritor, &reply) {
+                    Ok(()) => return,
+                    Err(e) => Err(e),
+                }
+            }
+            AdminRequest::Engage { node } => match self.start_migration(MigrationMode::Engage, &node, "", &reply) {
+                Ok(()) => return,
+                Err(e) => Err(e),
+            },
         };
-        result.unwrap_or_else(|e| AdminResponse::Error {
+        let _ = reply.send(result.unwrap_or_else(|e| AdminResponse::Error {
             message: format!("{e:#}"),
+        }));
+    }
+
+    fn inheritor_choice(&self, inheritor: &str) -> Result<InheritorChoice> {
+        Ok(match inheritor {
+            "auto" | "spread" => InheritorChoice::Spread,
+            "least-flows" => InheritorChoice::LeastFlows,
+            name => InheritorChoice::Named(NodeId::new(u16::try_from(self.member(name)?.id)?)?),
         })
+    }
+
+    /// Admits a migration of `node` and starts its driver, which answers `reply`.
+    fn start_migration(
+        &mut self,
+        mode: MigrationMode,
+        node: &str,
+        inheritor: &str,
+        reply: &Sender<AdminResponse>,
+    ) -> Result<()> {
+        if self.config.control_listen.is_none() {
+            bail!("the migration manager is off: set edge.control_listen so nodes can register");
+        }
+        let target = u16::try_from(self.member(node)?.id)?;
+        let choice = match mode {
+            MigrationMode::Disengage => Some(self.inheritor_choice(inheritor)?),
+            MigrationMode::Engage => None,
+        };
+        let now = Instant::now();
+        let mut state = manager::lock(&self.manager);
+        let status = state
+            .membership
+            .member(target)
+            .map(|m| m.status)
+            .ok_or(migration::Refusal::NotRegistered(target))?;
+        let in_scope = self.active.contains(&u32::from(target));
+        let plan = match choice {
+            Some(choice) => {
+                if status != MemberStatus::Active || !in_scope {
+                    return Err(migration::Refusal::WrongStatus {
+                        node: target,
+                        status,
+                        mode,
+                        needed: "ACTIVE and in the scope",
+                    }
+                    .into());
+                }
+                let candidates: Vec<Candidate> = state
+                    .membership
+                    .view(now)
+                    .into_iter()
+                    .map(|m| Candidate {
+                        node: m.node,
+                        status: m.status,
+                        flows: m.flows,
+                    })
+                    .collect();
+                migration::plan_disengage(&self.scope, target, choice, &candidates)?
+            }
+            None => {
+                if status != MemberStatus::Disengaged || in_scope || !state.outboxes.contains_key(&target) {
+                    return Err(migration::Refusal::WrongStatus {
+                        node: target,
+                        status,
+                        mode,
+                        needed: "DISENGAGED, out of the scope, with a live session",
+                    }
+                    .into());
+                }
+                migration::plan_engage(&self.scope, target)?
+            }
+        };
+        let running = state
+            .coordinator
+            .begin(mode, target, now, self.config.manager.migration_timeout)?;
+        let (events_tx, events) = crossbeam::channel::bounded(1024);
+        state.migration_events = Some(events_tx);
+        state.membership.set_status(
+            target,
+            match mode {
+                MigrationMode::Disengage => MemberStatus::Disengaging,
+                MigrationMode::Engage => MemberStatus::Joining,
+            },
+        );
+        drop(state);
+        tracing::info!(serial = %running.serial, ?mode, node, "migration admitted");
+        let driver = Driver::new(
+            Arc::clone(&self.manager),
+            self.flips.0.clone(),
+            reply.clone(),
+            running,
+            events,
+        );
+        let spawned = std::thread::Builder::new()
+            .name("migration".into())
+            .spawn(move || driver.run(&plan));
+        if let Err(e) = spawned {
+            let mut state = manager::lock(&self.manager);
+            state.coordinator.end(running.serial, Instant::now());
+            state.migration_events = None;
+            state.membership.set_status(target, status);
+            bail!("cannot start the migration thread: {e}");
+        }
+        Ok(())
+    }
+
+    /// Removes from the scope every member FAILED for longer than the
+    /// failover limit, when no migration runs and the hold-down is over.
+    fn fail_over(&mut self, now: Instant) {
+        let Some(after) = self.config.manager.failover_after else {
+            return;
+        };
+        let (failed, quiet): (Vec<u32>, bool) = {
+            let m = manager::lock(&self.manager);
+            let failed = m
+                .membership
+                .view(now)
+                .into_iter()
+                .filter(|v| v.status == MemberStatus::Failed)
+                .map(|v| u32::from(v.node))
+                .filter(|id| self.active.contains(id))
+                .collect();
+            (failed, m.coordinator.quiet(now))
+        };
+        self.failed_since.retain(|id, _| failed.contains(id));
+        for &id in &failed {
+            self.failed_since.entry(id).or_insert(now);
+        }
+        let due: Vec<u32> = self
+            .failed_since
+            .iter()
+            .filter(|(_, &since)| now.saturating_duration_since(since) >= after)
+            .map(|(&id, _)| id)
+            .collect();
+        if due.is_empty() || !quiet {
+            return;
+        }
+        let rest: Vec<u32> = self.active.iter().copied().filter(|id| !due.contains(id)).collect();
+        if rest.is_empty() {
+            tracing::error!(?due, "every member in the scope FAILED; keeping the scope");
+            return;
+        }
+        match self.rescope(&rest) {
+            Ok(flip) => tracing::warn!(?due, ?flip, "failover: FAILED members removed from the scope"),
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "failover flip failed"),
+        }
     }
 
     /// Serves the admin socket until `stop` is set, then detaches.
@@ -213,14 +418,26 @@ impl Edge {
             tracing::info!(%address, "manager control port ready");
         }
         tracing::info!(socket = %self.config.admin_socket.display(), "admin socket ready");
+        let flips = self.flips.1.clone();
         while !stop.load(Ordering::Relaxed) {
-            if let Ok((request, reply)) = rx.recv_timeout(Duration::from_millis(100)) {
-                let response = self.handle(request);
-                let _ = reply.send(response);
+            crossbeam::channel::select! {
+                recv(rx) -> call => if let Ok((request, reply)) = call {
+                    self.handle(request, reply);
+                },
+                recv(flips) -> flip => if let Ok(FlipRequest { plan, done }) = flip {
+                    let result = self.publish(plan).map_err(|e| format!("{e:#}")).map(|r| match r {
+                        AdminResponse::ScopeChanged { moved_buckets, .. } => moved_buckets,
+                        _ => 0,
+                    });
+                    let _ = done.send(result);
+                },
+                default(Duration::from_millis(100)) => {}
             }
-            for node in manager::lock(&self.manager).membership.tick(Instant::now()) {
+            let now = Instant::now();
+            for node in manager::lock(&self.manager).membership.tick(now) {
                 tracing::warn!(node, "member FAILED: no heartbeat");
             }
+            self.fail_over(now);
         }
         self.program.detach()?;
         tracing::info!("edge stopped");

@@ -16,15 +16,19 @@ use crate::{
         codec::SUPPORTED_VERSIONS,
         flow::FlowRecordV2,
         ids::{Capabilities, Incarnation, MacAddr, MigrationSerial, NodeId},
-        message::Register,
+        message::{
+            Abort, AbortReason, Body, Drained, Flipped, MigrateStart, MigrationMode, Phase, Progress, Purged,
+            ReadyToFlip, Register,
+        },
     },
     flow::{config::PolicyConfig, Policy},
     io::afxdp::AfXdpPort,
     scope::Scope,
 };
 use anyhow::{bail, Context, Result};
-use crossbeam::channel::{bounded, Sender};
+use crossbeam::channel::{bounded, unbounded, Receiver, Sender};
 use handoff_loader::XskProgram;
+use manager_link::{Link, ManagerOrder, OrderCall};
 use std::{
     collections::BTreeMap,
     sync::{
@@ -63,7 +67,29 @@ pub struct Node {
     identity: Identity,
     /// The last handover attempt's serial.
     handovers: u32,
+    /// The manager's migration this node is in.
+    migration: Option<MigrationSerial>,
+    /// Orders from the manager session.
+    orders: Receiver<OrderCall>,
     stop: Arc<AtomicBool>,
+}
+
+/// Why a handover round failed; nothing was cut in either case.
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    /// An inheritor could not be reached or did not install its share.
+    #[error("handing over to {name}; nothing was cut: {source:#}")]
+    Inheritor {
+        /// Its id.
+        node: u16,
+        /// Its name.
+        name: String,
+        /// What happened.
+        source: anyhow::Error,
+    },
+    /// This node failed.
+    #[error(transparent)]
+    Local(#[from] anyhow::Error),
 }
 
 impl std::fmt::Debug for Node {
@@ -180,6 +206,7 @@ impl Node {
             );
         }
         let scope_version = Arc::new(AtomicU64::new(scope.version));
+        let (order_tx, orders) = unbounded();
         if let Some(manager) = config.manager {
             let register = Register {
                 name: config.name.clone(),
@@ -196,11 +223,19 @@ impl Node {
                 workers: workers as u16,
                 in_progress: None,
             };
-            let (commands, version, stop) = (commands.clone(), Arc::clone(&scope_version), Arc::clone(&stop));
+            let link = Link {
+                manager,
+                identity,
+                register,
+                workers: commands.clone(),
+                scope_version: Arc::clone(&scope_version),
+                orders: order_tx,
+            };
+            let stop = Arc::clone(&stop);
             threads.push(
                 std::thread::Builder::new()
                     .name("manager-link".into())
-                    .spawn(move || manager_link::run(manager, identity, register, commands, &version, &stop))?,
+                    .spawn(move || manager_link::run(&link, &stop))?,
             );
         }
         tracing::info!(node = %config.name, workers, interface = %config.interface, "node up");
@@ -215,6 +250,8 @@ impl Node {
             scope_version,
             identity,
             handovers: 0,
+            migration: None,
+            orders,
             stop,
         })
     }
@@ -266,8 +303,20 @@ impl Node {
     }
 
     /// Rebuilds the scope over `members` and hands every worker the new view.
-    fn rescope(&mut self, members: Vec<u32>) -> Result<AdminResponse> {
-        let next = self.scope.rebuilt(&members)?;
+    fn rescope(&mut self, members: &[u32]) -> Result<AdminResponse> {
+        let next = self.scope.rebuilt(members)?;
+        self.adopt(next)
+    }
+
+    /// Forwards by `next` from now on: every worker gets the new view.
+    fn adopt(&mut self, next: Scope) -> Result<AdminResponse> {
+        if next.table.len() != self.scope.table.len() {
+            bail!(
+                "a scope of {} buckets, this node has {}",
+                next.table.len(),
+                self.scope.table.len()
+            );
+        }
         let moved = self.scope.moves(&next).count();
         let view = Arc::new(NodeView {
             scope: next.clone(),
@@ -300,8 +349,13 @@ impl Node {
     }
 
     /// One handover round towards `next`: export, stream to each inheritor,
-    /// cut, broadcast. Nothing is cut unless every inheritor installed its share.
-    fn handover_round(&mut self, next: &Arc<NodeView>) -> Result<serde_json::Value> {
+    /// cut, broadcast. Nothing is cut unless every inheritor installed its
+    /// share. `progress` hears when the broadcast starts.
+    fn handover_round(
+        &mut self,
+        next: &Arc<NodeView>,
+        progress: &dyn Fn(Phase, u64),
+    ) -> Result<serde_json::Value, RoundError> {
         self.handovers += 1;
         let serial = MigrationSerial(self.handovers);
         let started = Instant::now();
@@ -313,7 +367,7 @@ impl Node {
             HANDOVER_STEP,
         )?;
         if let Some(refused) = exported.iter().flat_map(|e| &e.refused).next() {
-            bail!("a connection cannot be handed over, nothing changed: {refused}");
+            return Err(anyhow::anyhow!("a connection cannot be handed over, nothing changed: {refused}").into());
         }
         let mut by_inheritor: BTreeMap<u16, Vec<FlowRecordV2>> = BTreeMap::new();
         for c in exported.iter().flat_map(|e| &e.connections) {
@@ -327,11 +381,18 @@ impl Node {
                 .iter()
                 .find(|m| m.id == node)
                 .with_context(|| format!("inheritor {node} is not a configured member"))?;
-            let installed = handover::send(member.control, &self.identity, serial, records)
-                .with_context(|| format!("handing over to {}; nothing was cut", member.name))?;
+            let installed = handover::send(member.control, &self.identity, serial, records).map_err(|source| {
+                RoundError::Inheritor {
+                    node,
+                    name: member.name.clone(),
+                    source,
+                }
+            })?;
             inheritors.insert(member.name.clone(), installed.into());
         }
         let copied = started.elapsed();
+        let moved: usize = by_inheritor.values().map(Vec::len).sum();
+        progress(Phase::Broadcast, moved as u64);
         let cut: usize = self
             .ask_workers(|reply| WorkerCommand::Cut { reply }, HANDOVER_STEP)?
             .into_iter()
@@ -352,7 +413,6 @@ impl Node {
                 broadcast_failures += 1;
             }
         }
-        let moved: usize = by_inheritor.values().map(Vec::len).sum();
         tracing::info!(serial = %serial, moved, cut, "handover round done");
         Ok(serde_json::json!({
             "serial": serial.0,
@@ -365,24 +425,6 @@ impl Node {
         }))
     }
 
-    /// The scope without this node, as a view.
-    fn view_without_me(&self) -> Result<Arc<NodeView>> {
-        let me = u32::from(self.config.id);
-        let rest: Vec<u32> = self.scope.members().into_iter().filter(|&m| m != me).collect();
-        if rest.is_empty() {
-            bail!("no other member could inherit");
-        }
-        Ok(Arc::new(NodeView {
-            scope: self.scope.rebuilt(&rest)?,
-            ..(*self.view).clone()
-        }))
-    }
-
-    fn hand_over(&mut self) -> Result<serde_json::Value> {
-        let next = self.view_without_me()?;
-        self.handover_round(&next)
-    }
-
     /// Hands over the stragglers, waits for silence, purges.
     fn release(&mut self) -> Result<serde_json::Value> {
         if self.scope.buckets_of(u32::from(self.config.id)).next().is_some() {
@@ -392,7 +434,7 @@ impl Node {
         let next = Arc::clone(&self.view);
         let mut rounds = Vec::new();
         for _ in 0..MAX_RELEASE_ROUNDS {
-            let round = self.handover_round(&next)?;
+            let round = self.handover_round(&next, &|_, _| {})?;
             let moved = round["connections"].as_u64().unwrap_or(0);
             rounds.push(round);
             if moved == 0 {
@@ -433,6 +475,122 @@ impl Node {
         }))
     }
 
+    /// Carries out the manager's `order`, answering on `answers`.
+    fn obey(&mut self, order: ManagerOrder, answers: &Sender<Body>) {
+        match order {
+            ManagerOrder::Scope(scope) => {
+                let version = scope.version;
+                if let Err(e) = self.adopt(scope) {
+                    tracing::error!(version, error = %format!("{e:#}"), "cannot adopt the manager's scope");
+                }
+            }
+            ManagerOrder::Start(start) => {
+                let serial = start.serial;
+                let answer = match self.hand_over(start, answers) {
+                    Ok(flows_handed_over) => Body::ReadyToFlip(ReadyToFlip {
+                        serial,
+                        flows_handed_over,
+                    }),
+                    Err((reason, detail)) => {
+                        self.migration = None;
+                        tracing::warn!(%serial, %reason, %detail, "migration aborted");
+                        Body::Abort(Abort { serial, reason, detail })
+                    }
+                };
+                let _ = answers.send(answer);
+            }
+            ManagerOrder::Flipped(flipped) => self.finish(flipped, answers),
+            ManagerOrder::Abort(abort) => {
+                if self.migration == Some(abort.serial) {
+                    tracing::warn!(serial = %abort.serial, reason = %abort.reason, detail = %abort.detail, "the manager aborted the migration; flows already cut stay redirected to their inheritors");
+                    self.migration = None;
+                }
+            }
+        }
+    }
+
+    /// Copies, cuts and broadcasts towards the manager's plan; returns the
+    /// connections handed over.
+    fn hand_over(&mut self, start: MigrateStart, answers: &Sender<Body>) -> Result<u64, (AbortReason, String)> {
+        let serial = start.serial;
+        let cancelled = |detail: String| (AbortReason::Cancelled, detail);
+        if start.mode != MigrationMode::Disengage || start.target != self.identity.node {
+            return Err(cancelled(format!(
+                "{:?} of node {} is not a migration this node gives buckets in",
+                start.mode, start.target
+            )));
+        }
+        if start.from_version != self.scope.version {
+            return Err((
+                AbortReason::ScopeMismatch {
+                    expected: start.from_version,
+                    found: self.scope.version,
+                },
+                "the node forwards by another scope than the plan's base".into(),
+            ));
+        }
+        let plan = start
+            .plan
+            .to_scope()
+            .map_err(|e| cancelled(format!("malformed plan: {e}")))?;
+        if plan.table.len() != self.scope.table.len() || plan.buckets_of(u32::from(self.config.id)).next().is_some() {
+            return Err(cancelled("the plan does not take every bucket from this node".into()));
+        }
+        self.migration = Some(serial);
+        let progress = |phase: Phase, flows: u64| {
+            let _ = answers.send(Body::Progress(Progress {
+                serial,
+                phase,
+                flows_copied: flows,
+                deltas_sent: 0,
+                flows_remaining: 0,
+            }));
+        };
+        progress(Phase::Copy, 0);
+        let next = Arc::new(NodeView {
+            scope: plan,
+            ..(*self.view).clone()
+        });
+        match self.handover_round(&next, &progress) {
+            Ok(round) => Ok(round["connections"].as_u64().unwrap_or(0)),
+            Err(RoundError::Inheritor { node, name, source }) => Err((
+                AbortReason::InheritorLost {
+                    node: NodeId::new(node).unwrap_or(self.identity.node),
+                },
+                format!("{name}: {source:#}"),
+            )),
+            Err(RoundError::Local(e)) => Err(cancelled(format!("{e:#}"))),
+        }
+    }
+
+    /// After the flip: drains, purges and tells the manager.
+    fn finish(&mut self, flipped: Flipped, answers: &Sender<Body>) {
+        let serial = flipped.serial;
+        if self.migration != Some(serial) {
+            tracing::warn!(%serial, "Flipped for a migration this node is not in; refused");
+            return;
+        }
+        let answer = match self.release() {
+            Ok(report) if report["connections_left"] == 0 => {
+                tracing::info!(%serial, %report, "drained and purged");
+                let _ = answers.send(Body::Drained(Drained { serial }));
+                Body::Purged(Purged { serial })
+            }
+            Ok(report) => Body::Abort(Abort {
+                serial,
+                reason: AbortReason::DeadlineExceeded { phase: Phase::Purge },
+                detail: format!("connections remain after the purge: {report}"),
+            }),
+            Err(e) => Body::Abort(Abort {
+                serial,
+                reason: AbortReason::DeadlineExceeded { phase: Phase::Drain },
+                detail: format!("{e:#}"),
+            }),
+        };
+        self.migration = None;
+        let _ = answers.send(answer);
+    }
+
     fn member_id(&self, name: &str) -> Result<u32> {
         self.config
             .members
@@ -452,16 +610,17 @@ impl Node {
                 if rest.len() == in_scope.len() || rest.is_empty() {
                     bail!("{member} is not in the scope, or is its last member");
                 }
-                self.rescope(rest)
+                self.rescope(&rest)
             }),
             AdminRequest::ScopeAdd { member } => self.member_id(&member).and_then(|id| {
                 if in_scope.contains(&id) {
                     bail!("{member} is already in the scope");
                 }
-                self.rescope(in_scope.iter().copied().chain([id]).collect())
+                self.rescope(&in_scope.iter().copied().chain([id]).collect::<Vec<_>>())
             }),
-            AdminRequest::HandOver => self.hand_over().map(AdminResponse::Done),
-            AdminRequest::Release => self.release().map(AdminResponse::Done),
+            AdminRequest::Disengage { .. } | AdminRequest::Engage { .. } => Err(anyhow::anyhow!(
+                "migrations are run by the manager: ask the edge's admin socket"
+            )),
         };
         result.unwrap_or_else(|e| AdminResponse::Error {
             message: format!("{e:#}"),
@@ -475,10 +634,17 @@ impl Node {
         let _socket = admin::serve(&self.config.admin_socket, tx, Arc::clone(&self.stop))?;
         // Readiness line for scripts and tests.
         eprintln!("node: ready on {}", self.config.interface);
+        let orders = self.orders.clone();
         while !self.stop.load(Ordering::Relaxed) {
-            if let Ok((request, reply)) = rx.recv_timeout(Duration::from_millis(100)) {
-                let response = self.handle(request);
-                let _ = reply.send(response);
+            crossbeam::channel::select! {
+                recv(rx) -> call => if let Ok((request, reply)) = call {
+                    let response = self.handle(request);
+                    let _ = reply.send(response);
+                },
+                recv(orders) -> order => if let Ok((order, answers)) = order {
+                    self.obey(order, &answers);
+                },
+                default(Duration::from_millis(100)) => {}
             }
         }
         self.program.detach()?;

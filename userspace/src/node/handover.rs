@@ -224,6 +224,7 @@ impl<'a> Receiver<'a> {
         Body::Abort(Abort {
             serial,
             reason: AbortReason::StreamGap { node: self.node },
+            detail: "the stream did not add up at the cut".into(),
         })
     }
 

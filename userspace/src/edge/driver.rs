@@ -1,0 +1,340 @@
+//! Carries out one migration the manager admitted, on its own thread, over
+//! the nodes' control sessions:
+//!
+//! - disengage: `MigrateStart` (the plan) → the node copies, cuts and
+//!   broadcasts, answers `ReadyToFlip` → the edge flips to the plan, every
+//!   node gets `ScopeUpdate` and the driver waits until their heartbeats
+//!   report it → `Flipped` → the node drains and purges, answers `Drained`
+//!   and `Purged` → DISENGAGED.
+//! - engage: the edge flips to the plan, the nodes follow → ACTIVE. The
+//!   connections of moved buckets stay with their owners (their ownership
+//!   entries steer them there); the node takes new ones.
+//!
+//! Every phase is reported to the operator as it starts. Before the flip a
+//! failure aborts: the scope is unchanged and the node keeps serving. After
+//! the flip nothing is undone; the failure is reported as it is.
+
+use super::manager::{lock, ManagerState};
+use crate::{
+    admin::AdminResponse,
+    control::{
+        ids::{Capabilities, NodeId},
+        message::{Abort, AbortReason, Body, Flipped, MemberStatus, MigrateStart, MigrationMode, Phase},
+        scope_wire::WireScope,
+    },
+    edge::migration::Running,
+    scope::Scope,
+};
+use crossbeam::channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+/// How often a wait checks the deadline and the node's liveness.
+const POLL: Duration = Duration::from_millis(50);
+
+/// A request to the edge's loop, which owns the program: publish `plan`.
+#[derive(Debug)]
+pub struct FlipRequest {
+    /// The scope to spray by.
+    pub plan: Scope,
+    /// Buckets that changed owner, or why the flip failed.
+    pub done: Sender<Result<usize, String>>,
+}
+
+/// Why a migration did not complete.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// Nothing changed: the scope is the old one.
+    #[error("aborted, nothing changed: {0}")]
+    Aborted(String),
+    /// The node died or its session broke.
+    #[error("node lost in the {0:?} phase: marked FAILED")]
+    TargetLost(Phase),
+    /// After the flip: the scope changed, a later step failed.
+    #[error("the scope flipped, then: {0}")]
+    AfterFlip(String),
+}
+
+/// One migration in progress.
+#[derive(Debug)]
+pub struct Driver {
+    state: Arc<Mutex<ManagerState>>,
+    flips: Sender<FlipRequest>,
+    reply: Sender<AdminResponse>,
+    running: Running,
+    events: Receiver<Body>,
+    started: Instant,
+    phase_started: Instant,
+    phases: Vec<serde_json::Value>,
+    flipped: bool,
+}
+
+impl Driver {
+    /// A driver for `running`; the node's migration messages arrive on
+    /// `events`, progress and the result go to `reply`.
+    pub fn new(
+        state: Arc<Mutex<ManagerState>>,
+        flips: Sender<FlipRequest>,
+        reply: Sender<AdminResponse>,
+        running: Running,
+        events: Receiver<Body>,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            state,
+            flips,
+            reply,
+            running,
+            events,
+            started: now,
+            phase_started: now,
+            phases: Vec::new(),
+            flipped: false,
+        }
+    }
+
+    /// Runs the migration to `plan` to its end, sets the node's final status,
+    /// frees the coordinator and answers the operator.
+    pub fn run(mut self, plan: &Scope) {
+        let result = match self.running.mode {
+            MigrationMode::Disengage => self.disengage(plan),
+            MigrationMode::Engage => self.flip(plan),
+        };
+        let (serial, target) = (self.running.serial, self.running.target);
+        let status = match (&result, self.running.mode) {
+            (Err(Failure::TargetLost(_)), _) => MemberStatus::Failed,
+            (Ok(()), MigrationMode::Disengage) | (Err(Failure::AfterFlip(_)), MigrationMode::Disengage) => {
+                MemberStatus::Disengaged
+            }
+            (Err(Failure::Aborted(_)), MigrationMode::Disengage) => MemberStatus::Active,
+            (_, MigrationMode::Engage) if self.flipped => MemberStatus::Active,
+            (_, MigrationMode::Engage) => MemberStatus::Disengaged,
+        };
+        if let Err(Failure::Aborted(detail)) = &result {
+            lock(&self.state).send(
+                target,
+                Body::Abort(Abort {
+                    serial,
+                    reason: AbortReason::Cancelled,
+                    detail: detail.clone(),
+                }),
+            );
+        }
+        {
+            let mut s = lock(&self.state);
+            s.migration_events = None;
+            s.membership.set_status(target, status);
+            s.coordinator.end(serial, Instant::now());
+        }
+        self.close_phase();
+        let report = serde_json::json!({
+            "serial": serial.0,
+            "mode": self.running.mode,
+            "node": target,
+            "status": status,
+            "total_ms": ms(self.started.elapsed()),
+            "phases": self.phases,
+        });
+        let response = match result {
+            Ok(()) => {
+                tracing::info!(%serial, node = target, ?status, "migration done");
+                AdminResponse::Done(report)
+            }
+            Err(failure) => {
+                tracing::warn!(%serial, node = target, error = %failure, "migration failed");
+                AdminResponse::Error {
+                    message: format!("{failure}; report: {report}"),
+                }
+            }
+        };
+        let _ = self.reply.send(response);
+    }
+
+    fn disengage(&mut self, plan: &Scope) -> Result<(), Failure> {
+        let (serial, target) = (self.running.serial, self.running.target);
+        let (from_version, capabilities) = {
+            let s = lock(&self.state);
+            (s.scope.version, capabilities_of(&s, target))
+        };
+        let mut heirs = BTreeMap::<u32, usize>::new();
+        let current = lock(&self.state).scope.clone();
+        for (_, _, new) in current.moves(plan) {
+            *heirs.entry(new).or_default() += 1;
+        }
+        self.enter(Phase::Select, serde_json::json!({ "buckets_by_inheritor": heirs }));
+        let start = MigrateStart {
+            serial,
+            mode: MigrationMode::Disengage,
+            target: NodeId::new(target).map_err(|e| Failure::Aborted(format!("node id {target}: {e}")))?,
+            from_version,
+            plan: WireScope::new(plan, capabilities),
+            deadline: self.running.deadline.saturating_duration_since(Instant::now()),
+        };
+        if !lock(&self.state).send(target, Body::MigrateStart(start)) {
+            return Err(Failure::TargetLost(Phase::Select));
+        }
+        let handed_over = self.wait_for(|body| match body {
+            Body::ReadyToFlip(r) if r.serial == serial => Some(r.flows_handed_over),
+            _ => None,
+        })?;
+        self.phases_note("flows_handed_over", handed_over.into());
+        self.flip(plan)?;
+        let version = plan.version;
+        if !lock(&self.state).send(
+            target,
+            Body::Flipped(Flipped {
+                serial,
+                scope_version: version,
+            }),
+        ) {
+            return Err(Failure::TargetLost(Phase::Flip));
+        }
+        self.enter(Phase::Drain, serde_json::Value::Null);
+        self.wait_for(|body| matches!(body, Body::Drained(d) if d.serial == serial).then_some(()))?;
+        self.enter(Phase::Purge, serde_json::Value::Null);
+        self.wait_for(|body| matches!(body, Body::Purged(p) if p.serial == serial).then_some(()))
+    }
+
+    /// Publishes `plan` at the edge (which sends it to every node) and waits
+    /// until each live node forwards by it.
+    fn flip(&mut self, plan: &Scope) -> Result<(), Failure> {
+        self.enter(Phase::Flip, serde_json::json!({ "scope_version": plan.version }));
+        let (done, result) = bounded(1);
+        self.flips
+            .send(FlipRequest {
+                plan: plan.clone(),
+                done,
+            })
+            .map_err(|_| Failure::Aborted("the edge is shutting down".into()))?;
+        let moved = match result.recv_timeout(self.remaining()) {
+            Ok(Ok(moved)) => moved,
+            Ok(Err(e)) => return Err(Failure::Aborted(format!("the edge could not flip: {e}"))),
+            Err(_) => return Err(Failure::Aborted("the edge did not flip in time".into())),
+        };
+        self.flipped = true;
+        self.phases_note("moved_buckets", moved.into());
+        loop {
+            let lagging = lock(&self.state).membership.lagging(plan.version);
+            if lagging.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= self.running.deadline {
+                return Err(Failure::AfterFlip(format!(
+                    "nodes {lagging:?} did not take scope version {} in time",
+                    plan.version
+                )));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Waits for the node's message that `pick` accepts, taking progress
+    /// reports on the way; fails on the node's abort, its loss, or the deadline.
+    fn wait_for<T>(&mut self, mut pick: impl FnMut(&Body) -> Option<T>) -> Result<T, Failure> {
+        loop {
+            match self.events.recv_timeout(POLL.min(self.remaining())) {
+                Ok(Body::Progress(p)) => {
+                    if p.phase > self.running.phase {
+                        self.enter(
+                            p.phase,
+                            serde_json::json!({
+                                "flows_copied": p.flows_copied,
+                                "flows_remaining": p.flows_remaining,
+                            }),
+                        );
+                    }
+                }
+                Ok(Body::Abort(a)) => {
+                    let why = format!("{} ({})", a.reason, a.detail);
+                    return Err(if self.flipped {
+                        Failure::AfterFlip(why)
+                    } else {
+                        Failure::Aborted(why)
+                    });
+                }
+                Ok(body) => {
+                    if let Some(found) = pick(&body) {
+                        return Ok(found);
+                    }
+                    tracing::warn!(kind = ?body.kind(), "unexpected migration message");
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let target = self.running.target;
+                    let alive = {
+                        let s = lock(&self.state);
+                        s.outboxes.contains_key(&target)
+                            && s.membership
+                                .member(target)
+                                .is_some_and(|m| m.status != MemberStatus::Failed)
+                    };
+                    if !alive {
+                        return Err(Failure::TargetLost(self.running.phase));
+                    }
+                    if Instant::now() >= self.running.deadline {
+                        let why = format!("deadline passed in the {:?} phase", self.running.phase);
+                        return Err(if self.flipped {
+                            Failure::AfterFlip(why)
+                        } else {
+                            Failure::Aborted(why)
+                        });
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(Failure::Aborted("the manager is shutting down".into()))
+                }
+            }
+        }
+    }
+
+    fn remaining(&self) -> Duration {
+        self.running
+            .deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    }
+
+    /// Closes the current phase and enters `phase`, telling the operator.
+    fn enter(&mut self, phase: Phase, detail: serde_json::Value) {
+        self.close_phase();
+        self.running.phase = phase;
+        self.phase_started = Instant::now();
+        lock(&self.state).coordinator.advance(self.running.serial, phase);
+        let line = serde_json::json!({
+            "phase": phase,
+            "at_ms": ms(self.started.elapsed()),
+            "detail": detail,
+        });
+        let _ = self.reply.send(AdminResponse::Progress(line.clone()));
+        self.phases.push(line);
+    }
+
+    /// Records the current phase's duration.
+    fn close_phase(&mut self) {
+        if let Some(last) = self.phases.last_mut() {
+            if last.get("ms").is_none() {
+                last["ms"] = ms(self.phase_started.elapsed()).into();
+            }
+        }
+    }
+
+    /// Adds a fact to the current phase's record.
+    fn phases_note(&mut self, key: &str, value: serde_json::Value) {
+        if let Some(last) = self.phases.last_mut() {
+            last[key] = value;
+        }
+    }
+}
+
+fn capabilities_of(state: &ManagerState, node: u16) -> Capabilities {
+    state
+        .registrations
+        .get(&node)
+        .map_or(Capabilities::THIS_BUILD, |(_, r)| r.capabilities)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
