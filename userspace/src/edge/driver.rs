@@ -33,7 +33,7 @@ use std::{
 };
 
 /// How often a wait checks the deadline and the node's liveness.
-const POLL: Duration = Duration::from_millis(50);
+const POLL: Duration = Duration::from_millis(10);
 
 /// A request to the edge's loop, which owns the program: publish `plan`.
 #[derive(Debug)]

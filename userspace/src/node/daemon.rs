@@ -17,8 +17,8 @@ use crate::{
         flow::FlowRecordV2,
         ids::{Capabilities, Incarnation, MacAddr, MigrationSerial, NodeId},
         message::{
-            Abort, AbortReason, Body, Drained, Flipped, MigrateStart, MigrationMode, Phase, Progress, Purged,
-            ReadyToFlip, Register,
+            Abort, AbortReason, Body, Drained, Flipped, Heartbeat, MigrateStart, MigrationMode, Phase, Progress,
+            Purged, ReadyToFlip, Register,
         },
     },
     flow::{config::PolicyConfig, Policy},
@@ -482,6 +482,16 @@ impl Node {
                 let version = scope.version;
                 if let Err(e) = self.adopt(scope) {
                     tracing::error!(version, error = %format!("{e:#}"), "cannot adopt the manager's scope");
+                    return;
+                }
+                // A heartbeat now, not at the next interval: the manager
+                // drains the disengaging node only once every node forwards
+                // by the new scope, and connections created meanwhile wait.
+                if let Ok(reports) = self.reports() {
+                    let _ = answers.send(Body::Heartbeat(Heartbeat {
+                        scope_version: version,
+                        workers: manager_link::loads_of(reports),
+                    }));
                 }
             }
             ManagerOrder::Start(start) => {

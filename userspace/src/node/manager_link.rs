@@ -7,7 +7,10 @@
 //! Orders from another run of the manager, of an attempt that is over, or
 //! repeated, are refused here ([`StalenessFilter`]) and never reach the loop.
 
-use super::{peers::Identity, worker::WorkerCommand};
+use super::{
+    peers::Identity,
+    worker::{WorkerCommand, WorkerReport},
+};
 use crate::{
     control::{
         io::{read_frame, read_frame_within, write_frame, FrameIoError},
@@ -218,7 +221,12 @@ fn loads(workers: &[Sender<WorkerCommand>], timeout: Duration) -> Vec<WorkerLoad
         .iter()
         .filter(|w| w.send(WorkerCommand::Report(tx.clone())).is_ok())
         .count();
-    let mut reports: Vec<_> = (0..asked).filter_map(|_| rx.recv_timeout(timeout).ok()).collect();
+    let reports: Vec<_> = (0..asked).filter_map(|_| rx.recv_timeout(timeout).ok()).collect();
+    loads_of(reports)
+}
+
+/// The heartbeat's per-worker loads, in worker order.
+pub fn loads_of(mut reports: Vec<WorkerReport>) -> Vec<WorkerLoad> {
     reports.sort_by_key(|r| r.worker);
     reports
         .iter()
