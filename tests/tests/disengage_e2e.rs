@@ -35,11 +35,11 @@ fn status_of(cluster: &Cluster, i: usize) -> String {
 }
 
 fn disengaged(out: &str) -> bool {
-    out.contains("\"status\": \"Disengaged\"")
+    out.contains("fd-a: Disengaged after")
 }
 
 fn engaged(out: &str) -> bool {
-    out.contains("\"status\": \"Active\"")
+    out.contains("fd-a: Active after")
 }
 
 #[test]

@@ -100,6 +100,13 @@ fn admin_call(admin: &AdminArgs, request: AdminRequest) -> Result<()> {
     Ok(())
 }
 
+fn node_of(request: &AdminRequest) -> &str {
+    match request {
+        AdminRequest::Disengage { node, .. } | AdminRequest::Engage { node } => node,
+        _ => "?",
+    }
+}
+
 /// Runs a migration through the edge, printing each phase as it starts.
 fn migrate(admin: &AdminArgs, request: AdminRequest) -> Result<()> {
     let response = admin::call_with_progress(&admin.admin, &request, request.patience(), |line| {
@@ -112,7 +119,20 @@ fn migrate(admin: &AdminArgs, request: AdminRequest) -> Result<()> {
     })?;
     match response {
         AdminResponse::Done(report) => {
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            println!(
+                "{}: {} after {:.1} ms",
+                node_of(&request),
+                report["status"].as_str().unwrap_or("?"),
+                report["total_ms"].as_f64().unwrap_or(0.0)
+            );
+            for phase in report["phases"].as_array().into_iter().flatten() {
+                println!(
+                    "  {:<10} {:>9.1} ms",
+                    phase["phase"].as_str().unwrap_or("?"),
+                    phase["ms"].as_f64().unwrap_or(0.0)
+                );
+            }
+            println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
         AdminResponse::Error { message } => anyhow::bail!("{message}"),

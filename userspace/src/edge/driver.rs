@@ -127,6 +127,9 @@ impl Driver {
             let mut s = lock(&self.state);
             s.migration_events = None;
             s.membership.set_status(target, status);
+            if status == MemberStatus::Failed {
+                s.member_failed(target);
+            }
             s.coordinator.end(serial, Instant::now());
         }
         self.close_phase();
@@ -337,4 +340,248 @@ fn capabilities_of(state: &ManagerState, node: u16) -> Capabilities {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        control::{
+            ids::{Incarnation, MigrationSerial},
+            message::{Drained, InheritorChoice, Progress, Purged, ReadyToFlip},
+        },
+        edge::{
+            manager::FAILURE_AFTER,
+            membership::Membership,
+            migration::{plan_disengage, Candidate, Coordinator},
+        },
+        scope::HashParams,
+    };
+
+    const TARGET: u16 = 0;
+
+    /// The shared state, the running attempt, what the node receives, and
+    /// the node's and the driver's ends of the event channel.
+    type Setup = (
+        Arc<Mutex<ManagerState>>,
+        Running,
+        Receiver<Body>,
+        Sender<Body>,
+        Receiver<Body>,
+    );
+
+    /// A manager with members 0..3 registered and ACTIVE, and the target's
+    /// outbox; fd-a (0) is DISENGAGING in migration 1.
+    fn setup(timeout: Duration) -> Setup {
+        let now = Instant::now();
+        let mut membership = Membership::new(FAILURE_AFTER);
+        for node in 0..3 {
+            membership.register(node, "n", Incarnation(1), 1, true, now);
+            membership.heartbeat(node, Incarnation(1), 10, 1, now).unwrap();
+        }
+        membership.set_status(TARGET, MemberStatus::Disengaging);
+        let (outbox, to_node) = bounded(64);
+        let mut coordinator = Coordinator::new(Duration::ZERO);
+        let running = coordinator
+            .begin(MigrationMode::Disengage, TARGET, now, timeout)
+            .unwrap();
+        let (events_tx, events) = bounded(64);
+        let state = ManagerState {
+            membership,
+            hash: HashParams {
+                buckets: 64,
+                symmetric: false,
+                seed: 0,
+            },
+            scope: Scope::initial(64, &[0, 1, 2]).unwrap(),
+            configured: BTreeMap::new(),
+            registrations: BTreeMap::new(),
+            outboxes: [(TARGET, outbox)].into(),
+            coordinator,
+            migration_events: Some(events_tx.clone()),
+            refused: 0,
+        };
+        (Arc::new(Mutex::new(state)), running, to_node, events_tx, events)
+    }
+
+    /// Plays the edge's loop: publishes flips into the shared state and, as
+    /// the nodes would, reports the new version in their heartbeats.
+    fn edge(state: &Arc<Mutex<ManagerState>>) -> (Sender<FlipRequest>, std::thread::JoinHandle<usize>) {
+        let (tx, rx) = bounded::<FlipRequest>(4);
+        let state = Arc::clone(state);
+        let thread = std::thread::spawn(move || {
+            let mut flips = 0;
+            while let Ok(FlipRequest { plan, done }) = rx.recv() {
+                let mut s = lock(&state);
+                for node in 0..3 {
+                    s.membership
+                        .heartbeat(node, Incarnation(1), 10, plan.version, Instant::now())
+                        .unwrap();
+                }
+                let moved = s.scope.moves(&plan).count();
+                s.scope = plan;
+                flips += 1;
+                let _ = done.send(Ok(moved));
+            }
+            flips
+        });
+        (tx, thread)
+    }
+
+    fn plan(state: &Mutex<ManagerState>) -> Scope {
+        let s = lock(state);
+        let members: Vec<Candidate> = (0..3)
+            .map(|node| Candidate {
+                node,
+                status: MemberStatus::Active,
+                flows: 10,
+            })
+            .collect();
+        plan_disengage(&s.scope, TARGET, InheritorChoice::Spread, &members).unwrap()
+    }
+
+    fn progress(serial: MigrationSerial, phase: Phase) -> Body {
+        Body::Progress(Progress {
+            serial,
+            phase,
+            flows_copied: 0,
+            deltas_sent: 0,
+            flows_remaining: 0,
+        })
+    }
+
+    /// Runs the driver to its end; returns the operator's lines, the
+    /// messages the node got, and how many flips the edge made.
+    fn drive(
+        timeout: Duration,
+        node: impl FnOnce(MigrationSerial, Receiver<Body>, Sender<Body>, Arc<Mutex<ManagerState>>) + Send + 'static,
+    ) -> (Vec<AdminResponse>, Arc<Mutex<ManagerState>>, usize) {
+        let (state, running, to_node, events_tx, events) = setup(timeout);
+        let plan = plan(&state);
+        let (flips, edge) = edge(&state);
+        let (reply, replies) = crossbeam::channel::unbounded();
+        let serial = running.serial;
+        let shared = Arc::clone(&state);
+        let node = std::thread::spawn(move || node(serial, to_node, events_tx, shared));
+        Driver::new(Arc::clone(&state), flips, reply, running, events).run(&plan);
+        node.join().unwrap();
+        let lines = replies.try_iter().collect();
+        (lines, Arc::clone(&state), edge.join().unwrap())
+    }
+
+    #[test]
+    fn a_disengage_runs_every_phase_in_order_and_ends_disengaged() {
+        let (lines, state, flips) = drive(Duration::from_secs(10), |serial, to_node, events, _| {
+            let recv = || to_node.recv_timeout(Duration::from_secs(5)).unwrap();
+            assert!(matches!(recv(), Body::MigrateStart(m) if m.serial == serial && m.from_version == 1));
+            events.send(progress(serial, Phase::Copy)).unwrap();
+            events.send(progress(serial, Phase::Broadcast)).unwrap();
+            // A late message of an earlier attempt is not taken as the answer.
+            let stale = MigrationSerial(serial.0 + 9);
+            events
+                .send(Body::ReadyToFlip(ReadyToFlip {
+                    serial: stale,
+                    flows_handed_over: 1,
+                }))
+                .unwrap();
+            events
+                .send(Body::ReadyToFlip(ReadyToFlip {
+                    serial,
+                    flows_handed_over: 42,
+                }))
+                .unwrap();
+            assert!(matches!(recv(), Body::Flipped(f) if f.serial == serial && f.scope_version == 2));
+            events.send(Body::Drained(Drained { serial })).unwrap();
+            events.send(Body::Purged(Purged { serial })).unwrap();
+        });
+        assert_eq!(flips, 1);
+        let phases: Vec<String> = lines
+            .iter()
+            .filter_map(|l| match l {
+                AdminResponse::Progress(p) => p["phase"].as_str().map(String::from),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(phases, ["Select", "Copy", "Broadcast", "Flip", "Drain", "Purge"]);
+        let AdminResponse::Done(report) = lines.last().unwrap() else {
+            panic!("{lines:?}")
+        };
+        assert_eq!(report["status"], "Disengaged");
+        assert_eq!(report["phases"][2]["flows_handed_over"], 42);
+        assert!(report["phases"].as_array().unwrap().iter().all(|p| p["ms"].is_number()));
+        let s = lock(&state);
+        assert_eq!(s.membership.member(TARGET).unwrap().status, MemberStatus::Disengaged);
+        assert!(s.coordinator.running().is_none() && s.migration_events.is_none());
+        assert_eq!(s.scope.buckets_of(u32::from(TARGET)).count(), 0);
+    }
+
+    #[test]
+    fn an_abort_before_the_flip_changes_nothing() {
+        let (lines, state, flips) = drive(Duration::from_secs(10), |serial, to_node, events, _| {
+            assert!(matches!(
+                to_node.recv_timeout(Duration::from_secs(5)).unwrap(),
+                Body::MigrateStart(_)
+            ));
+            events
+                .send(Body::Abort(Abort {
+                    serial,
+                    reason: AbortReason::InheritorLost {
+                        node: NodeId::new(2).unwrap(),
+                    },
+                    detail: "fd-c: connection refused".into(),
+                }))
+                .unwrap();
+            // The manager confirms the end to the node.
+            assert!(
+                matches!(to_node.recv_timeout(Duration::from_secs(5)).unwrap(), Body::Abort(a) if a.serial == serial)
+            );
+        });
+        assert_eq!(flips, 0);
+        let AdminResponse::Error { message } = lines.last().unwrap() else {
+            panic!("{lines:?}")
+        };
+        assert!(
+            message.contains("aborted, nothing changed: inheritor node 2 was lost (fd-c: connection refused)"),
+            "{message}"
+        );
+        let s = lock(&state);
+        assert_eq!(s.membership.member(TARGET).unwrap().status, MemberStatus::Active);
+        assert_eq!(s.scope.version, 1);
+    }
+
+    #[test]
+    fn a_silent_node_hits_the_deadline_and_a_lost_one_is_failed() {
+        let (lines, state, flips) = drive(Duration::from_millis(200), |_, to_node, _, _| {
+            assert!(matches!(
+                to_node.recv_timeout(Duration::from_secs(5)).unwrap(),
+                Body::MigrateStart(_)
+            ));
+        });
+        assert_eq!(flips, 0);
+        assert!(
+            matches!(lines.last().unwrap(), AdminResponse::Error { message } if message.contains("deadline passed in the Select phase")),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lock(&state).membership.member(TARGET).unwrap().status,
+            MemberStatus::Active
+        );
+
+        let (lines, state, _) = drive(Duration::from_secs(10), |_, to_node, _, state| {
+            assert!(matches!(
+                to_node.recv_timeout(Duration::from_secs(5)).unwrap(),
+                Body::MigrateStart(_)
+            ));
+            // The node's session ends: its outbox goes away.
+            lock(&state).outboxes.remove(&TARGET);
+        });
+        assert!(
+            matches!(lines.last().unwrap(), AdminResponse::Error { message } if message.contains("node lost")),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lock(&state).membership.member(TARGET).unwrap().status,
+            MemberStatus::Failed
+        );
+    }
 }

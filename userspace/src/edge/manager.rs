@@ -70,6 +70,34 @@ pub struct ManagerState {
 }
 
 impl ManagerState {
+    /// Tells every live node that `node` FAILED, so they forget the flows it
+    /// owned (`MemberUpdate`).
+    pub fn member_failed(&self, node: u16) {
+        let Some((incarnation, r)) = self.registrations.get(&node) else {
+            return;
+        };
+        let Ok(id) = crate::control::ids::NodeId::new(node) else {
+            return;
+        };
+        let member = MemberInfo {
+            node: id,
+            name: r.name.clone(),
+            incarnation: *incarnation,
+            status: crate::control::message::MemberStatus::Failed,
+            capabilities: r.capabilities,
+            control_addr: r.control_addr,
+            data_mac: r.data_mac,
+            data_ip: r.data_ip,
+            workers: r.workers,
+        };
+        for &peer in self.outboxes.keys().filter(|&&p| p != node) {
+            self.send(
+                peer,
+                Body::MemberUpdate(crate::control::message::MemberUpdate { member: member.clone() }),
+            );
+        }
+    }
+
     /// Queues `body` for `node`; false if it has no live session or its
     /// outbox is full.
     pub fn send(&self, node: u16, body: Body) -> bool {

@@ -434,8 +434,12 @@ impl Edge {
                 default(Duration::from_millis(100)) => {}
             }
             let now = Instant::now();
-            for node in manager::lock(&self.manager).membership.tick(now) {
-                tracing::warn!(node, "member FAILED: no heartbeat");
+            {
+                let mut m = manager::lock(&self.manager);
+                for node in m.membership.tick(now) {
+                    tracing::warn!(node, "member FAILED: no heartbeat");
+                    m.member_failed(node);
+                }
             }
             self.fail_over(now);
         }

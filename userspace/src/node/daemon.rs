@@ -510,6 +510,13 @@ impl Node {
                 let _ = answers.send(answer);
             }
             ManagerOrder::Flipped(flipped) => self.finish(flipped, answers),
+            ManagerOrder::MemberFailed(node) if node != self.config.id => {
+                tracing::warn!(node, "a member FAILED; forgetting the flows it owned");
+                for worker in &self.commands {
+                    let _ = worker.send(WorkerCommand::ForgetNode { node });
+                }
+            }
+            ManagerOrder::MemberFailed(_) => {}
             ManagerOrder::Abort(abort) => {
                 if self.migration == Some(abort.serial) {
                     tracing::warn!(serial = %abort.serial, reason = %abort.reason, detail = %abort.detail, "the manager aborted the migration; flows already cut stay redirected to their inheritors");

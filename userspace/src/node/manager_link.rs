@@ -14,7 +14,7 @@ use super::{
 use crate::{
     control::{
         io::{read_frame, read_frame_within, write_frame, FrameIoError},
-        message::{Abort, Body, Flipped, Heartbeat, MigrateStart, Register, WorkerLoad},
+        message::{Abort, Body, Flipped, Heartbeat, MemberStatus, MigrateStart, Register, WorkerLoad},
         stale::{Freshness, StalenessFilter},
     },
     scope::Scope,
@@ -52,6 +52,8 @@ pub enum ManagerOrder {
     Flipped(Flipped),
     /// The attempt is over without a flip.
     Abort(Abort),
+    /// This member FAILED: the flows it owned died with it.
+    MemberFailed(u16),
 }
 
 /// An order and where its answers go.
@@ -199,6 +201,10 @@ fn read_loop(
                 ManagerOrder::Start(start)
             }
             Body::Flipped(flipped) => ManagerOrder::Flipped(flipped),
+            Body::MemberUpdate(update) if update.member.status == MemberStatus::Failed => {
+                ManagerOrder::MemberFailed(update.member.node.get())
+            }
+            Body::MemberUpdate(_) => continue,
             Body::Abort(abort) => {
                 filter.end_migration();
                 ManagerOrder::Abort(abort)

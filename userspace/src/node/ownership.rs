@@ -73,6 +73,15 @@ impl OwnershipTable {
         self.owners.remove(key);
     }
 
+    /// Forgets every flow `node` owns (it died: their state went with it,
+    /// and their packets are new flows to whoever owns them by the scope).
+    /// Returns how many.
+    pub fn forget_node(&mut self, node: u16) -> usize {
+        let before = self.owners.len();
+        self.owners.retain(|_, (owner, _)| owner.node != node);
+        before - self.owners.len()
+    }
+
     /// Entries held.
     pub fn len(&self) -> usize {
         self.owners.len()
@@ -100,6 +109,19 @@ mod tests {
 
     fn key(port: u16) -> FlowKey {
         FlowKey::new("10.0.0.1".parse().unwrap(), "10.0.9.1".parse().unwrap(), port, 80, 6)
+    }
+
+    #[test]
+    fn a_failed_nodes_entries_are_forgotten_and_the_rest_stay() {
+        let mut t = OwnershipTable::new(16);
+        let key = |port| FlowKey::new("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap(), port, 80, 6);
+        t.set(key(1), Owner { node: 1, worker: 0 }, 1);
+        t.set(key(2), Owner { node: 2, worker: 0 }, 1);
+        t.set(key(3), Owner { node: 1, worker: 1 }, 1);
+        assert_eq!(t.forget_node(1), 2);
+        assert_eq!((t.get(&key(1)), t.get(&key(3))), (None, None));
+        assert_eq!(t.get(&key(2)), Some(Owner { node: 2, worker: 0 }));
+        assert_eq!(t.forget_node(1), 0);
     }
 
     #[test]

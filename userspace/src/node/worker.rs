@@ -64,6 +64,11 @@ pub enum WorkerCommand {
         /// The flows.
         keys: Vec<FlowKey>,
     },
+    /// This node died: forget every flow it owned.
+    ForgetNode {
+        /// The node.
+        node: u16,
+    },
     /// A new cluster view (scope change).
     View(Arc<NodeView>),
     /// Send a report back.
@@ -290,6 +295,10 @@ impl<P: PacketIo> Worker<P> {
                     for key in &keys {
                         table.remove(key);
                     }
+                }
+                Ok(WorkerCommand::ForgetNode { node }) => {
+                    let forgotten = self.pipeline.ownership_mut().forget_node(node);
+                    tracing::info!(node, forgotten, "forgot the flows of a FAILED node");
                 }
                 Ok(WorkerCommand::View(view)) => self.pipeline.set_view(view),
                 Ok(WorkerCommand::Report(reply)) => {
