@@ -1206,3 +1206,39 @@ fn no_frame_leaks_whatever_the_verdict() {
         "{c:?}"
     );
 }
+
+#[test]
+fn right_after_a_flip_a_taken_over_bucket_asks_its_previous_owner_first() {
+    // Node 0 takes over node 1's buckets; the view remembers who had them.
+    let before = Scope::initial(BUCKETS, &[0, 1]).unwrap();
+    let after = before.rebuilt(&[0]).unwrap();
+    let old = NodeView::new(0, hash(), before, 1, vec![Some(NODE_MAC), Some(PEER_MAC)]);
+    let view = Arc::new(old.flipped_to(after.clone(), &[]));
+    let mut node = Node::new(POLICY, Arc::clone(&view), 0);
+    let frame = first_owned_by(&old, Owner { node: 1, worker: 0 });
+
+    // Straight from the edge: to node 1, whose connection it may be.
+    let sent = node.handle(&frame, 0, at(1)).expect("sent to the previous owner");
+    let f = fabric_of(&sent);
+    assert_eq!((f.dst_mac, f.hops, f.target_worker), (PEER_MAC, 1, ANY_WORKER));
+    assert_eq!(node.counters().created, 0);
+
+    // Sent back by node 1 (not its connection): ours now, created here.
+    let sent = node.handle(&encapsulated(&frame, 1, 0), 0, at(1)).expect("forwarded");
+    assert_eq!(seen(&sent).dst_mac, ROUTER_MAC);
+    assert_eq!(node.counters().created, 1);
+
+    // A bucket node 0 had before as well is not affected, and once the
+    // view settles nothing is asked of node 1.
+    let kept = first_owned_by(&old, Owner { node: 0, worker: 0 });
+    assert_eq!(seen(&node.handle(&kept, 0, at(1)).expect("ours")).dst_mac, ROUTER_MAC);
+    node.pipeline.set_view(Arc::new(view.settled()));
+    let other = clients_owned_by(&old, Owner { node: 1, worker: 0 }).nth(1).unwrap();
+    assert_eq!(seen(&node.handle(&other, 0, at(1)).expect("ours")).dst_mac, ROUTER_MAC);
+
+    // A dead previous owner is never asked.
+    let dead = Arc::new(old.flipped_to(after, &[1]));
+    node.pipeline.set_view(dead);
+    let third = clients_owned_by(&old, Owner { node: 1, worker: 0 }).nth(2).unwrap();
+    assert_eq!(seen(&node.handle(&third, 0, at(1)).expect("ours")).dst_mac, ROUTER_MAC);
+}

@@ -53,6 +53,10 @@ const QUIET_TIMEOUT: Duration = Duration::from_secs(15);
 const QUIET_POLL: Duration = Duration::from_millis(100);
 /// Consecutive silent checks that make a node drained.
 const QUIET_POLLS: u32 = 3;
+/// After a flip, packets of a moved bucket with no known connection go to
+/// the bucket's previous owner this long: every node adopts a flip within
+/// milliseconds, and announcements leave every 2 ms.
+const TRANSITION_GRACE: Duration = Duration::from_millis(500);
 
 /// The running node.
 pub struct Node {
@@ -69,6 +73,10 @@ pub struct Node {
     handovers: u32,
     /// The manager's migration this node is in.
     migration: Option<MigrationSerial>,
+    /// When the workers stop consulting the previous scope.
+    settle_at: Option<Instant>,
+    /// Members the manager reported FAILED, until a scope has them again.
+    failed: Vec<u16>,
     /// Orders from the manager session.
     orders: Receiver<OrderCall>,
     stop: Arc<AtomicBool>,
@@ -251,6 +259,8 @@ impl Node {
             identity,
             handovers: 0,
             migration: None,
+            settle_at: None,
+            failed: Vec::new(),
             orders,
             stop,
         })
@@ -318,10 +328,10 @@ impl Node {
             );
         }
         let moved = self.scope.moves(&next).count();
-        let view = Arc::new(NodeView {
-            scope: next.clone(),
-            ..(*self.view).clone()
-        });
+        let members = next.members();
+        self.failed.retain(|&node| !members.contains(&u32::from(node)));
+        let view = Arc::new(self.view.flipped_to(next.clone(), &self.failed));
+        self.settle_at = Some(Instant::now() + TRANSITION_GRACE);
         for worker in &self.commands {
             worker
                 .send(WorkerCommand::View(Arc::clone(&view)))
@@ -512,6 +522,9 @@ impl Node {
             ManagerOrder::Flipped(flipped) => self.finish(flipped, answers),
             ManagerOrder::MemberFailed(node) if node != self.config.id => {
                 tracing::warn!(node, "a member FAILED; forgetting the flows it owned");
+                if !self.failed.contains(&node) {
+                    self.failed.push(node);
+                }
                 for worker in &self.commands {
                     let _ = worker.send(WorkerCommand::ForgetNode { node });
                 }
@@ -662,6 +675,13 @@ impl Node {
                     self.obey(order, &answers);
                 },
                 default(Duration::from_millis(100)) => {}
+            }
+            if self.settle_at.is_some_and(|at| Instant::now() >= at) {
+                self.settle_at = None;
+                self.view = Arc::new(self.view.settled());
+                for worker in &self.commands {
+                    let _ = worker.send(WorkerCommand::View(Arc::clone(&self.view)));
+                }
             }
         }
         self.program.detach()?;

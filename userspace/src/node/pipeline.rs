@@ -205,6 +205,23 @@ pub struct Pipeline {
     ownership: OwnershipTable,
     neighbor_macs: Vec<[u8; 6]>,
     counters: WorkerCounters,
+    lost: Option<LostFlow>,
+}
+
+/// A packet of a connection dropped because the cluster disagreed on its
+/// owner, with what this worker knew: kept for the operator's log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LostFlow {
+    /// Why.
+    pub reason: DropReason,
+    /// The packet's key.
+    pub key: FlowKey,
+    /// Fabric and core crossings so far.
+    pub hops: u8,
+    /// Its owner in this worker's ownership table.
+    pub announced: Option<Owner>,
+    /// Its owner by the scope (of the forward key, for a reply).
+    pub by_scope: Owner,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -241,6 +258,7 @@ impl Pipeline {
             ownership: OwnershipTable::new(ownership_capacity),
             neighbor_macs,
             counters: WorkerCounters::default(),
+            lost: None,
         })
     }
 
@@ -292,6 +310,23 @@ impl Pipeline {
     /// Counts a transmission the worker made for a frame from another core.
     pub fn count_tx(&mut self) {
         self.counters.tx += 1;
+    }
+
+    /// The last packet lost to an ownership disagreement since the last call.
+    pub fn take_lost_flow(&mut self) -> Option<LostFlow> {
+        self.lost.take()
+    }
+
+    fn lose(&mut self, reason: DropReason, key: &FlowKey, hops: u8) -> Verdict {
+        let forward = self.policy.forward_key_of_reply(key).unwrap_or(*key);
+        self.lost = Some(LostFlow {
+            reason,
+            key: *key,
+            hops,
+            announced: self.ownership.get(key),
+            by_scope: self.scope_owner(&forward),
+        });
+        self.drop(reason)
     }
 
     /// Counts a drop decided by the worker loop (e.g. a full ring).
@@ -355,12 +390,24 @@ impl Pipeline {
             (None, Some(forward_key)) => self.scope_owner(&forward_key),
             (None, None) => self.scope_owner(&key),
         };
+        if hops == 0 && owner.node == self.me.node && self.ownership.get(&key).is_none() {
+            // Straight from the edge, for a bucket this node just took over:
+            // the connection may be the old owner's, announced or not yet.
+            // Asked there first; the old owner sends a new one back.
+            if let Some(before) = self.view.previous_owner(&reply_of.unwrap_or(key)) {
+                let previous = Owner {
+                    node: before,
+                    worker: ANY_WORKER,
+                };
+                return self.forward(frame, &headers, previous, hops, out);
+            }
+        }
         if owner != self.me {
             return self.forward(frame, &headers, owner, hops, out);
         }
         if reply_of.is_some() {
             // The connection would be ours, and we do not have it.
-            return self.drop(DropReason::NoFlow);
+            return self.lose(DropReason::NoFlow, &key, hops);
         }
         if self.table.admit(&key, headers.tcp_flags) == Admission::Drop {
             return self.drop(DropReason::NoFlow);
@@ -429,7 +476,7 @@ impl Pipeline {
         out: &mut Outbox,
     ) -> Verdict {
         if hops >= FABRIC_MAX_HOPS {
-            return self.drop(DropReason::LoopGuard);
+            return self.lose(DropReason::LoopGuard, &headers.key, hops);
         }
         if owner.node == self.me.node {
             return self.hand_to_core(frame.bytes(), owner.worker, hops, out);

@@ -24,6 +24,9 @@ pub struct NodeView {
     pub worker_of_bucket: Vec<u8>,
     /// Node id -> MAC on the fabric.
     pub peer_macs: Vec<Option<[u8; 6]>>,
+    /// Bucket -> node by the scope before the last flip, for a short while
+    /// after it (see [`NodeView::previous_owner`]).
+    pub previous: Option<std::sync::Arc<Vec<u32>>>,
 }
 
 impl NodeView {
@@ -47,7 +50,51 @@ impl NodeView {
             scope,
             worker_of_bucket,
             peer_macs,
+            previous: None,
         }
+    }
+
+    /// This view with `next` as the scope, remembering the current one as
+    /// the previous, except the buckets of `dead` members: nothing is asked
+    /// of them.
+    pub fn flipped_to(&self, next: Scope, dead: &[u16]) -> Self {
+        let previous = self
+            .scope
+            .table
+            .iter()
+            .map(|&owner| {
+                if dead.iter().any(|&d| u32::from(d) == owner) {
+                    crate::scope::maglev::UNOWNED
+                } else {
+                    owner
+                }
+            })
+            .collect();
+        Self {
+            previous: Some(std::sync::Arc::new(previous)),
+            scope: next,
+            ..self.clone()
+        }
+    }
+
+    /// This view without the previous scope.
+    pub fn settled(&self) -> Self {
+        Self {
+            previous: None,
+            ..self.clone()
+        }
+    }
+
+    /// The node that owned `key`'s bucket before the last flip, if it is
+    /// another node than the owner now. Right after a flip, the old owner
+    /// may still create connections in the bucket (it has not adopted the
+    /// flip yet) whose announcements are still on their way: their packets
+    /// go there, not to a fresh connection here.
+    #[inline]
+    pub fn previous_owner(&self, key: &FlowKey) -> Option<u16> {
+        let bucket = self.hash.bucket(key);
+        let before = *self.previous.as_ref()?.get(bucket as usize)?;
+        (before != self.scope.owner(bucket) && before != crate::scope::maglev::UNOWNED).then_some(before as u16)
     }
 
     /// The owner of `key` by the scope alone.

@@ -273,6 +273,11 @@ impl<P: PacketIo> Worker<P> {
         } = self;
         let mut handled = port.poll_rx(|frame| pipeline.process(frame, 0, now, outbox));
         handled += self.drain_inbox(now);
+        if let Some(lost) = self.pipeline.take_lost_flow() {
+            // Rare by design (a disagreement on a connection's owner): each
+            // one is worth a line.
+            tracing::warn!(?lost, "packet dropped: the cluster disagrees on its connection's owner");
+        }
         self.deliver();
         if let Err(e) = self.port.flush() {
             tracing::warn!(error = %e, "flushing the port");
