@@ -1228,6 +1228,14 @@ fn right_after_a_flip_a_taken_over_bucket_asks_its_previous_owner_first() {
     assert_eq!(seen(&sent).dst_mac, ROUTER_MAC);
     assert_eq!(node.counters().created, 1);
 
+    // Relayed by a third node (which forwarded by the new scope): asked of
+    // the previous owner too.
+    let fourth = clients_owned_by(&old, Owner { node: 1, worker: 0 }).nth(3).unwrap();
+    let mut relayed = encapsulated(&fourth, 1, ANY_WORKER);
+    relayed[14 + 4..14 + 6].copy_from_slice(&2u16.to_be_bytes());
+    let sent = node.handle(&relayed, 0, at(1)).expect("sent to the previous owner");
+    assert_eq!((fabric_of(&sent).dst_mac, fabric_of(&sent).hops), (PEER_MAC, 2));
+
     // A bucket node 0 had before as well is not affected, and once the
     // view settles nothing is asked of node 1.
     let kept = first_owned_by(&old, Owner { node: 0, worker: 0 });
@@ -1241,4 +1249,21 @@ fn right_after_a_flip_a_taken_over_bucket_asks_its_previous_owner_first() {
     node.pipeline.set_view(dead);
     let third = clients_owned_by(&old, Owner { node: 1, worker: 0 }).nth(2).unwrap();
     assert_eq!(seen(&node.handle(&third, 0, at(1)).expect("ours")).dst_mac, ROUTER_MAC);
+}
+
+#[test]
+fn right_after_giving_a_bucket_up_its_packets_look_on_the_core_it_mapped_to() {
+    let before = pair_view();
+    let after = before.scope.rebuilt(&[1]).unwrap();
+    let view = Arc::new(before.flipped_to(after, &[]));
+    let mut node = Node::new(POLICY, Arc::clone(&view), 0);
+    // A bucket node 0 had, on its core 1: the connection, if still here, is there.
+    let frame = first_owned_by(&before, Owner { node: 0, worker: 1 });
+    assert_eq!(node.handle(&frame, 0, at(1)), None);
+    assert_eq!(node.out.to_cores.len(), 1);
+    assert_eq!(node.out.to_cores[0].worker, 1);
+    // On its own core, not found: to the new owner.
+    let mine = first_owned_by(&before, Owner { node: 0, worker: 0 });
+    let sent = node.handle(&mine, 0, at(1)).expect("to node 1");
+    assert_eq!(fabric_of(&sent).dst_mac, PEER_MAC);
 }

@@ -205,6 +205,13 @@ impl Driver {
     /// until each live node forwards by it.
     fn flip(&mut self, plan: &Scope) -> Result<(), Failure> {
         self.enter(Phase::Flip, serde_json::json!({ "scope_version": plan.version }));
+        let mut gainers: Vec<u16> = lock(&self.state)
+            .scope
+            .moves(plan)
+            .filter_map(|(_, _, new)| u16::try_from(new).ok())
+            .collect();
+        gainers.sort_unstable();
+        gainers.dedup();
         let (done, result) = bounded(1);
         self.flips
             .send(FlipRequest {
@@ -219,15 +226,30 @@ impl Driver {
         };
         self.flipped = true;
         self.phases_note("moved_buckets", moved.into());
+        // The nodes taking buckets over adopt the flip first: until the
+        // others follow, a packet they get for a moved bucket goes to its
+        // old owner, which still takes it. In the other order the two would
+        // send it back and forth.
+        self.await_version(plan.version, Some(&gainers))?;
+        lock(&self.state).tell_scope(plan, |node| !gainers.contains(&node));
+        self.await_version(plan.version, None)
+    }
+
+    /// Waits until the live nodes (of `only`, if given) forward by `version`.
+    fn await_version(&self, version: u64, only: Option<&[u16]>) -> Result<(), Failure> {
         loop {
-            let lagging = lock(&self.state).membership.lagging(plan.version);
+            let lagging: Vec<u16> = lock(&self.state)
+                .membership
+                .lagging(version)
+                .into_iter()
+                .filter(|n| only.is_none_or(|o| o.contains(n)))
+                .collect();
             if lagging.is_empty() {
                 return Ok(());
             }
             if Instant::now() >= self.running.deadline {
                 return Err(Failure::AfterFlip(format!(
-                    "nodes {lagging:?} did not take scope version {} in time",
-                    plan.version
+                    "nodes {lagging:?} did not take scope version {version} in time"
                 )));
             }
             std::thread::sleep(POLL);

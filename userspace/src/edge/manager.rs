@@ -70,6 +70,18 @@ pub struct ManagerState {
 }
 
 impl ManagerState {
+    /// Sends `scope` to every node with a live session that `to` selects.
+    pub fn tell_scope(&self, scope: &Scope, to: impl Fn(u16) -> bool) {
+        for (&node, (_, registration)) in self.registrations.iter().filter(|(&n, _)| to(n)) {
+            let update = crate::control::message::ScopeUpdate {
+                scope: WireScope::new(scope, registration.capabilities),
+            };
+            if !self.send(node, Body::ScopeUpdate(update)) {
+                tracing::warn!(node, "no live session for the scope update");
+            }
+        }
+    }
+
     /// Tells every live node that `node` FAILED, so they forget the flows it
     /// owned (`MemberUpdate`).
     pub fn member_failed(&self, node: u16) {

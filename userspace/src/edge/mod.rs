@@ -12,8 +12,7 @@ use crate::{
     admin::{self, AdminCall, AdminRequest, AdminResponse},
     control::{
         ids::{Incarnation, NodeId},
-        message::{Body, InheritorChoice, MemberStatus, MigrationMode, ScopeUpdate},
-        scope_wire::WireScope,
+        message::{InheritorChoice, MemberStatus, MigrationMode},
     },
     scope::Scope,
 };
@@ -33,6 +32,16 @@ use std::{
     },
     time::{Duration, Instant},
 };
+
+/// Which nodes a flip tells right away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tell {
+    /// Every node.
+    All,
+    /// Only the nodes that take buckets over; the migration tells the
+    /// others once these forward by the new scope (see [`driver`]).
+    Gainers,
+}
 
 /// The running edge.
 #[derive(Debug)]
@@ -115,12 +124,12 @@ impl Edge {
             bail!("refusing to leave every bucket without an owner");
         }
         let next = self.scope.rebuilt(members)?;
-        self.publish(next)
+        self.publish(next, Tell::All)
     }
 
     /// Publishes `next` as the scope. Refuses a table with an unowned bucket
     /// or an owner that is not a member.
-    pub fn publish(&mut self, next: Scope) -> Result<AdminResponse> {
+    pub fn publish(&mut self, next: Scope, nodes: Tell) -> Result<AdminResponse> {
         if next.table.len() != self.scope.table.len() {
             bail!(
                 "a scope of {} buckets, the edge has {}",
@@ -148,12 +157,11 @@ impl Edge {
             let mut m = manager::lock(&self.manager);
             m.scope = next.clone();
             m.membership.scope_changed(&members);
-            // Every node forwards by the edge's scope: they find owners by it.
-            for (&node, (_, registration)) in &m.registrations {
-                let scope = WireScope::new(&next, registration.capabilities);
-                if !m.send(node, Body::ScopeUpdate(ScopeUpdate { scope })) {
-                    tracing::warn!(node, "no live session for the scope update");
-                }
+            // Nodes forward by the edge's scope: they find owners by it.
+            let gainers: Vec<u32> = self.scope.moves(&next).map(|(_, _, new)| new).collect();
+            match nodes {
+                Tell::All => m.tell_scope(&next, |_| true),
+                Tell::Gainers => m.tell_scope(&next, |node| gainers.contains(&u32::from(node))),
             }
         }
         self.scope = next;
@@ -425,7 +433,7 @@ impl Edge {
                     self.handle(request, reply);
                 },
                 recv(flips) -> flip => if let Ok(FlipRequest { plan, done }) = flip {
-                    let result = self.publish(plan).map_err(|e| format!("{e:#}")).map(|r| match r {
+                    let result = self.publish(plan, Tell::Gainers).map_err(|e| format!("{e:#}")).map(|r| match r {
                         AdminResponse::ScopeChanged { moved_buckets, .. } => moved_buckets,
                         _ => 0,
                     });

@@ -351,6 +351,7 @@ impl Pipeline {
             return self.drop(DropReason::Malformed);
         };
         let mut hops = hops;
+        let mut from_node = None;
         if l2.ethertype == FABRIC_ETHERTYPE {
             match decapsulate(frame, self.own_mac) {
                 Ok(h) if h.kind == kind::MARKER => {
@@ -365,6 +366,7 @@ impl Pipeline {
                 Ok(h) => {
                     self.counters.received_from_node += 1;
                     hops = hops.max(h.hops);
+                    from_node = Some(h.sender.get());
                     if h.target_worker != ANY_WORKER && h.target_worker != self.me.worker {
                         // The sender named the owning core; another core's
                         // table or scope would only send it away again.
@@ -390,16 +392,29 @@ impl Pipeline {
             (None, Some(forward_key)) => self.scope_owner(&forward_key),
             (None, None) => self.scope_owner(&key),
         };
-        if hops == 0 && owner.node == self.me.node && self.ownership.get(&key).is_none() {
-            // Straight from the edge, for a bucket this node just took over:
-            // the connection may be the old owner's, announced or not yet.
-            // Asked there first; the old owner sends a new one back.
-            if let Some(before) = self.view.previous_owner(&reply_of.unwrap_or(key)) {
+        if owner.node == self.me.node && self.ownership.get(&key).is_none() {
+            // For a bucket this node just took over, the connection may be
+            // the old owner's, announced or not yet: asked there first,
+            // unless the old owner sent it (then the connection is new) or
+            // another core here already asked (hops without a sender).
+            let previous = self.view.previous_owner(&reply_of.unwrap_or(key));
+            if let Some(before) = previous.filter(|&b| hops == 0 || from_node.is_some_and(|s| s != b)) {
                 let previous = Owner {
                     node: before,
                     worker: ANY_WORKER,
                 };
                 return self.forward(frame, &headers, previous, hops, out);
+            }
+        }
+        if owner.node != self.me.node && self.ownership.get(&key).is_none() {
+            // A bucket this node just gave up: a connection of it is still
+            // here until it is handed over, on the core the bucket maps to.
+            let forward_key = reply_of.unwrap_or(key);
+            if self.view.previous_owner(&forward_key) == Some(self.me.node) {
+                let core = self.view.owner_by_scope(&forward_key).worker;
+                if core != self.me.worker {
+                    return self.hand_to_core(frame.bytes(), core, hops, out);
+                }
             }
         }
         if owner != self.me {
