@@ -32,7 +32,7 @@ demo: build
 # The pipeline micro-benchmark first: it needs no root, the others build test beds.
 bench: build
 	$(CARGO) bench -p handoff-bench --bench pipeline
-	$(CARGO) bench -p handoff-bench --bench dataplane --bench service_path --bench migration
+	$(CARGO) bench -p handoff-bench --bench dataplane --bench service_path --bench migration --bench migration_load
 
 clean:
 	$(CARGO) clean

@@ -1,0 +1,135 @@
+//! `make bench`, migration under load: the test bed's service path with the
+//! client's UDP echo flows and 200 kernel TCP connections running, fd-a
+//! disengaged by the manager once it holds its share of the flows, for
+//! several flow counts. Each row sits beside a baseline run of the same load
+//! in which nothing moves, so a loss the migration causes stands out from
+//! one the host causes. Reports per row: connections fd-a held, time per
+//! phase, and lost / reordered / duplicated echoes and TCP failures.
+//! Results: a table on stdout and `results/migration-load.json`.
+
+use anyhow::{bail, Context, Result};
+use handoff_testbed::{
+    privilege::missing_privilege,
+    service_path::{LoadReports, LoadSpec},
+    Cluster,
+};
+use serde::Serialize;
+use std::{path::PathBuf, time::Duration};
+
+const FLOW_COUNTS: [u32; 3] = [1_000, 10_000, 50_000];
+const RATE: u64 = 8_000;
+const TCP_CONNECTIONS: u32 = 200;
+
+#[derive(Debug, Serialize)]
+struct Run {
+    flows: u32,
+    migrated: bool,
+    held_by_fd_a: u64,
+    total_ms: Option<f64>,
+    phases: Vec<(String, f64)>,
+    sent: u64,
+    lost: u64,
+    reordered: u64,
+    duplicated: u64,
+    tcp_completed: u64,
+    tcp_failed: u64,
+}
+
+/// One run over `flows` flows; disengages fd-a mid-run when `migrate`.
+fn run(flows: u32, migrate: bool) -> Result<Run> {
+    // Long enough for every flow to start and for a few seconds after.
+    let seconds = 2 * u64::from(flows) / RATE + 8;
+    let mut cluster = Cluster::service_path(2)?;
+    let load = cluster.start_client_load(&LoadSpec {
+        flows,
+        rate: RATE,
+        count: RATE * seconds,
+        connections: TCP_CONNECTIONS,
+        requests: u32::try_from(seconds * 70).unwrap_or(u32::MAX),
+    })?;
+    // Every flow has started once its first round of packets went out.
+    std::thread::sleep(Duration::from_millis(1000 * u64::from(flows) / RATE + 2000));
+    let held_by_fd_a = cluster.node_stats(0)?["totals"]["active"].as_u64().unwrap_or(0);
+    let (mut total_ms, mut phases) = (None, Vec::new());
+    if migrate {
+        let printed = cluster.migrate(&["disengage", "fd-a"])?;
+        let report: serde_json::Value = printed
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .context("no report line")?;
+        total_ms = report["total_ms"].as_f64();
+        phases = report["phases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                (
+                    p["phase"].as_str().unwrap_or("?").to_string(),
+                    p["ms"].as_f64().unwrap_or(0.0),
+                )
+            })
+            .collect();
+    }
+    let LoadReports { gen, sink, tcp } = cluster.finish_client_load(&load, Duration::from_secs(seconds + 120))?;
+    Ok(Run {
+        flows,
+        migrated: migrate,
+        held_by_fd_a,
+        total_ms,
+        phases,
+        sent: gen.sent,
+        lost: sink.lost.unwrap_or(gen.sent),
+        reordered: sink.reordered,
+        duplicated: sink.duplicated,
+        tcp_completed: tcp.completed,
+        tcp_failed: tcp.reset + tcp.timed_out + tcp.corrupted,
+    })
+}
+
+fn main() -> Result<()> {
+    if std::env::args().any(|a| a == "--list") {
+        return Ok(());
+    }
+    if let Some(reason) = missing_privilege() {
+        bail!("the benchmark builds network namespaces and loads XDP programs: {reason}");
+    }
+    println!(
+        "handoff migration under load: UDP echo at {RATE} pps over N flows and {TCP_CONNECTIONS} TCP connections; fd-a disengaged, beside a run where nothing moves"
+    );
+    println!(
+        "{:>7} {:>9} {:>8} {:>10} {:>9} {:>6} {:>9} {:>10} {:>8}  phases (ms)",
+        "flows", "run", "fd-a held", "total ms", "sent", "lost", "reordered", "duplicated", "tcp fail"
+    );
+    let mut runs = Vec::new();
+    for flows in FLOW_COUNTS {
+        for migrate in [false, true] {
+            let r = run(flows, migrate).with_context(|| format!("{flows} flows, migrate {migrate}"))?;
+            println!(
+                "{:>7} {:>9} {:>8} {:>10} {:>9} {:>6} {:>9} {:>10} {:>8}  {}",
+                r.flows,
+                if migrate { "disengage" } else { "baseline" },
+                r.held_by_fd_a,
+                r.total_ms.map_or("-".into(), |t| format!("{t:.1}")),
+                r.sent,
+                r.lost,
+                r.reordered,
+                r.duplicated,
+                r.tcp_failed,
+                r.phases
+                    .iter()
+                    .map(|(p, ms)| format!("{p} {ms:.1}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            runs.push(r);
+        }
+    }
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../results/migration-load.json");
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&runs)?)?;
+    println!("results: {}", out.display());
+    Ok(())
+}
