@@ -67,6 +67,23 @@ fn a_node_leaves_and_rejoins_under_load_with_no_loss_and_no_broken_connection() 
     std::thread::sleep(Duration::from_secs(4));
     let before = cluster.node_stats(0).unwrap();
     assert!(before["totals"]["active"].as_u64().unwrap() > 1000, "{before}");
+    // Requests that cannot be carried out get a clear answer and change nothing.
+    for (args, expected) in [
+        (&["disengage", "fd-z"][..], "no member named \"fd-z\""),
+        (
+            &["disengage", "fd-a", "--inheritor", "fd-a"][..],
+            "node 0 cannot inherit",
+        ),
+        (
+            &["disengage", "fd-a", "--inheritor", "nobody"][..],
+            "no member named \"nobody\"",
+        ),
+        (&["engage", "fd-a"][..], "node 0 is Active; Engage needs it DISENGAGED"),
+    ] {
+        let err = cluster.migrate(args).unwrap_err().to_string();
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+    assert_eq!(status_of(&cluster, 0), "Active");
     let out = std::thread::scope(|s| {
         let running = s.spawn(|| cluster.migrate(&["disengage", "fd-a"]));
         // While it runs, fd-a is DISENGAGING and a second migration is refused.

@@ -119,8 +119,13 @@ impl Membership {
         match self.members.insert(node, fresh) {
             None => Registration::New,
             Some(old) if old.incarnation == incarnation => {
+                // A reconnect of the same run: what a migration set stays.
                 if let Some(m) = self.members.get_mut(&node) {
                     m.flows = old.flows;
+                    m.scope_version = old.scope_version;
+                    if matches!(old.status, MemberStatus::Disengaging | MemberStatus::Joining) {
+                        m.status = old.status;
+                    }
                 }
                 Registration::Again
             }
@@ -254,8 +259,14 @@ mod tests {
         let mut m = Membership::new(Duration::from_secs(1));
         m.register(0, "fd-a", Incarnation(1), 2, true, t0);
         m.heartbeat(0, Incarnation(1), 10, 1, t0).unwrap();
+        m.set_status(0, MemberStatus::Disengaging);
         assert_eq!(m.register(0, "fd-a", Incarnation(1), 2, true, t0), Registration::Again);
         assert_eq!(m.view(t0)[0].flows, 10);
+        assert_eq!(
+            m.view(t0)[0].status,
+            MemberStatus::Disengaging,
+            "a reconnect keeps the migration's status"
+        );
         assert_eq!(
             m.register(0, "fd-a", Incarnation(2), 2, true, t0),
             Registration::Restarted
