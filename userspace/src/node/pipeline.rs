@@ -208,6 +208,15 @@ pub struct Pipeline {
     lost: Option<LostFlow>,
 }
 
+/// Where a packet goes right after a flip instead of by the scope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transition {
+    /// To the bucket's previous owner, which may hold its connection.
+    AskPrevious(u16),
+    /// To the core of this node the bucket mapped to before it was given up.
+    LookOnCore(u8),
+}
+
 /// A packet of a connection dropped because the cluster disagreed on its
 /// owner, with what this worker knew: kept for the operator's log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -387,34 +396,23 @@ impl Pipeline {
         // An announced owner overrides the scope, also when it is us: asking
         // the scope then would send our flow to a node that points back here.
         let reply_of = self.policy.forward_key_of_reply(&key);
-        let owner = match (self.ownership.get(&key), reply_of) {
+        let announced = self.ownership.get(&key);
+        let owner = match (announced, reply_of) {
             (Some(owner), _) => owner,
             (None, Some(forward_key)) => self.scope_owner(&forward_key),
             (None, None) => self.scope_owner(&key),
         };
-        if owner.node == self.me.node && self.ownership.get(&key).is_none() {
-            // For a bucket this node just took over, the connection may be
-            // the old owner's, announced or not yet: asked there first,
-            // unless the old owner sent it (then the connection is new) or
-            // another core here already asked (hops without a sender).
-            let previous = self.view.previous_owner(&reply_of.unwrap_or(key));
-            if let Some(before) = previous.filter(|&b| hops == 0 || from_node.is_some_and(|s| s != b)) {
-                let previous = Owner {
-                    node: before,
-                    worker: ANY_WORKER,
-                };
-                return self.forward(frame, &headers, previous, hops, out);
-            }
-        }
-        if owner.node != self.me.node && self.ownership.get(&key).is_none() {
-            // A bucket this node just gave up: a connection of it is still
-            // here until it is handed over, on the core the bucket maps to.
-            let forward_key = reply_of.unwrap_or(key);
-            if self.view.previous_owner(&forward_key) == Some(self.me.node) {
-                let core = self.view.owner_by_scope(&forward_key).worker;
-                if core != self.me.worker {
-                    return self.hand_to_core(frame.bytes(), core, hops, out);
+        if announced.is_none() {
+            match self.transition(&reply_of.unwrap_or(key), owner, hops, from_node) {
+                Some(Transition::AskPrevious(node)) => {
+                    let previous = Owner {
+                        node,
+                        worker: ANY_WORKER,
+                    };
+                    return self.forward(frame, &headers, previous, hops, out);
                 }
+                Some(Transition::LookOnCore(core)) => return self.hand_to_core(frame.bytes(), core, hops, out),
+                None => {}
             }
         }
         if owner != self.me {
@@ -517,6 +515,28 @@ impl Pipeline {
             }
             Err(FabricError::TooManyHops(_)) => self.drop(DropReason::LoopGuard),
             Err(_) => self.drop(DropReason::BadFabric),
+        }
+    }
+
+    /// Where a packet with no known connection goes first while the
+    /// view remembers the scope before the last flip, if not by the scope.
+    /// `forward_key` is the connection's forward key, `owner` its owner by
+    /// the scope, `from_node` the node that sent it over the fabric.
+    fn transition(&self, forward_key: &FlowKey, owner: Owner, hops: u8, from_node: Option<u16>) -> Option<Transition> {
+        let before = self.view.previous_owner(forward_key)?;
+        if owner.node == self.me.node {
+            // A bucket this node just took over: the connection may be the
+            // old owner's, announced or not yet. Asked there first, unless
+            // the old owner sent it (then it is new) or another core here
+            // already asked (hops without a sender).
+            (hops == 0 || from_node.is_some_and(|s| s != before)).then_some(Transition::AskPrevious(before))
+        } else if before == self.me.node {
+            // A bucket this node just gave up: a connection of it is still
+            // here until it is handed over, on the core the bucket maps to.
+            let core = self.view.owner_by_scope(forward_key).worker;
+            (core != self.me.worker).then_some(Transition::LookOnCore(core))
+        } else {
+            None
         }
     }
 

@@ -92,8 +92,9 @@ impl NodeView {
     /// go there, not to a fresh connection here.
     #[inline]
     pub fn previous_owner(&self, key: &FlowKey) -> Option<u16> {
+        let previous = self.previous.as_ref()?;
         let bucket = self.hash.bucket(key);
-        let before = *self.previous.as_ref()?.get(bucket as usize)?;
+        let before = *previous.get(bucket as usize)?;
         (before != self.scope.owner(bucket) && before != crate::scope::maglev::UNOWNED).then_some(before as u16)
     }
 
