@@ -18,7 +18,7 @@ use super::manager::{lock, ManagerState};
 use crate::{
     admin::AdminResponse,
     control::{
-        ids::{Capabilities, NodeId},
+        ids::{Capabilities, Incarnation, NodeId},
         message::{Abort, AbortReason, Body, Flipped, MemberStatus, MigrateStart, MigrationMode, Phase},
         scope_wire::WireScope,
     },
@@ -70,6 +70,8 @@ pub struct Driver {
     phase_started: Instant,
     phases: Vec<serde_json::Value>,
     flipped: bool,
+    /// The run of the node the migration started with: a restart loses it.
+    target_run: Option<Incarnation>,
 }
 
 impl Driver {
@@ -83,7 +85,9 @@ impl Driver {
         events: Receiver<Body>,
     ) -> Self {
         let now = Instant::now();
+        let target_run = lock(&state).membership.member(running.target).map(|m| m.incarnation);
         Self {
+            target_run,
             state,
             flips,
             reply,
@@ -291,9 +295,9 @@ impl Driver {
                     let alive = {
                         let s = lock(&self.state);
                         s.outboxes.contains_key(&target)
-                            && s.membership
-                                .member(target)
-                                .is_some_and(|m| m.status != MemberStatus::Failed)
+                            && s.membership.member(target).is_some_and(|m| {
+                                m.status != MemberStatus::Failed && Some(m.incarnation) == self.target_run
+                            })
                     };
                     if !alive {
                         return Err(Failure::TargetLost(self.running.phase));
@@ -604,6 +608,21 @@ mod tests {
         assert_eq!(
             lock(&state).membership.member(TARGET).unwrap().status,
             MemberStatus::Failed
+        );
+
+        // The node restarted mid-migration: its new run knows nothing of it.
+        let (lines, _, _) = drive(Duration::from_secs(10), |_, to_node, _, state| {
+            assert!(matches!(
+                to_node.recv_timeout(Duration::from_secs(5)).unwrap(),
+                Body::MigrateStart(_)
+            ));
+            lock(&state)
+                .membership
+                .register(TARGET, "n", Incarnation(2), 1, true, Instant::now());
+        });
+        assert!(
+            matches!(lines.last().unwrap(), AdminResponse::Error { message } if message.contains("node lost")),
+            "{lines:?}"
         );
     }
 }
