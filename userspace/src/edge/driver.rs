@@ -27,7 +27,6 @@ use crate::{
 };
 use crossbeam::channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use std::{
-    collections::BTreeMap,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -162,15 +161,10 @@ impl Driver {
 
     fn disengage(&mut self, plan: &Scope) -> Result<(), Failure> {
         let (serial, target) = (self.running.serial, self.running.target);
-        let (from_version, capabilities) = {
+        let (from_version, capabilities, heirs) = {
             let s = lock(&self.state);
-            (s.scope.version, capabilities_of(&s, target))
+            (s.scope.version, capabilities_of(&s, target), s.scope.gains(plan))
         };
-        let mut heirs = BTreeMap::<u32, usize>::new();
-        let current = lock(&self.state).scope.clone();
-        for (_, _, new) in current.moves(plan) {
-            *heirs.entry(new).or_default() += 1;
-        }
         self.enter(Phase::Select, serde_json::json!({ "buckets_by_inheritor": heirs }));
         let start = MigrateStart {
             serial,
@@ -205,17 +199,17 @@ impl Driver {
         self.wait_for(|body| matches!(body, Body::Purged(p) if p.serial == serial).then_some(()))
     }
 
-    /// Publishes `plan` at the edge (which sends it to every node) and waits
-    /// until each live node forwards by it.
+    /// Publishes `plan` at the edge (which sends it to the nodes that gain
+    /// buckets), then to the other nodes once the gainers forward by it, and
+    /// waits until each live node does.
     fn flip(&mut self, plan: &Scope) -> Result<(), Failure> {
         self.enter(Phase::Flip, serde_json::json!({ "scope_version": plan.version }));
-        let mut gainers: Vec<u16> = lock(&self.state)
+        let gainers: Vec<u16> = lock(&self.state)
             .scope
-            .moves(plan)
-            .filter_map(|(_, _, new)| u16::try_from(new).ok())
+            .gains(plan)
+            .into_keys()
+            .filter_map(|new| u16::try_from(new).ok())
             .collect();
-        gainers.sort_unstable();
-        gainers.dedup();
         let (done, result) = bounded(1);
         self.flips
             .send(FlipRequest {
@@ -383,6 +377,7 @@ mod tests {
         },
         scope::HashParams,
     };
+    use std::collections::BTreeMap;
 
     const TARGET: u16 = 0;
 

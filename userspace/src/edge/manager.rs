@@ -16,9 +16,9 @@ use super::{
 use crate::{
     control::{
         codec::Envelope,
-        ids::{Capabilities, Incarnation, Sender as WireSender},
+        ids::{Capabilities, Incarnation, NodeId, Sender as WireSender},
         io::{read_frame, read_frame_within, write_frame, FrameIoError},
-        message::{Body, MemberInfo, Register, RegisterAck},
+        message::{Body, MemberInfo, MemberStatus, MemberUpdate, Register, RegisterAck, ScopeUpdate},
         scope_wire::WireScope,
         stale::{Freshness, StalenessFilter},
     },
@@ -73,7 +73,7 @@ impl ManagerState {
     /// Sends `scope` to every node with a live session that `to` selects.
     pub fn tell_scope(&self, scope: &Scope, to: impl Fn(u16) -> bool) {
         for (&node, (_, registration)) in self.registrations.iter().filter(|(&n, _)| to(n)) {
-            let update = crate::control::message::ScopeUpdate {
+            let update = ScopeUpdate {
                 scope: WireScope::new(scope, registration.capabilities),
             };
             if !self.send(node, Body::ScopeUpdate(update)) {
@@ -85,29 +85,28 @@ impl ManagerState {
     /// Tells every live node that `node` FAILED, so they forget the flows it
     /// owned (`MemberUpdate`).
     pub fn member_failed(&self, node: u16) {
-        let Some((incarnation, r)) = self.registrations.get(&node) else {
+        let Some(member) = self.member_info(node, MemberStatus::Failed) else {
             return;
         };
-        let Ok(id) = crate::control::ids::NodeId::new(node) else {
-            return;
-        };
-        let member = MemberInfo {
-            node: id,
+        for &peer in self.outboxes.keys().filter(|&&p| p != node) {
+            self.send(peer, Body::MemberUpdate(MemberUpdate { member: member.clone() }));
+        }
+    }
+
+    /// Registered member `node` as the control protocol describes it.
+    fn member_info(&self, node: u16, status: MemberStatus) -> Option<MemberInfo> {
+        let (incarnation, r) = self.registrations.get(&node)?;
+        Some(MemberInfo {
+            node: NodeId::new(node).ok()?,
             name: r.name.clone(),
             incarnation: *incarnation,
-            status: crate::control::message::MemberStatus::Failed,
+            status,
             capabilities: r.capabilities,
             control_addr: r.control_addr,
             data_mac: r.data_mac,
             data_ip: r.data_ip,
             workers: r.workers,
-        };
-        for &peer in self.outboxes.keys().filter(|&&p| p != node) {
-            self.send(
-                peer,
-                Body::MemberUpdate(crate::control::message::MemberUpdate { member: member.clone() }),
-            );
-        }
+        })
     }
 
     /// Queues `body` for `node`; false if it has no live session or its
@@ -190,21 +189,8 @@ fn serve_member(mut stream: TcpStream, state: &Mutex<ManagerState>, incarnation:
         let status = s.membership.view(Instant::now());
         let members = s
             .registrations
-            .iter()
-            .filter_map(|(&id, (inc, r))| {
-                let status = status.iter().find(|m| m.node == id)?.status;
-                Some(MemberInfo {
-                    node: crate::control::ids::NodeId::new(id).ok()?,
-                    name: r.name.clone(),
-                    incarnation: *inc,
-                    status,
-                    capabilities: r.capabilities,
-                    control_addr: r.control_addr,
-                    data_mac: r.data_mac,
-                    data_ip: r.data_ip,
-                    workers: r.workers,
-                })
-            })
+            .keys()
+            .filter_map(|&id| s.member_info(id, status.iter().find(|m| m.node == id)?.status))
             .collect();
         RegisterAck {
             protocol_version: crate::control::codec::PROTOCOL_VERSION,

@@ -158,10 +158,12 @@ impl Edge {
             m.scope = next.clone();
             m.membership.scope_changed(&members);
             // Nodes forward by the edge's scope: they find owners by it.
-            let gainers: Vec<u32> = self.scope.moves(&next).map(|(_, _, new)| new).collect();
             match nodes {
                 Tell::All => m.tell_scope(&next, |_| true),
-                Tell::Gainers => m.tell_scope(&next, |node| gainers.contains(&u32::from(node))),
+                Tell::Gainers => {
+                    let gains = self.scope.gains(&next);
+                    m.tell_scope(&next, |node| gains.contains_key(&u32::from(node)));
+                }
             }
         }
         self.scope = next;

@@ -332,11 +332,7 @@ impl Node {
         self.failed.retain(|&node| !members.contains(&u32::from(node)));
         let view = Arc::new(self.view.flipped_to(next.clone(), &self.failed));
         self.settle_at = Some(Instant::now() + TRANSITION_GRACE);
-        for worker in &self.commands {
-            worker
-                .send(WorkerCommand::View(Arc::clone(&view)))
-                .context("a worker has stopped")?;
-        }
+        self.tell_workers(|| WorkerCommand::View(Arc::clone(&view)))?;
         self.scope_version.store(next.version, Ordering::Relaxed);
         self.scope = next;
         self.view = view;
@@ -345,6 +341,14 @@ impl Node {
             moved_buckets: moved,
             generation: 0,
         })
+    }
+
+    /// Sends every worker the command `command` makes.
+    fn tell_workers(&self, command: impl Fn() -> WorkerCommand) -> Result<()> {
+        for worker in &self.commands {
+            worker.send(command()).context("a worker has stopped")?;
+        }
+        Ok(())
     }
 
     /// Asks every worker, collects one answer from each.
@@ -525,8 +529,8 @@ impl Node {
                 if !self.failed.contains(&node) {
                     self.failed.push(node);
                 }
-                for worker in &self.commands {
-                    let _ = worker.send(WorkerCommand::ForgetNode { node });
+                if let Err(e) = self.tell_workers(|| WorkerCommand::ForgetNode { node }) {
+                    tracing::error!(error = %format!("{e:#}"), "forgetting a FAILED member's flows");
                 }
             }
             ManagerOrder::MemberFailed(_) => {}
@@ -679,8 +683,8 @@ impl Node {
             if self.settle_at.is_some_and(|at| Instant::now() >= at) {
                 self.settle_at = None;
                 self.view = Arc::new(self.view.settled());
-                for worker in &self.commands {
-                    let _ = worker.send(WorkerCommand::View(Arc::clone(&self.view)));
+                if let Err(e) = self.tell_workers(|| WorkerCommand::View(Arc::clone(&self.view))) {
+                    tracing::error!(error = %format!("{e:#}"), "settling the view");
                 }
             }
         }

@@ -99,6 +99,16 @@ impl Scope {
         m
     }
 
+    /// Buckets each member takes over from another in `next`, by member:
+    /// its keys are the members that gain buckets.
+    pub fn gains(&self, next: &Scope) -> std::collections::BTreeMap<u32, usize> {
+        let mut gains = std::collections::BTreeMap::new();
+        for (_, _, new) in self.moves(next) {
+            *gains.entry(new).or_default() += 1;
+        }
+        gains
+    }
+
     /// `(bucket, old owner, new owner)` for every bucket that differs.
     pub fn moves<'a>(&'a self, next: &'a Scope) -> impl Iterator<Item = (u32, u32, u32)> + 'a {
         self.table
@@ -130,6 +140,9 @@ mod tests {
         assert!(s1.moves(&s2).all(|(_, old, new)| old == 2 && new != 2));
         assert_eq!(s1.moves(&s2).count(), s1.buckets_of(2).count());
         assert_eq!(s2.members(), vec![1, 3]);
+        let gains = s1.gains(&s2);
+        assert_eq!(gains.keys().copied().collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(gains.values().sum::<usize>(), s1.buckets_of(2).count());
     }
 
     #[test]
