@@ -151,7 +151,7 @@ fn run(connections: usize, policy: &Policy) -> Result<Row> {
     );
 
     let t = Instant::now();
-    let cut = handover::cut(&mut old, &outgoing);
+    let cut = handover::cut(&mut old, &next).len();
     let cut_ms = ms(t);
     let t = Instant::now();
     let purged = handover::purge(&mut old);

@@ -7,7 +7,7 @@ use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
 use handoff::{
     flow::{config::PolicyConfig, ImportOutcome, Owner, Policy, Timestamp},
     io::{memory::MemoryFrame, FrameBuf, Verdict},
-    migration::handover::{cut, export, import, purge},
+    migration::handover::{changes, cut, export, import, purge, take_back, Change},
     node::{
         pipeline::{Outbox, Pipeline},
         view::NodeView,
@@ -160,7 +160,7 @@ fn connections_follow_their_state_through_export_cut_flip_and_purge() {
 
     // The cut: packets still reaching the old owner cross the fabric to the
     // heir, which rewrites them exactly as before.
-    assert_eq!(cut(old.table_mut(), &outgoing), FLOWS);
+    assert_eq!(cut(old.table_mut(), &next).len(), FLOWS);
     assert!(
         export(old.table(), &next).is_empty(),
         "redirected connections are not exported again"
@@ -196,4 +196,154 @@ fn connections_follow_their_state_through_export_cut_flip_and_purge() {
         .table()
         .records()
         .all(|r| r.forward.owner == Owner { node: 1, worker: 0 }));
+}
+
+/// `FLOWS` requests of new connections to the VIP owned by node 0 under
+/// `view`, from source ports `from..`.
+fn requests_to_node_0(view: &NodeView, from: u16, count: usize) -> Vec<Vec<u8>> {
+    let vip = SocketAddr::new(Ipv4Addr::new(10, 0, 9, 1).into(), 53);
+    (from..u16::MAX)
+        .map(|port| udp(SocketAddr::new(Ipv4Addr::new(10, 0, 0, 7).into(), port), vip, MACS[0]))
+        .filter(|f| view.owner_by_scope(&key_of(f)).node == 0)
+        .take(count)
+        .collect()
+}
+
+#[test]
+fn the_journal_carries_what_changed_during_the_copy_and_the_cut_takes_it_all() {
+    let both = view(0, &[0, 1]);
+    let mut old = node(0, Arc::clone(&both));
+    let first = requests_to_node_0(&both, 1000, 50);
+    for f in &first {
+        handle(&mut old, f, 1).expect("forwarded");
+    }
+    let next = view(0, &[1]);
+    old.table_mut().start_journal(1024);
+    let snapshot = export(old.table(), &next);
+    assert_eq!(snapshot.len(), 50);
+
+    // During the copy: 10 new connections, 5 busy ones (one packet, and
+    // three more on the first: still one change), 3 that end.
+    let later = requests_to_node_0(&both, 30_000, 10);
+    for f in &later {
+        handle(&mut old, f, 2).expect("forwarded");
+    }
+    for f in first.iter().take(5).chain(std::iter::repeat_n(&first[0], 3)) {
+        handle(&mut old, f, 3).expect("forwarded");
+    }
+    for f in &first[47..] {
+        let slot = old.table().lookup(&key_of(f)).unwrap();
+        old.table_mut().remove(slot).unwrap();
+    }
+    let journal = old.table_mut().take_journal();
+    let found = changes(old.table(), &journal, &next);
+    let (mut new, mut changed, mut deleted) = (0, 0, Vec::new());
+    for change in &found {
+        match change {
+            Change::Upsert { outgoing, new: true } => {
+                assert!(later.iter().any(|f| key_of(f) == outgoing.record.forward.key));
+                new += 1;
+            }
+            Change::Upsert { outgoing, new: false } => {
+                assert!(first[..5].iter().any(|f| key_of(f) == outgoing.record.forward.key));
+                assert!(outgoing.record.forward.packets >= 2, "the state as it is now");
+                changed += 1;
+            }
+            Change::Delete { inheritor, key } => {
+                assert_eq!(*inheritor, 1);
+                deleted.push(*key);
+            }
+        }
+    }
+    assert_eq!((new, changed, deleted.len()), (10, 5, 6), "{found:?}");
+    assert!(first[47..].iter().all(|f| deleted.contains(&key_of(f))));
+    assert!(
+        matches!(
+            found[..6],
+            [
+                Change::Delete { .. },
+                Change::Delete { .. },
+                Change::Delete { .. },
+                Change::Delete { .. },
+                Change::Delete { .. },
+                Change::Delete { .. }
+            ]
+        ),
+        "deletes come first"
+    );
+
+    // The cut redirects the snapshot's survivors and the new connections.
+    let redirected = cut(old.table_mut(), &next);
+    assert_eq!(redirected.len(), 50 - 3 + 10);
+    assert!(export(old.table(), &next).is_empty());
+    let after_cut = old.table_mut().stop_journal();
+    assert!(!after_cut.ops.is_empty(), "the redirect changed entries");
+    assert!(
+        changes(old.table(), &after_cut, &next).is_empty(),
+        "redirected connections are no changes to hand over"
+    );
+}
+
+#[test]
+fn a_cut_taken_back_serves_its_connections_here_as_before() {
+    let both = view(0, &[0, 1]);
+    let mut old = node(0, Arc::clone(&both));
+    let requests = requests_to_node_0(&both, 1000, 20);
+    let backends: Vec<SocketAddr> = requests
+        .iter()
+        .map(|f| destination(&handle(&mut old, f, 1).expect("forwarded")))
+        .collect();
+    let next = view(0, &[1]);
+    let redirected = cut(old.table_mut(), &next);
+    assert_eq!(redirected.len(), 20);
+    assert_eq!(
+        take_back(old.table_mut(), &redirected, &[2]),
+        0,
+        "only the named inheritors"
+    );
+    assert_eq!(take_back(old.table_mut(), &redirected, &[1]), 20);
+    assert_eq!(take_back(old.table_mut(), &redirected, &[1]), 0, "taken back once");
+    for (request, backend) in requests.iter().zip(&backends) {
+        let sent = handle(&mut old, request, 2).expect("served here again");
+        assert_eq!(destination(&sent), *backend, "with the backend it had");
+    }
+    let c = old.counters();
+    assert_eq!((c.forwarded_to_node, c.created, c.dropped()), (0, 20, 0));
+}
+
+#[test]
+fn a_holding_pipeline_keeps_redirected_packets_untouched_and_nothing_else() {
+    let both = view(0, &[0, 1]);
+    let mut old = node(0, Arc::clone(&both));
+    let requests = requests_to_node_0(&both, 1000, 4);
+    for f in &requests {
+        handle(&mut old, f, 1).expect("forwarded");
+    }
+    cut(old.table_mut(), &view(0, &[1]));
+    old.hold_redirects(true);
+    let mut out = Outbox::with_capacity(8);
+    for f in &requests {
+        let mut frame = MemoryFrame::new(2048, 64);
+        frame.load(f, 64).unwrap();
+        let verdict = old.process(&mut frame, 0, Timestamp::from_nanos(2), &mut out);
+        assert_eq!(verdict, Verdict::Drop);
+    }
+    assert_eq!(out.held.len(), 4);
+    for (held, f) in out.held.iter().zip(&requests) {
+        assert_eq!(&held.data[..held.len as usize], &f[..], "held as it arrived");
+    }
+    let fresh = requests_to_node_0(&both, 40_000, 1);
+    assert!(handle(&mut old, &fresh[0], 2).is_some(), "a new connection is not held");
+    old.hold_redirects(false);
+    let over_fabric = handle(&mut old, &requests[0], 3).expect("redirected once released");
+    assert_eq!(
+        u16::from_be_bytes([over_fabric[12], over_fabric[13]]),
+        handoff_common::fabric::FABRIC_ETHERTYPE
+    );
+    let c = old.counters();
+    assert_eq!(
+        (c.forwarded_to_node, c.dropped()),
+        (1, 0),
+        "a held packet is no drop: {c:?}"
+    );
 }

@@ -265,6 +265,7 @@ impl Driver {
                             p.phase,
                             serde_json::json!({
                                 "flows_copied": p.flows_copied,
+                                "deltas_sent": p.deltas_sent,
                                 "flows_remaining": p.flows_remaining,
                             }),
                         );

@@ -667,6 +667,23 @@ impl FlowTable {
         })
     }
 
+    /// Takes back a connection [`FlowTable::redirect`] gave away: owned here
+    /// again, with the `actions` that call returned. For a handover whose
+    /// inheritor never confirmed the cut.
+    pub fn reclaim(&mut self, slot: Slot, actions: FlowActions) -> Result<(), FlowError> {
+        let (forward, reverse) = self
+            .pair_of(slot.index())
+            .ok_or(FlowError::NoSuchSlot { slot: slot.0 })?;
+        for (i, network) in [(forward, actions.forward), (reverse, actions.reverse)] {
+            let entry = &mut self.slab[i];
+            entry.owner = self.local;
+            entry.network = network;
+            entry.bump();
+            self.record_change(i, Change::Update);
+        }
+        Ok(())
+    }
+
     /// Grows the table by `additional` entries, for a receiver that was told
     /// how many flows are coming. Allocates and rebuilds the index: never call
     /// it on the packet path.
@@ -1449,6 +1466,26 @@ mod tests {
         t.remove(slots.forward);
         assert_eq!(t.set_owner(slots.forward, ME), Err(FlowError::NoSuchSlot { slot: 0 }));
         assert!(t.redirect(slots.forward, ME).is_err());
+    }
+
+    #[test]
+    fn reclaim_undoes_a_redirect_in_both_directions() {
+        let mut t = table(8);
+        let slots = install(&mut t, 1, ipproto::TCP, at(0));
+        let previous = t.redirect(slots.forward, Owner { node: 2, worker: 3 }).unwrap();
+        t.reclaim(slots.reverse, previous).unwrap();
+        let record = t.record(slots.forward).unwrap();
+        assert_eq!(
+            (record.forward.network, record.reverse.network),
+            (actions().forward, actions().reverse)
+        );
+        assert_eq!((record.forward.owner, record.reverse.owner), (ME, ME));
+        assert_eq!(record.forward.version, 3, "each change is a new version");
+        t.remove(slots.forward);
+        assert_eq!(
+            t.reclaim(slots.forward, previous),
+            Err(FlowError::NoSuchSlot { slot: 0 })
+        );
     }
 
     #[test]

@@ -3,12 +3,12 @@
 //! links, and the admin socket.
 
 use super::{
-    config::NodeConfig,
+    config::{NodeConfig, NodeMember},
     handover, manager_link,
     peers::{self, Identity, PeerCounters},
     pipeline::Pipeline,
     view::NodeView,
-    worker::{Worker, WorkerCommand, WorkerLinks, WorkerReport},
+    worker::{Deltas, Worker, WorkerCommand, WorkerLinks, WorkerReport},
 };
 use crate::{
     admin::{self, AdminCall, AdminRequest, AdminResponse},
@@ -17,8 +17,8 @@ use crate::{
         flow::FlowRecordV2,
         ids::{Capabilities, Incarnation, MacAddr, MigrationSerial, NodeId},
         message::{
-            Abort, AbortReason, Body, Drained, Flipped, Heartbeat, MigrateStart, MigrationMode, Phase, Progress,
-            Purged, ReadyToFlip, Register,
+            Abort, AbortReason, Body, DeltaOp, Drained, Flipped, Heartbeat, MigrateStart, MigrationMode, Phase,
+            Progress, Purged, ReadyToFlip, Register,
         },
     },
     flow::{config::PolicyConfig, Policy},
@@ -27,6 +27,7 @@ use crate::{
 };
 use anyhow::{bail, Context, Result};
 use crossbeam::channel::{bounded, unbounded, Receiver, Sender};
+use handoff_common::flow_key::FlowKey;
 use handoff_loader::XskProgram;
 use manager_link::{Link, ManagerOrder, OrderCall};
 use std::{
@@ -98,6 +99,100 @@ enum RoundError {
     /// This node failed.
     #[error(transparent)]
     Local(#[from] anyhow::Error),
+}
+
+/// What was redirected (inheritor, forward key, reverse key), and the
+/// inheritors that did not confirm their cut (id, name, why).
+type CutOutcome = (Vec<(u16, FlowKey, FlowKey)>, Vec<(u16, String, anyhow::Error)>);
+
+/// Delta batches a round sends at most before it cuts.
+const MAX_DELTA_BATCHES: usize = 8;
+/// A round cuts once a batch carries fewer changes than this: the last
+/// batch then goes out while the cut connections' packets wait.
+const CUT_BELOW_DELTAS: u64 = 1024;
+
+fn member_name(members: &[NodeMember], id: u16) -> String {
+    members
+        .iter()
+        .find(|m| m.id == id)
+        .map_or_else(|| format!("node {id}"), |m| m.name.clone())
+}
+
+/// The streams of one handover round, one per inheritor, opened on first use.
+struct Streams<'a> {
+    identity: &'a Identity,
+    members: &'a [NodeMember],
+    serial: MigrationSerial,
+    open: BTreeMap<u16, handover::Stream<'a>>,
+    deltas_sent: u64,
+}
+
+impl<'a> Streams<'a> {
+    /// The stream to `node`, announcing `flows` connections if it opens now.
+    fn stream(&mut self, node: u16, flows: u64) -> Result<&mut handover::Stream<'a>, RoundError> {
+        if !self.open.contains_key(&node) {
+            let member = self
+                .members
+                .iter()
+                .find(|m| m.id == node)
+                .with_context(|| format!("inheritor {node} is not a configured member"))?;
+            let stream = handover::Stream::open(member.control, self.identity, self.serial, flows)
+                .map_err(|source| self.lost(node, source))?;
+            self.open.insert(node, stream);
+        }
+        self.open
+            .get_mut(&node)
+            .ok_or_else(|| RoundError::Local(anyhow::anyhow!("stream to {node} vanished")))
+    }
+
+    fn lost(&self, node: u16, source: anyhow::Error) -> RoundError {
+        RoundError::Inheritor {
+            node,
+            name: member_name(self.members, node),
+            source,
+        }
+    }
+
+    /// Sends the workers' changes to their inheritors, in each worker's
+    /// order; returns how many. A journal that lost changes, or a change
+    /// that cannot go on the wire, fails the round.
+    fn send_deltas<'d>(&mut self, batches: impl Iterator<Item = &'d Deltas>) -> Result<u64, RoundError> {
+        let mut by_inheritor: BTreeMap<u16, Vec<DeltaOp>> = BTreeMap::new();
+        for batch in batches {
+            if batch.overflowed {
+                return Err(anyhow::anyhow!(
+                    "connections changed faster than the copy could follow; nothing changed, retry"
+                )
+                .into());
+            }
+            if let Some(refused) = batch.refused.first() {
+                return Err(anyhow::anyhow!("a connection cannot be handed over, nothing changed: {refused}").into());
+            }
+            for (node, op) in &batch.ops {
+                by_inheritor.entry(*node).or_default().push(op.clone());
+            }
+        }
+        let mut sent = 0;
+        for (node, ops) in by_inheritor {
+            let result = self.stream(node, 0)?.deltas(&ops);
+            result.map_err(|source| self.lost(node, source))?;
+            sent += ops.len() as u64;
+        }
+        self.deltas_sent += sent;
+        Ok(sent)
+    }
+
+    /// Ends every stream with its cut; returns the inheritors that did not
+    /// install the number of connections `expected` of them.
+    fn cut(&mut self, expected: &BTreeMap<u16, u64>) -> Vec<(u16, String, anyhow::Error)> {
+        let mut failed = Vec::new();
+        for (node, stream) in std::mem::take(&mut self.open) {
+            if let Err(source) = stream.cut(expected.get(&node).copied().unwrap_or(0)) {
+                failed.push((node, member_name(self.members, node), source));
+            }
+        }
+        failed
+    }
 }
 
 impl std::fmt::Debug for Node {
@@ -362,56 +457,67 @@ impl Node {
             .collect()
     }
 
-    /// One handover round towards `next`: export, stream to each inheritor,
-    /// cut, broadcast. Nothing is cut unless every inheritor installed its
-    /// share. `progress` hears when the broadcast starts.
+    /// One handover round towards `next`: export (the snapshot), stream
+    /// it to each inheritor, stream the changes since in batches until few
+    /// are left, cut (the last changes and the redirect in one step of each
+    /// worker, whose packets of the cut connections then wait), send the
+    /// last changes and the cut, and release the waiting packets once every
+    /// inheritor installed its share. An inheritor that did not gets its
+    /// connections taken back before the packets go on: then nothing
+    /// changed for them. `progress` hears the copy's and the broadcast's
+    /// starts.
     fn handover_round(
         &mut self,
         next: &Arc<NodeView>,
-        progress: &dyn Fn(Phase, u64),
+        progress: &dyn Fn(Phase, u64, u64),
     ) -> Result<serde_json::Value, RoundError> {
         self.handovers += 1;
         let serial = MigrationSerial(self.handovers);
         let started = Instant::now();
-        let exported = self.ask_workers(
-            |reply| WorkerCommand::Export {
-                next: Arc::clone(next),
-                reply,
-            },
-            HANDOVER_STEP,
-        )?;
-        if let Some(refused) = exported.iter().flat_map(|e| &e.refused).next() {
-            return Err(anyhow::anyhow!("a connection cannot be handed over, nothing changed: {refused}").into());
-        }
-        let mut by_inheritor: BTreeMap<u16, Vec<FlowRecordV2>> = BTreeMap::new();
-        for c in exported.iter().flat_map(|e| &e.connections) {
-            by_inheritor.entry(c.inheritor).or_default().push(c.record);
-        }
-        let mut inheritors = serde_json::Map::new();
-        for (&node, records) in &by_inheritor {
-            let member = self
-                .config
-                .members
-                .iter()
-                .find(|m| m.id == node)
-                .with_context(|| format!("inheritor {node} is not a configured member"))?;
-            let installed = handover::send(member.control, &self.identity, serial, records).map_err(|source| {
-                RoundError::Inheritor {
-                    node,
-                    name: member.name.clone(),
-                    source,
+        let mut streams = Streams {
+            identity: &self.identity,
+            members: &self.config.members,
+            serial,
+            open: BTreeMap::new(),
+            deltas_sent: 0,
+        };
+        let round = self.stream_and_cut(next, &mut streams, progress, started);
+        let (redirected, failed) = match round {
+            Ok(cut) => cut,
+            Err(e) => {
+                // Nothing was cut (or the cut is taken back whole): stop
+                // the journals and let any held packet go on as before.
+                let everyone: Vec<u16> = self.config.members.iter().map(|m| m.id).collect();
+                if let Err(release) = self.ask_workers(
+                    |reply| WorkerCommand::Release {
+                        take_back: everyone.clone(),
+                        reply,
+                    },
+                    HANDOVER_STEP,
+                ) {
+                    tracing::error!(error = %format!("{release:#}"), "ending a failed handover round");
                 }
-            })?;
-            inheritors.insert(member.name.clone(), installed.into());
-        }
-        let copied = started.elapsed();
-        let moved: usize = by_inheritor.values().map(Vec::len).sum();
-        progress(Phase::Broadcast, moved as u64);
-        let cut: usize = self
-            .ask_workers(|reply| WorkerCommand::Cut { reply }, HANDOVER_STEP)?
+                return Err(e);
+            }
+        };
+        let failed_ids: Vec<u16> = failed.iter().map(|(node, _, _)| *node).collect();
+        let taken_back: usize = self
+            .ask_workers(
+                |reply| WorkerCommand::Release {
+                    take_back: failed_ids.clone(),
+                    reply,
+                },
+                HANDOVER_STEP,
+            )?
             .into_iter()
             .sum();
-        let owners = handover::owners_of(&exported);
+        if let Some((node, name, source)) = failed.into_iter().next() {
+            tracing::warn!(%serial, taken_back, inheritor = %name, "an inheritor did not confirm its cut; its connections are owned here again");
+            return Err(RoundError::Inheritor { node, name, source });
+        }
+        let copied = started.elapsed();
+        progress(Phase::Broadcast, redirected.len() as u64, streams.deltas_sent);
+        let owners = handover::owners_of(&redirected);
         // This node remembers the new owners too: once its table is purged,
         // and if it rejoins the scope, their packets must still find them.
         peers::tell_owners(
@@ -427,16 +533,72 @@ impl Node {
                 broadcast_failures += 1;
             }
         }
-        tracing::info!(serial = %serial, moved, cut, "handover round done");
+        let mut inheritors = serde_json::Map::new();
+        for &(node, _, _) in &redirected {
+            let name = member_name(&self.config.members, node);
+            let count = inheritors.get(&name).and_then(serde_json::Value::as_u64).unwrap_or(0);
+            inheritors.insert(name, (count + 1).into());
+        }
+        tracing::info!(%serial, moved = redirected.len(), deltas = streams.deltas_sent, "handover round done");
         Ok(serde_json::json!({
             "serial": serial.0,
-            "connections": moved,
-            "cut": cut,
+            "connections": redirected.len(),
+            "deltas": streams.deltas_sent,
             "inheritors": inheritors,
             "copy_ms": copied.as_secs_f64() * 1e3,
             "total_ms": started.elapsed().as_secs_f64() * 1e3,
             "broadcast_failures": broadcast_failures,
         }))
+    }
+
+    /// The streaming part of [`Node::handover_round`], up to the inheritors'
+    /// answers to the cut. Returns what was redirected and the inheritors
+    /// that did not confirm; an error before the cut leaves nothing cut.
+    fn stream_and_cut(
+        &self,
+        next: &Arc<NodeView>,
+        streams: &mut Streams<'_>,
+        progress: &dyn Fn(Phase, u64, u64),
+        started: Instant,
+    ) -> Result<CutOutcome, RoundError> {
+        let exported = self.ask_workers(
+            |reply| WorkerCommand::Export {
+                next: Arc::clone(next),
+                reply,
+            },
+            HANDOVER_STEP,
+        )?;
+        if let Some(refused) = exported.iter().flat_map(|e| &e.refused).next() {
+            return Err(anyhow::anyhow!("a connection cannot be handed over, nothing changed: {refused}").into());
+        }
+        let mut by_inheritor: BTreeMap<u16, Vec<FlowRecordV2>> = BTreeMap::new();
+        for c in exported.iter().flat_map(|e| &e.connections) {
+            by_inheritor.entry(c.inheritor).or_default().push(c.record);
+        }
+        let snapshot: usize = by_inheritor.values().map(Vec::len).sum();
+        progress(Phase::Copy, snapshot as u64, 0);
+        for (&node, records) in &by_inheritor {
+            let sent = streams.stream(node, records.len() as u64)?.snapshot(records);
+            sent.map_err(|source| streams.lost(node, source))?;
+        }
+        for _ in 0..MAX_DELTA_BATCHES {
+            let batch = self.ask_workers(|reply| WorkerCommand::Deltas { reply }, HANDOVER_STEP)?;
+            let sent = streams.send_deltas(batch.iter())?;
+            progress(Phase::Copy, snapshot as u64, streams.deltas_sent);
+            if sent < CUT_BELOW_DELTAS || started.elapsed() > HANDOVER_STEP {
+                break;
+            }
+        }
+        let shares = self.ask_workers(|reply| WorkerCommand::Cut { reply }, HANDOVER_STEP)?;
+        // From here on, the cut connections' packets wait in the workers.
+        streams.send_deltas(shares.iter().map(|s| &s.deltas))?;
+        let redirected: Vec<(u16, FlowKey, FlowKey)> = shares.into_iter().flat_map(|s| s.redirected).collect();
+        let mut expected: BTreeMap<u16, u64> = BTreeMap::new();
+        for &(node, _, _) in &redirected {
+            *expected.entry(node).or_default() += 1;
+        }
+        let failed = streams.cut(&expected);
+        Ok((redirected, failed))
     }
 
     /// Hands over the stragglers, waits for silence, purges.
@@ -448,7 +610,7 @@ impl Node {
         let next = Arc::clone(&self.view);
         let mut rounds = Vec::new();
         for _ in 0..MAX_RELEASE_ROUNDS {
-            let round = self.handover_round(&next, &|_, _| {})?;
+            let round = self.handover_round(&next, &|_, _, _| {})?;
             let moved = round["connections"].as_u64().unwrap_or(0);
             rounds.push(round);
             if moved == 0 {
@@ -571,16 +733,16 @@ impl Node {
             return Err(cancelled("the plan does not take every bucket from this node".into()));
         }
         self.migration = Some(serial);
-        let progress = |phase: Phase, flows: u64| {
+        let progress = |phase: Phase, flows: u64, deltas: u64| {
             let _ = answers.send(Body::Progress(Progress {
                 serial,
                 phase,
                 flows_copied: flows,
-                deltas_sent: 0,
+                deltas_sent: deltas,
                 flows_remaining: 0,
             }));
         };
-        progress(Phase::Copy, 0);
+        progress(Phase::Copy, 0, 0);
         let next = Arc::new(NodeView {
             scope: plan,
             ..(*self.view).clone()

@@ -1,12 +1,12 @@
 //! The node's side of a handover on the control protocol: streaming
-//! connections to an inheritor (`TableAnnounce`, `FlowRecords`..., `Cut`,
-//! answered by `CutAck` or `Abort`), receiving them, and the ownership
-//! broadcast that follows the cut.
+//! connections to an inheritor (`TableAnnounce`, `FlowRecords`...,
+//! `FlowDelta`..., `Cut`, answered by `CutAck` or `Abort`), receiving them,
+//! and the ownership broadcast that follows the cut.
 
 use super::{
     peers::{open_link, tell_owners, Identity},
     view::NodeView,
-    worker::{Exported, Imported, WorkerCommand},
+    worker::{Imported, WorkerCommand},
 };
 use crate::{
     control::{
@@ -14,8 +14,8 @@ use crate::{
         ids::{MigrationSerial, NodeId},
         io::{read_frame_within, write_frame},
         message::{
-            Abort, AbortReason, Body, Cut, CutAck, FlowOwner, FlowRecords, OwnershipBroadcast, OwnershipChanges,
-            TableAnnounce,
+            Abort, AbortReason, Body, Cut, CutAck, DeltaOp, FlowDelta, FlowOwner, FlowRecords, OwnershipBroadcast,
+            OwnershipChanges, TableAnnounce,
         },
     },
     flow::Owner,
@@ -23,6 +23,7 @@ use crate::{
 use anyhow::{bail, Context, Result};
 use crossbeam::channel::{bounded, Sender};
 use handoff_common::{fabric::ANY_WORKER, flow_key::FlowKey};
+use hashbrown::HashMap;
 use std::{
     net::{SocketAddr, TcpStream},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -45,62 +46,98 @@ pub fn ownership_version() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// Streams `records` to the inheritor at `address` and waits for its cut
-/// acknowledgement. Returns the connections it installed.
-pub fn send(
+/// One handover stream to an inheritor, from its announcement to its cut.
+#[derive(Debug)]
+pub struct Stream<'a> {
     address: SocketAddr,
-    identity: &Identity,
+    identity: &'a Identity,
     serial: MigrationSerial,
-    records: &[FlowRecordV2],
-) -> Result<u64> {
-    let mut message_serial = 0u64;
-    let mut stream = open_link(address, identity, &mut message_serial)?;
-    let mut send = |stream: &mut TcpStream, body: Body| -> Result<()> {
-        write_frame(stream, &identity.envelope(&mut message_serial, body))
-            .with_context(|| format!("streaming to {address}"))
-    };
-    send(
-        &mut stream,
-        Body::TableAnnounce(TableAnnounce {
+    stream: TcpStream,
+    message_serial: u64,
+    chunks: u32,
+    delta_batches: u64,
+}
+
+impl<'a> Stream<'a> {
+    /// Connects to the inheritor at `address` and announces `flows`
+    /// connections, so it can size its copy.
+    pub fn open(address: SocketAddr, identity: &'a Identity, serial: MigrationSerial, flows: u64) -> Result<Self> {
+        let mut message_serial = 0u64;
+        let stream = open_link(address, identity, &mut message_serial)?;
+        let mut this = Self {
+            address,
+            identity,
             serial,
-            flows: records.len() as u64,
-            bytes_estimate: records.len() as u64 * RECORD_BYTES_ESTIMATE,
-            record_version: RecordVersion::V2,
-        }),
-    )?;
-    let mut chunks = 0u32;
-    for chunk in records.chunks(RECORDS_PER_CHUNK) {
-        send(
-            &mut stream,
-            Body::FlowRecords(FlowRecords {
-                serial,
-                chunk: chunks,
-                records: chunk.iter().copied().map(WireRecord::V2).collect(),
-            }),
-        )?;
-        chunks += 1;
-    }
-    send(
-        &mut stream,
-        Body::Cut(Cut {
-            serial,
-            chunks,
+            stream,
+            message_serial,
+            chunks: 0,
             delta_batches: 0,
-        }),
-    )?;
-    match read_frame_within(&stream, CUT_TIMEOUT)
-        .with_context(|| format!("waiting for {address} to install"))?
-        .body
-    {
-        Body::CutAck(ack) if ack.serial == serial && ack.flows == records.len() as u64 => Ok(ack.flows),
-        Body::CutAck(ack) => bail!(
-            "{address} installed {} of {} connections (attempt {})",
-            ack.flows,
-            records.len(),
-            ack.serial
-        ),
-        Body::Abort(abort) => bail!("{address} aborted: {}", abort.reason),
-        other => bail!("{address} answered the cut with {:?}", other.kind()),
+        };
+        this.send(Body::TableAnnounce(TableAnnounce {
+            serial,
+            flows,
+            bytes_estimate: flows * RECORD_BYTES_ESTIMATE,
+            record_version: RecordVersion::V2,
+        }))?;
+        Ok(this)
+    }
+
+    fn send(&mut self, body: Body) -> Result<()> {
+        write_frame(
+            &mut self.stream,
+            &self.identity.envelope(&mut self.message_serial, body),
+        )
+        .with_context(|| format!("streaming to {}", self.address))
+    }
+
+    /// Sends the snapshot, in chunks.
+    pub fn snapshot(&mut self, records: &[FlowRecordV2]) -> Result<()> {
+        for chunk in records.chunks(RECORDS_PER_CHUNK) {
+            self.send(Body::FlowRecords(FlowRecords {
+                serial: self.serial,
+                chunk: self.chunks,
+                records: chunk.iter().copied().map(WireRecord::V2).collect(),
+            }))?;
+            self.chunks += 1;
+        }
+        Ok(())
+    }
+
+    /// Sends changes since the snapshot, in order, in batches.
+    pub fn deltas(&mut self, ops: &[DeltaOp]) -> Result<()> {
+        for batch in ops.chunks(RECORDS_PER_CHUNK) {
+            self.send(Body::FlowDelta(FlowDelta {
+                serial: self.serial,
+                seq: self.delta_batches,
+                ops: batch.to_vec(),
+            }))?;
+            self.delta_batches += 1;
+        }
+        Ok(())
+    }
+
+    /// Ends the stream and waits until the inheritor installed `expected`
+    /// connections.
+    pub fn cut(mut self, expected: u64) -> Result<u64> {
+        self.send(Body::Cut(Cut {
+            serial: self.serial,
+            chunks: self.chunks,
+            delta_batches: self.delta_batches,
+        }))?;
+        let address = self.address;
+        match read_frame_within(&self.stream, CUT_TIMEOUT)
+            .with_context(|| format!("waiting for {address} to install"))?
+            .body
+        {
+            Body::CutAck(ack) if ack.serial == self.serial && ack.flows == expected => Ok(ack.flows),
+            Body::CutAck(ack) => bail!(
+                "{address} installed {} of {expected} connections (attempt {})",
+                ack.flows,
+                ack.serial
+            ),
+            Body::Abort(abort) => bail!("{address} aborted: {}: {}", abort.reason, abort.detail),
+            other => bail!("{address} answered the cut with {:?}", other.kind()),
+        }
     }
 }
 
@@ -124,21 +161,18 @@ pub fn broadcast(
     Ok(())
 }
 
-/// Both keys of every exported connection, owned by its inheritor (any worker).
-pub fn owners_of(exported: &[Exported]) -> Vec<FlowOwner> {
-    let mut owners = Vec::new();
-    for share in exported {
-        for c in &share.connections {
-            let Ok(node) = NodeId::new(c.inheritor) else { continue };
-            let owner = WireOwner {
-                node,
-                worker: u16::from(ANY_WORKER),
-            };
-            owners.push(FlowOwner {
-                key: c.record.key,
-                owner,
-            });
-            if let Ok(key) = WireFlowKey::try_from(&c.reverse) {
+/// Both keys of every redirected connection (inheritor, forward key,
+/// reverse key), owned by its inheritor (any worker).
+pub fn owners_of(redirected: &[(u16, FlowKey, FlowKey)]) -> Vec<FlowOwner> {
+    let mut owners = Vec::with_capacity(redirected.len() * 2);
+    for &(inheritor, forward, reverse) in redirected {
+        let Ok(node) = NodeId::new(inheritor) else { continue };
+        let owner = WireOwner {
+            node,
+            worker: u16::from(ANY_WORKER),
+        };
+        for key in [forward, reverse] {
+            if let Ok(key) = WireFlowKey::try_from(&key) {
                 owners.push(FlowOwner { key, owner });
             }
         }
@@ -146,12 +180,26 @@ pub fn owners_of(exported: &[Exported]) -> Vec<FlowOwner> {
     owners
 }
 
-/// A stream being received.
+/// A stream being received: the snapshot with the deltas applied so far,
+/// by forward key.
 #[derive(Debug)]
 pub struct Incoming {
     serial: MigrationSerial,
     chunks: u32,
-    records: Vec<FlowRecordV2>,
+    delta_batches: u64,
+    records: HashMap<WireFlowKey, FlowRecordV2>,
+}
+
+impl Incoming {
+    fn add(&mut self, record: &WireRecord) -> bool {
+        match record.translate(RecordVersion::V2) {
+            Ok(WireRecord::V2(r)) => {
+                self.records.insert(r.key, r);
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// The receiving end of handovers on one peer session.
@@ -183,31 +231,53 @@ impl<'a> Receiver<'a> {
                 self.incoming = Some(Incoming {
                     serial: a.serial,
                     chunks: 0,
-                    records: Vec::with_capacity(a.flows.min(1 << 22) as usize),
+                    delta_batches: 0,
+                    records: HashMap::with_capacity(a.flows.min(1 << 22) as usize),
                 });
                 None
             }
             Body::FlowRecords(m) => match self.incoming.as_mut() {
                 Some(inc) if inc.serial == m.serial && inc.chunks == m.chunk => {
                     inc.chunks += 1;
-                    inc.records
-                        .extend(m.records.iter().filter_map(|r| match r.translate(RecordVersion::V2) {
-                            Ok(WireRecord::V2(r)) => Some(r),
-                            _ => None,
-                        }));
-                    None
+                    if m.records.iter().all(|r| inc.add(r)) {
+                        None
+                    } else {
+                        Some(self.abort(m.serial, "a record cannot be read in version 2"))
+                    }
                 }
-                _ => Some(self.abort(m.serial)),
+                _ => Some(self.abort(m.serial, "a snapshot chunk out of order")),
+            },
+            Body::FlowDelta(d) => match self.incoming.as_mut() {
+                Some(inc) if inc.serial == d.serial && inc.delta_batches == d.seq => {
+                    inc.delta_batches += 1;
+                    let applied = d.ops.iter().all(|op| match op {
+                        DeltaOp::Insert(r) | DeltaOp::Update(r) => inc.add(r),
+                        DeltaOp::Delete(key) => {
+                            // The delete of a connection's reverse key matches
+                            // nothing: the copy is keyed by forward key.
+                            inc.records.remove(key);
+                            true
+                        }
+                    });
+                    if applied {
+                        None
+                    } else {
+                        Some(self.abort(d.serial, "a record cannot be read in version 2"))
+                    }
+                }
+                _ => Some(self.abort(d.serial, "a delta batch out of order")),
             },
             Body::Cut(c) => match self.incoming.take() {
-                Some(inc) if inc.serial == c.serial && inc.chunks == c.chunks => {
-                    let flows = self.install(inc.records);
+                Some(inc)
+                    if inc.serial == c.serial && inc.chunks == c.chunks && inc.delta_batches == c.delta_batches =>
+                {
+                    let flows = self.install(inc.records.into_values().collect());
                     Some(Body::CutAck(CutAck {
                         serial: c.serial,
                         flows,
                     }))
                 }
-                _ => Some(self.abort(c.serial)),
+                _ => Some(self.abort(c.serial, "the stream did not add up at the cut")),
             },
             Body::OwnershipBroadcast(b) => {
                 if let OwnershipChanges::Flows(flows) = &b.changes {
@@ -219,12 +289,12 @@ impl<'a> Receiver<'a> {
         }
     }
 
-    fn abort(&mut self, serial: MigrationSerial) -> Body {
+    fn abort(&mut self, serial: MigrationSerial, detail: &str) -> Body {
         self.incoming = None;
         Body::Abort(Abort {
             serial,
             reason: AbortReason::StreamGap { node: self.node },
-            detail: "the stream did not add up at the cut".into(),
+            detail: detail.into(),
         })
     }
 

@@ -5,6 +5,7 @@ pub mod config;
 pub mod daemon;
 pub mod fabric;
 pub mod handover;
+pub mod hold;
 pub mod manager_link;
 pub mod ownership;
 pub mod peers;

@@ -283,7 +283,11 @@ fn serve_peer(
                 counters.announces_received.fetch_add(1, Ordering::Relaxed);
                 apply_announce(&announce, workers, identity.node);
             }
-            body @ (Body::TableAnnounce(_) | Body::FlowRecords(_) | Body::Cut(_) | Body::OwnershipBroadcast(_))
+            body @ (Body::TableAnnounce(_)
+            | Body::FlowRecords(_)
+            | Body::FlowDelta(_)
+            | Body::Cut(_)
+            | Body::OwnershipBroadcast(_))
                 if greeted =>
             {
                 if let Some(answer) = receiver.handle(&body) {

@@ -181,6 +181,9 @@ pub struct Outbox {
     pub installed: Vec<Installed>,
     /// Markers received.
     pub markers: Vec<MarkerSeen>,
+    /// Frames of redirected connections held back (see
+    /// [`Pipeline::hold_redirects`]), unchanged, in arrival order.
+    pub held: Vec<CorePacket>,
 }
 
 impl Outbox {
@@ -190,6 +193,7 @@ impl Outbox {
             to_cores: Vec::with_capacity(burst),
             installed: Vec::with_capacity(burst),
             markers: Vec::with_capacity(burst),
+            held: Vec::with_capacity(burst),
         }
     }
 }
@@ -206,6 +210,9 @@ pub struct Pipeline {
     neighbor_macs: Vec<[u8; 6]>,
     counters: WorkerCounters,
     lost: Option<LostFlow>,
+    /// Packets of redirected connections go to [`Outbox::held`] instead of
+    /// their inheritor (between a cut and the inheritor's confirmation).
+    holding_redirects: bool,
 }
 
 /// Where a packet goes right after a flip instead of by the scope.
@@ -268,6 +275,7 @@ impl Pipeline {
             neighbor_macs,
             counters: WorkerCounters::default(),
             lost: None,
+            holding_redirects: false,
         })
     }
 
@@ -314,6 +322,14 @@ impl Pipeline {
     /// Installs a new view (scope, peers).
     pub fn set_view(&mut self, view: Arc<NodeView>) {
         self.view = view;
+    }
+
+    /// Holds back (or lets pass again) the packets of redirected
+    /// connections: untouched, they wait in [`Outbox::held`] for the worker
+    /// to run them again once the inheritor confirmed, or the cut was
+    /// taken back.
+    pub fn hold_redirects(&mut self, hold: bool) {
+        self.holding_redirects = hold;
     }
 
     /// Counts a transmission the worker made for a frame from another core.
@@ -450,6 +466,17 @@ impl Pipeline {
         now: Timestamp,
         out: &mut Outbox,
     ) -> Verdict {
+        // A frame too large to copy goes on unheld: it may then reach the
+        // inheritor before its connection does, never lost silently here.
+        if self.holding_redirects
+            && frame.bytes().len() <= CORE_FRAME
+            && self
+                .table
+                .entry(slot)
+                .is_some_and(|e| matches!(e.network, NetworkAction::Redirect { .. }))
+        {
+            return Self::hold(frame.bytes(), self.me.worker, hops, out);
+        }
         let len = frame.bytes().len();
         let (network, verdict) = match self.table.on_packet(slot, headers.tcp_flags, len, now) {
             Ok(entry) => (entry.network, self.apps.run(entry, frame.bytes_mut())),
@@ -553,6 +580,20 @@ impl Pipeline {
                 ..owner
             }
         }
+    }
+
+    /// Keeps a copy of `bytes` (at most [`CORE_FRAME`] long) for this
+    /// worker to run again later.
+    fn hold(bytes: &[u8], worker: u8, hops: u8, out: &mut Outbox) -> Verdict {
+        let mut packet = CorePacket {
+            worker,
+            hops,
+            len: bytes.len() as u16,
+            data: [0; CORE_FRAME],
+        };
+        packet.data[..bytes.len()].copy_from_slice(bytes);
+        out.held.push(packet);
+        Verdict::Drop
     }
 
     /// Queues a copy of `bytes` for `worker` of this node.

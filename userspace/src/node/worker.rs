@@ -10,15 +10,19 @@
 //! outbox are sized at start.
 
 use super::{
+    hold::{HoldCounters, HoldQueue},
     pipeline::{CorePacket, DropReason, Installed, Outbox, Pipeline, WorkerCounters, CORE_FRAME},
     view::NodeView,
 };
 use crate::{
-    control::flow::FlowRecordV2,
-    flow::{FlowCounters, Owner, Timestamp},
+    control::{
+        flow::{FlowRecord as WireRecord, FlowRecordV2, WireFlowKey},
+        message::DeltaOp,
+    },
+    flow::{FlowCounters, FlowRecord, Owner, Timestamp},
     io::{memory::MemoryFrame, PacketIo, Pending, PortStats, Verdict},
     migration::{
-        handover::{self, Outgoing},
+        handover::{self, Change, CutConnection},
         wire,
     },
 };
@@ -48,6 +52,14 @@ const SPINS_BEFORE_SLEEP: u32 = 64;
 const IDLE_WAIT: Duration = Duration::from_millis(1);
 /// Headroom kept in front of frames taken from the inbox (fabric encapsulation).
 const INBOX_HEADROOM: usize = 64;
+/// Journal ops per delta batch; a copy that changes more between two
+/// batches is aborted (and may be retried), not completed with a gap.
+const JOURNAL_BATCH: usize = 65_536;
+/// Packets of just-redirected connections one worker holds at most while
+/// its inheritors install them (about 6.5 MB, allocated at start).
+const HOLD_CAPACITY: usize = 4096;
+/// How long they are held at most if the control path never releases them.
+const HOLD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A control-path request to one worker.
 #[derive(Debug)]
@@ -74,16 +86,32 @@ pub enum WorkerCommand {
     /// Send a report back.
     Report(Sender<WorkerReport>),
     /// Export, in wire form, the connections whose owner changes under
-    /// `next`; remembered for the following [`WorkerCommand::Cut`].
+    /// `next`, and journal every change from then on, for
+    /// [`WorkerCommand::Deltas`] and [`WorkerCommand::Cut`].
     Export {
         /// The scope after the handover.
         next: Arc<NodeView>,
         /// Where the export goes.
         reply: Sender<Exported>,
     },
-    /// Redirect the connections of the last export to their inheritors.
+    /// The changes to leaving connections since the export or the last batch.
+    Deltas {
+        /// Where they go.
+        reply: Sender<Deltas>,
+    },
+    /// Take the last changes, redirect every leaving connection to its
+    /// inheritor and hold their packets until [`WorkerCommand::Release`].
     Cut {
-        /// How many were redirected.
+        /// The last changes and what was redirected.
+        reply: Sender<CutShare>,
+    },
+    /// End the handover: own again the connections cut to `take_back`
+    /// (inheritors that did not confirm), then let the held packets go, in
+    /// order.
+    Release {
+        /// Inheritors whose connections come back.
+        take_back: Vec<u16>,
+        /// How many connections came back.
         reply: Sender<usize>,
     },
     /// Install connections handed over by another node.
@@ -120,6 +148,34 @@ pub struct Exported {
     pub refused: Vec<String>,
 }
 
+/// One worker's changes to leaving connections, in the order they apply.
+#[derive(Debug, Default)]
+pub struct Deltas {
+    /// Each change with its inheritor.
+    pub ops: Vec<(u16, DeltaOp)>,
+    /// Connections that cannot be expressed on the wire, and why.
+    pub refused: Vec<String>,
+    /// The journal lost changes: the copy cannot be completed.
+    pub overflowed: bool,
+}
+
+/// One worker's cut.
+#[derive(Debug, Default)]
+pub struct CutShare {
+    /// The changes since the last batch, up to the cut.
+    pub deltas: Deltas,
+    /// Inheritor, forward and reverse key of every connection redirected.
+    pub redirected: Vec<(u16, FlowKey, FlowKey)>,
+}
+
+/// A handover this worker gives connections in.
+#[derive(Debug)]
+struct Leaving {
+    next: Arc<NodeView>,
+    /// What the cut redirected, kept to take it back.
+    cut: Vec<CutConnection>,
+}
+
 /// What one worker installed of a handover.
 #[derive(Debug, Default)]
 pub struct Imported {
@@ -152,6 +208,10 @@ pub struct WorkerReport {
     pub ownership_entries: usize,
     /// Installed flows the announcer could not take (its ring was full).
     pub announce_overflow: u64,
+    /// Packets held during handovers.
+    pub hold: HoldCounters,
+    /// Packets held now.
+    pub held: usize,
 }
 
 /// What a worker shares with the rest of the node.
@@ -186,8 +246,10 @@ pub struct Worker<P: PacketIo> {
     scratch: MemoryFrame,
     clock: Instant,
     announce_overflow: u64,
-    /// The connections of the last export, until they are cut.
-    exported: Vec<Outgoing>,
+    /// The handover in progress, from export to release.
+    leaving: Option<Leaving>,
+    /// Packets of just-cut connections, until their inheritors confirm.
+    pen: HoldQueue<CorePacket>,
 }
 
 impl<P: PacketIo> std::fmt::Debug for Worker<P> {
@@ -216,7 +278,8 @@ impl<P: PacketIo> Worker<P> {
             scratch: MemoryFrame::new(CORE_FRAME, INBOX_HEADROOM),
             clock: Instant::now(),
             announce_overflow: 0,
-            exported: Vec::new(),
+            leaving: None,
+            pen: HoldQueue::new(HOLD_CAPACITY, HOLD_TIMEOUT),
         }
     }
 
@@ -273,6 +336,14 @@ impl<P: PacketIo> Worker<P> {
         } = self;
         let mut handled = port.poll_rx(|frame| pipeline.process(frame, 0, now, outbox));
         handled += self.drain_inbox(now);
+        self.pen_held(now);
+        if self.pen.timed_out(now) {
+            tracing::warn!(
+                held = self.pen.len(),
+                "handover: no confirmation from the inheritor in time; the held packets go on"
+            );
+            self.unhold(now, true);
+        }
         if let Some(lost) = self.pipeline.take_lost_flow() {
             // Rare by design (a disagreement on a connection's owner): each
             // one is worth a line.
@@ -310,11 +381,16 @@ impl<P: PacketIo> Worker<P> {
                     let _ = reply.send(self.report());
                 }
                 Ok(WorkerCommand::Export { next, reply }) => {
-                    let _ = reply.send(self.export(&next));
+                    let _ = reply.send(self.export(next));
+                }
+                Ok(WorkerCommand::Deltas { reply }) => {
+                    let _ = reply.send(self.deltas(false));
                 }
                 Ok(WorkerCommand::Cut { reply }) => {
-                    let moved = std::mem::take(&mut self.exported);
-                    let _ = reply.send(handover::cut(self.pipeline.table_mut(), &moved));
+                    let _ = reply.send(self.cut());
+                }
+                Ok(WorkerCommand::Release { take_back, reply }) => {
+                    let _ = reply.send(self.release(&take_back));
                 }
                 Ok(WorkerCommand::Import { records, reply }) => {
                     let _ = reply.send(self.import(&records));
@@ -328,8 +404,7 @@ impl<P: PacketIo> Worker<P> {
         }
     }
 
-    /// Runs frames other cores handed over through the pipeline; what it
-    /// transmits is sent as a copy, since the frame is not from this port.
+    /// Runs frames other cores handed over through the pipeline.
     fn drain_inbox(&mut self, now: Timestamp) -> usize {
         let me = self.pipeline.owner().worker as usize;
         let Some(inbox) = self.links.inboxes.get(me).cloned() else {
@@ -339,22 +414,58 @@ impl<P: PacketIo> Worker<P> {
         while handled < self.outbox.to_cores.capacity() {
             let Some(packet) = inbox.pop() else { break };
             handled += 1;
-            if self
-                .scratch
-                .load(&packet.data[..packet.len as usize], INBOX_HEADROOM)
-                .is_err()
-            {
-                self.pipeline.count_drop(DropReason::Malformed);
-                continue;
-            }
-            let verdict = self
-                .pipeline
-                .process(&mut self.scratch, packet.hops, now, &mut self.outbox);
-            if verdict == Verdict::Transmit && self.port.send(crate::io::FrameBuf::bytes(&self.scratch)).is_err() {
-                self.pipeline.count_drop(DropReason::RingFull);
-            }
+            self.run_copy(&packet, now);
         }
         handled
+    }
+
+    /// Runs a copied frame through the pipeline; what it transmits is sent
+    /// as a copy, since the frame is not from this port.
+    fn run_copy(&mut self, packet: &CorePacket, now: Timestamp) {
+        if self
+            .scratch
+            .load(&packet.data[..packet.len as usize], INBOX_HEADROOM)
+            .is_err()
+        {
+            self.pipeline.count_drop(DropReason::Malformed);
+            return;
+        }
+        let verdict = self
+            .pipeline
+            .process(&mut self.scratch, packet.hops, now, &mut self.outbox);
+        if verdict == Verdict::Transmit && self.port.send(crate::io::FrameBuf::bytes(&self.scratch)).is_err() {
+            self.pipeline.count_drop(DropReason::RingFull);
+        }
+    }
+
+    /// Moves what the pipeline held into the pen. A full pen sends its
+    /// oldest packet on now, unheld: late for its inheritor maybe, but in
+    /// order and never dropped here.
+    fn pen_held(&mut self, now: Timestamp) {
+        if self.outbox.held.is_empty() {
+            return;
+        }
+        self.pen.start(now);
+        let held = std::mem::take(&mut self.outbox.held);
+        for packet in &held {
+            let Some(early) = self.pen.hold(*packet) else { continue };
+            self.pipeline.hold_redirects(false);
+            self.run_copy(&early, now);
+            self.pipeline.hold_redirects(true);
+        }
+        // Hand the buffer back: the packet path does not allocate.
+        self.outbox.held = held;
+        self.outbox.held.clear();
+    }
+
+    /// Stops holding and runs the held packets, oldest first.
+    fn unhold(&mut self, now: Timestamp, by_timeout: bool) {
+        self.pipeline.hold_redirects(false);
+        let held: Vec<CorePacket> = self.pen.release(by_timeout).collect();
+        for packet in &held {
+            self.run_copy(packet, now);
+        }
+        self.deliver();
     }
 
     fn deliver(&mut self) {
@@ -378,25 +489,96 @@ impl<P: PacketIo> Worker<P> {
         self.outbox.markers.clear();
     }
 
-    fn export(&mut self, next: &NodeView) -> Exported {
+    fn export(&mut self, next: Arc<NodeView>) -> Exported {
         let now = self.now();
-        let outgoing = handover::export(self.pipeline.table(), next);
+        let table = self.pipeline.table_mut();
+        table.start_journal(JOURNAL_BATCH);
+        let outgoing = handover::export(table, &next);
         let mut exported = Exported::default();
-        self.exported.clear();
         for o in outgoing {
             match wire::to_wire(&o.record, self.pipeline.policy(), now) {
-                Ok(record) => {
-                    exported.connections.push(ExportedConnection {
-                        inheritor: o.inheritor.node,
-                        record,
-                        reverse: o.record.reverse.key,
-                    });
-                    self.exported.push(o);
-                }
+                Ok(record) => exported.connections.push(ExportedConnection {
+                    inheritor: o.inheritor.node,
+                    record,
+                    reverse: o.record.reverse.key,
+                }),
                 Err(e) => exported.refused.push(format!("{}: {e}", o.record.forward.key)),
             }
         }
+        self.leaving = Some(Leaving { next, cut: Vec::new() });
         exported
+    }
+
+    /// The journal's changes to leaving connections since the last batch;
+    /// `last` stops the journal.
+    fn deltas(&mut self, last: bool) -> Deltas {
+        let Some(leaving) = self.leaving.as_ref() else {
+            return Deltas::default();
+        };
+        let now = self.now();
+        let table = self.pipeline.table_mut();
+        let journal = if last {
+            table.stop_journal()
+        } else {
+            table.take_journal()
+        };
+        let mut deltas = Deltas {
+            overflowed: journal.overflowed,
+            ..Deltas::default()
+        };
+        let to_wire = |record: &FlowRecord| wire::to_wire(record, self.pipeline.policy(), now).map(WireRecord::V2);
+        for change in handover::changes(self.pipeline.table(), &journal, &leaving.next) {
+            match change {
+                Change::Upsert { outgoing, new } => match to_wire(&outgoing.record) {
+                    Ok(record) => deltas.ops.push((
+                        outgoing.inheritor.node,
+                        if new {
+                            DeltaOp::Insert(record)
+                        } else {
+                            DeltaOp::Update(record)
+                        },
+                    )),
+                    Err(e) => deltas.refused.push(format!("{}: {e}", outgoing.record.forward.key)),
+                },
+                Change::Delete { inheritor, key } => {
+                    if let Ok(key) = WireFlowKey::try_from(&key) {
+                        deltas.ops.push((inheritor, DeltaOp::Delete(key)));
+                    }
+                }
+            }
+        }
+        deltas
+    }
+
+    /// The last changes, then the redirect, in one step of the loop: no
+    /// packet changes a leaving connection in between.
+    fn cut(&mut self) -> CutShare {
+        let deltas = self.deltas(true);
+        let Some(leaving) = self.leaving.as_mut() else {
+            return CutShare::default();
+        };
+        leaving.cut = handover::cut(self.pipeline.table_mut(), &leaving.next);
+        self.pipeline.hold_redirects(true);
+        CutShare {
+            deltas,
+            redirected: leaving
+                .cut
+                .iter()
+                .map(|c| (c.inheritor, c.forward, c.reverse))
+                .collect(),
+        }
+    }
+
+    fn release(&mut self, take_back: &[u16]) -> usize {
+        let Some(leaving) = self.leaving.take() else {
+            return 0;
+        };
+        let table = self.pipeline.table_mut();
+        table.stop_journal();
+        let taken = handover::take_back(table, &leaving.cut, take_back);
+        let now = self.now();
+        self.unhold(now, false);
+        taken
     }
 
     fn import(&mut self, records: &[FlowRecordV2]) -> Imported {
@@ -437,6 +619,8 @@ impl<P: PacketIo> Worker<P> {
             inbox: self.links.inboxes.get(me as usize).map_or(0, |q| q.len()),
             ownership_entries: self.pipeline.ownership().len(),
             announce_overflow: self.announce_overflow,
+            hold: self.pen.counters(),
+            held: self.pen.len(),
         }
     }
 }
