@@ -15,10 +15,16 @@ use crate::{
     netns::mac_string,
 };
 use anyhow::{bail, Context, Result};
+use handoff::{
+    flow::{config::PolicyConfig, Decision, Policy},
+    scope::{HashParams, Scope},
+};
 use handoff_bench::{
+    flows::FlowSet,
     report::{GenReport, SinkReport},
     tcp::TcpClientReport,
 };
+use handoff_common::{flow_key::FlowKey, net::ipproto};
 use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -34,11 +40,19 @@ pub const CONTROL_PORT: u16 = 7700;
 /// The client's address for generated UDP flows (owned by the client's
 /// kernel so the edge can resolve it, steered to the generator's socket).
 pub const CLIENT_UDP_SRC: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 100);
+/// The first source port of the client's UDP flows.
+pub const CLIENT_FIRST_PORT: u16 = 10_000;
 
 impl Cluster {
     /// The whole service path, up: three nodes with `node_queues` workers
     /// each behind the edge (spraying requests and replies), three services.
     pub fn service_path(node_queues: u32) -> Result<Self> {
+        Self::service_path_with(node_queues, "")
+    }
+
+    /// [`Cluster::service_path`] with `node_settings` (TOML lines) added to
+    /// every node's `[node]` section.
+    pub fn service_path_with(node_queues: u32, node_settings: &str) -> Result<Self> {
         let mut cluster = Cluster::create(&crate::ClusterSpec {
             node_queues,
             ..crate::ClusterSpec::default()
@@ -46,8 +60,43 @@ impl Cluster {
         let edge = cluster.edge_config(true);
         cluster.start_edge(&edge)?;
         cluster.start_services()?;
-        cluster.start_nodes(node_queues)?;
+        cluster.start_nodes_with(node_queues, node_settings)?;
         Ok(cluster)
+    }
+
+    /// The client's UDP flows (see [`Cluster::start_client_traffic`]).
+    pub fn client_flows(flows: u32) -> FlowSet {
+        FlowSet {
+            count: flows,
+            src_base: CLIENT_UDP_SRC,
+            first_port: CLIENT_FIRST_PORT,
+            dst: VIP,
+            dst_port: UDP_PORT,
+        }
+    }
+
+    /// For each of the client's `flows` UDP flows, whether `member` owns
+    /// the bucket of its requests or of its replies while the edge's scope
+    /// is its first one over `members`: the nodes its echoes cross, worked
+    /// out with the edge's hash and the nodes' own backend choice.
+    pub fn flows_crossing(&self, flows: u32, members: &[u32], member: u32) -> Result<Vec<bool>> {
+        let policy = PolicyConfig::parse(&self.node_policy(), Path::new("policy.toml"))?;
+        let policy = Policy::new(policy)?;
+        let hash = HashParams::default();
+        let scope = Scope::initial(hash.buckets, members)?;
+        let set = Self::client_flows(flows);
+        (0..flows)
+            .map(|flow| {
+                let (src, port) = set.source(flow);
+                let request = FlowKey::new(src.into(), VIP.into(), port, UDP_PORT, ipproto::UDP);
+                let Decision::Install { reverse_key, .. } = policy.decide(&request) else {
+                    bail!("the node policy drops flow {flow}");
+                };
+                Ok([request, reverse_key]
+                    .iter()
+                    .any(|key| scope.owner(hash.bucket(key)) == member))
+            })
+            .collect()
     }
 
     /// The policy every node runs: the VIP's UDP and TCP ports DNAT to the
@@ -77,8 +126,9 @@ impl Cluster {
         self.log_dir.join(format!("{}.sock", node_name(i)))
     }
 
-    /// The configuration of node `i`, one worker per queue of its veth.
-    pub fn node_config(&self, i: usize, queues: u32, policy: &Path) -> String {
+    /// The configuration of node `i`, one worker per queue of its veth,
+    /// with `node_settings` (TOML lines) added to its `[node]` section.
+    pub fn node_config(&self, i: usize, queues: u32, policy: &Path, node_settings: &str) -> String {
         let node = &self.nodes[i];
         let queue_list: Vec<String> = (0..queues).map(|q| q.to_string()).collect();
         let mut text = format!(
@@ -91,6 +141,7 @@ impl Cluster {
             self.node_admin_socket(i).display().to_string(),
             node.port.ip,
         );
+        text.push_str(node_settings);
         for (j, member) in self.nodes.iter().enumerate() {
             text.push_str(&format!(
                 "\n[[members]]\nname = {:?}\nid = {j}\nmac = {:?}\ncontrol = \"{}:{CONTROL_PORT}\"\n",
@@ -104,11 +155,18 @@ impl Cluster {
 
     /// Starts `handoff node` on every node and waits until each is ready.
     pub fn start_nodes(&mut self, queues: u32) -> Result<Vec<usize>> {
+        self.start_nodes_with(queues, "")
+    }
+
+    /// [`Cluster::start_nodes`] with `node_settings` (TOML lines) added to
+    /// every node's `[node]` section.
+    pub fn start_nodes_with(&mut self, queues: u32, node_settings: &str) -> Result<Vec<usize>> {
         let handoff = crate::binaries::binary("handoff")?;
         let policy = self.write_file("policy.toml", &self.node_policy())?;
         let mut started = Vec::new();
         for i in 0..self.nodes.len() {
-            let config = self.write_file(&format!("{}.toml", node_name(i)), &self.node_config(i, queues, &policy))?;
+            let text = self.node_config(i, queues, &policy, node_settings);
+            let config = self.write_file(&format!("{}.toml", node_name(i)), &text)?;
             let idx = self.spawn(
                 &node_name(i),
                 NsRef::Node(i),
@@ -182,7 +240,7 @@ impl Cluster {
             arg("--src"),
             arg(CLIENT_UDP_SRC),
             arg("--first-port"),
-            arg(10_000),
+            arg(CLIENT_FIRST_PORT),
             arg("--dst"),
             arg(VIP),
             arg("--dst-port"),
@@ -199,6 +257,7 @@ impl Cluster {
             arg(gen_json.display()),
             arg("--sink-json"),
             arg(sink_json.display()),
+            arg("--per-flow"),
         ];
         let idx = self.spawn("traffic", NsRef::Client, &bench, &args)?;
         if !wait_until(Duration::from_secs(15), || self.process(idx).stderr().contains("ready")) {

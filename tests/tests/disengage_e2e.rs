@@ -4,6 +4,7 @@
 //! `handoff engage fd-a` puts it back. UDP echo over 10,000 flows and 200
 //! kernel TCP connections run throughout.
 
+use handoff::scope::{HashParams, Scope};
 use handoff_testbed::{
     privileged,
     service_path::{LoadReports, LoadSpec},
@@ -31,9 +32,13 @@ fn assert_delivered(sink: &handoff_bench::report::SinkReport, count: u64, contex
     );
 }
 
-/// Fails unless the node dropped nothing.
+/// Fails unless the node dropped nothing and held nothing for too long.
 fn assert_no_drops(stats: &serde_json::Value, context: &str) {
     assert_eq!(stats["totals"]["dropped"], 0, "{context}");
+    // The packets held between a cut and its confirmation all waited for
+    // it: none left a full pen early, no pen gave up waiting.
+    assert_eq!(stats["totals"]["held_released_early"], 0, "{context}");
+    assert_eq!(stats["totals"]["hold_timeouts"], 0, "{context}");
 }
 
 fn rx_of(stats: &serde_json::Value) -> u64 {
@@ -183,6 +188,88 @@ fn an_unreachable_inheritor_aborts_the_handover_and_nothing_changes() {
     let LoadReports { sink, tcp, .. } = cluster.finish_client_load(&load, Duration::from_secs(120)).unwrap();
     assert_delivered(&sink, COUNT, "");
     assert!(tcp.ok(), "{tcp:?}");
+}
+
+#[test]
+fn an_inheritor_killed_during_the_copy_aborts_it_and_fd_a_serves_on_with_no_loss() {
+    if !privileged("an_inheritor_killed_during_the_copy_aborts_it_and_fd_a_serves_on_with_no_loss") {
+        return;
+    }
+    // A paced copy (fd-a holds about 3,400 connections: some 3 s of it), so
+    // the kill lands in the middle of it.
+    let mut cluster = Cluster::service_path_with(2, "copy_rate_limit = 1000\n").unwrap();
+    let load = cluster.start_client_load(&LOAD).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let crossing_fd_b = cluster.flows_crossing(FLOWS, &[0, 1, 2], 1).unwrap();
+    let before = cluster.admin(&["status"]).unwrap();
+    let first_scope = Scope::initial(HashParams::default().buckets, &[0, 1, 2]).unwrap();
+    for (i, member) in before["members"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(
+            member["buckets"].as_u64().unwrap(),
+            first_scope.buckets_of(i as u32).count() as u64,
+            "the test works out owners with the edge's own scope: {before}"
+        );
+    }
+    let held = cluster.node_stats(0).unwrap()["totals"]["active"].as_u64().unwrap();
+    let fd_b = cluster.process_named("fd-b").unwrap().pid() as libc::pid_t;
+    let err = std::thread::scope(|s| {
+        let running = s.spawn(|| cluster.migrate(&["disengage", "fd-a", "--inheritor", "fd-b"]));
+        while cluster.admin(&["status"]).unwrap()["migration"]["phase"] != "Copy" && !running.is_finished() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        // SAFETY: fd_b is the pid of the node process this test started and
+        // has not yet reaped.
+        assert_eq!(unsafe { libc::kill(fd_b, libc::SIGKILL) }, 0);
+        running.join().unwrap()
+    });
+    let err = err.unwrap_err().to_string();
+    assert!(
+        err.contains("aborted, nothing changed") && err.contains("inheritor node 1 was lost"),
+        "{err}"
+    );
+    assert_eq!(status_of(&cluster, 0), "Active");
+    let after = cluster.admin(&["status"]).unwrap();
+    assert_eq!(
+        after["members"][0]["buckets"], before["members"][0]["buckets"],
+        "the abort left fd-a's buckets: {after}"
+    );
+    let fd_a = cluster.node_stats(0).unwrap();
+    assert!(
+        fd_a["totals"]["active"].as_u64().unwrap() >= held,
+        "fd-a kept its connections: {fd_a}"
+    );
+
+    // Failover then gives fd-b's buckets to the others.
+    for idx in [load.traffic, load.tcp] {
+        cluster.process(idx).wait_timeout(Duration::from_secs(120)).unwrap();
+    }
+    let LoadReports { gen, sink, tcp } = load.reports().unwrap();
+    assert_eq!(gen.sent, COUNT);
+    let per_flow = sink.per_flow.as_ref().expect("per-flow counts");
+    let mut received = vec![0u64; FLOWS as usize];
+    for f in per_flow {
+        received[f.flow as usize] = f.received;
+        assert_eq!((f.reordered, f.duplicated), (0, 0), "{f:?}");
+    }
+    let sent_per_flow = COUNT / u64::from(FLOWS);
+    let (mut spared, mut hit) = (0, 0);
+    for (flow, &crosses_fd_b) in crossing_fd_b.iter().enumerate() {
+        if crosses_fd_b {
+            hit += u64::from(received[flow] < sent_per_flow);
+        } else {
+            assert_eq!(
+                received[flow], sent_per_flow,
+                "flow {flow} crosses only fd-a and fd-c, and lost echoes"
+            );
+            spared += 1;
+        }
+    }
+    assert!(spared > 1000 && hit > 0, "{spared} flows spared, {hit} hit: {sink:?}");
+    assert!(tcp.completed > 0, "{tcp:?}");
+    let fd_a = cluster.node_stats(0).unwrap();
+    assert_eq!(fd_a["totals"]["held_released_early"], 0, "{fd_a}");
+    assert_eq!(fd_a["totals"]["hold_timeouts"], 0, "{fd_a}");
 }
 
 #[test]

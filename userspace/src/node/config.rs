@@ -15,6 +15,8 @@
 //! admin_socket = "/run/handoff/fd-a.sock"
 //! control_listen = "10.0.1.11:7700"
 //! manager = "10.0.1.1:7600"       # optional: the edge's control port
+//! copy_rate_limit = 0             # optional: connections per second a
+//!                                 # handover copies at most (0: no limit)
 //!
 //! [hash]                          # must equal the edge's
 //! buckets = 65536
@@ -80,6 +82,8 @@ struct RawNode {
     ownership_capacity: usize,
     #[serde(default)]
     frame_count: Option<u32>,
+    #[serde(default)]
+    copy_rate_limit: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,6 +174,10 @@ pub struct NodeConfig {
     pub manager: Option<SocketAddr>,
     /// Flow ownership entries each worker keeps for flows it does not hold.
     pub ownership_capacity: usize,
+    /// Connections per second a handover's snapshot streams at most, so a
+    /// large copy does not take the control link and the CPU from the data
+    /// path all at once; `None` streams as fast as the link takes it.
+    pub copy_rate_limit: Option<u64>,
     /// How flows map to buckets.
     pub hash: HashParams,
     /// Every member, this node included.
@@ -328,6 +336,7 @@ impl NodeConfig {
             control_listen,
             manager,
             ownership_capacity: node.ownership_capacity,
+            copy_rate_limit: (node.copy_rate_limit > 0).then_some(node.copy_rate_limit),
             hash: HashParams {
                 buckets,
                 symmetric: raw.hash.symmetric_hash,
@@ -431,6 +440,13 @@ control = "10.0.1.12:7700"
         assert_eq!(c.queues, vec![0, 1]);
         assert_eq!(c.afxdp.bind_mode, BindMode::Copy);
         assert_eq!(c.hash.buckets, DEFAULT_BUCKETS);
+        assert_eq!(c.copy_rate_limit, None);
+        let limited = GOOD.replace(
+            "[[members]]\nname = \"fd-a\"",
+            "copy_rate_limit = 2000\n\n[[members]]\nname = \"fd-a\"",
+        );
+        let limited = NodeConfig::parse(&limited, Path::new("node.toml")).unwrap();
+        assert_eq!(limited.copy_rate_limit, Some(2000));
         assert_eq!(c.peers().map(|m| m.id).collect::<Vec<_>>(), vec![2]);
         assert_eq!(
             c.peer_macs(),

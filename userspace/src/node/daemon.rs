@@ -125,6 +125,7 @@ struct Streams<'a> {
     serial: MigrationSerial,
     open: BTreeMap<u16, handover::Stream<'a>>,
     deltas_sent: u64,
+    rate_limit: Option<u64>,
 }
 
 impl<'a> Streams<'a> {
@@ -136,7 +137,7 @@ impl<'a> Streams<'a> {
                 .iter()
                 .find(|m| m.id == node)
                 .with_context(|| format!("inheritor {node} is not a configured member"))?;
-            let stream = handover::Stream::open(member.control, self.identity, self.serial, flows)
+            let stream = handover::Stream::open(member.control, self.identity, self.serial, flows, self.rate_limit)
                 .map_err(|source| self.lost(node, source))?;
             self.open.insert(node, stream);
         }
@@ -384,6 +385,9 @@ impl Node {
                 "forwarded_to_node": sum(&|r| r.counters.forwarded_to_node),
                 "received_from_node": sum(&|r| r.counters.received_from_node),
                 "dropped": sum(&|r| r.counters.dropped()),
+                "held": sum(&|r| r.hold.held),
+                "held_released_early": sum(&|r| r.hold.released_early),
+                "hold_timeouts": sum(&|r| r.hold.timeouts),
             },
             "control": {
                 "announces_sent": c.announces_sent.load(Ordering::Relaxed),
@@ -480,6 +484,7 @@ impl Node {
             serial,
             open: BTreeMap::new(),
             deltas_sent: 0,
+            rate_limit: self.config.copy_rate_limit,
         };
         let round = self.stream_and_cut(next, &mut streams, progress, started);
         let (redirected, failed) = match round {
@@ -629,7 +634,7 @@ impl Node {
             let rx: u64 = reports.iter().map(|r| r.counters.rx).sum();
             let idle = reports
                 .iter()
-                .all(|r| r.pending_rx == 0 && r.pending_tx == 0 && r.inbox == 0);
+                .all(|r| r.pending_rx == 0 && r.pending_tx == 0 && r.inbox == 0 && r.held == 0);
             quiet_polls = if idle && last_rx == Some(rx) {
                 quiet_polls + 1
             } else {

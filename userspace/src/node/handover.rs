@@ -26,7 +26,7 @@ use handoff_common::{fabric::ANY_WORKER, flow_key::FlowKey};
 use hashbrown::HashMap;
 use std::{
     net::{SocketAddr, TcpStream},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 /// Connections per `FlowRecords` chunk.
@@ -56,12 +56,21 @@ pub struct Stream<'a> {
     message_serial: u64,
     chunks: u32,
     delta_batches: u64,
+    /// Snapshot records per second at most.
+    rate_limit: Option<u64>,
 }
 
 impl<'a> Stream<'a> {
     /// Connects to the inheritor at `address` and announces `flows`
-    /// connections, so it can size its copy.
-    pub fn open(address: SocketAddr, identity: &'a Identity, serial: MigrationSerial, flows: u64) -> Result<Self> {
+    /// connections, so it can size its copy. The snapshot streams at
+    /// `rate_limit` records per second at most.
+    pub fn open(
+        address: SocketAddr,
+        identity: &'a Identity,
+        serial: MigrationSerial,
+        flows: u64,
+        rate_limit: Option<u64>,
+    ) -> Result<Self> {
         let mut message_serial = 0u64;
         let stream = open_link(address, identity, &mut message_serial)?;
         let mut this = Self {
@@ -72,6 +81,7 @@ impl<'a> Stream<'a> {
             message_serial,
             chunks: 0,
             delta_batches: 0,
+            rate_limit,
         };
         this.send(Body::TableAnnounce(TableAnnounce {
             serial,
@@ -90,9 +100,16 @@ impl<'a> Stream<'a> {
         .with_context(|| format!("streaming to {}", self.address))
     }
 
-    /// Sends the snapshot, in chunks.
+    /// Sends the snapshot, in chunks, paced by the rate limit.
     pub fn snapshot(&mut self, records: &[FlowRecordV2]) -> Result<()> {
-        for chunk in records.chunks(RECORDS_PER_CHUNK) {
+        let started = Instant::now();
+        for (i, chunk) in records.chunks(RECORDS_PER_CHUNK).enumerate() {
+            if let Some(rate) = self.rate_limit {
+                let due = Duration::from_secs_f64((i * RECORDS_PER_CHUNK) as f64 / rate as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
             self.send(Body::FlowRecords(FlowRecords {
                 serial: self.serial,
                 chunk: self.chunks,
