@@ -8,8 +8,8 @@ use handoff::{
     flow::{config::PolicyConfig, Owner, Policy, TcpState, Timestamp},
     io::{memory::MemoryPort, PacketIo, Verdict},
     node::{
-        fabric::{self, Hop, INNER_OFFSET},
-        pipeline::{MarkerSeen, Outbox, Pipeline, WorkerCounters},
+        fabric::{self, Marker, INNER_OFFSET},
+        pipeline::{Outbox, Pipeline, WorkerCounters},
         view::NodeView,
     },
     scope::{HashParams, Scope},
@@ -181,7 +181,11 @@ impl Node {
 /// Every frame handled was sent, dropped (and counted why), handed to
 /// another core, or was a marker: none vanished uncounted.
 fn assert_balanced(c: &WorkerCounters) {
-    assert_eq!(c.rx, c.tx + c.dropped() + c.forwarded_to_core + c.markers, "{c:?}");
+    assert_eq!(
+        c.rx,
+        c.tx + c.dropped() + c.forwarded_to_core + c.markers + c.held,
+        "{c:?}"
+    );
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -836,23 +840,24 @@ fn a_fabric_frame_for_us_is_decapsulated_and_handled() {
     assert_eq!((&data[..6], &data[6..12]), (&NODE_MAC[..], &PEER_MAC[..]));
     assert_eq!(&data[12..], &other_core[12..]);
 
-    // A drain marker is recorded, not forwarded.
+    // A drain marker is recorded, and a copy goes to the other core (after
+    // what this core handed it before); it is no packet to forward.
+    node.out.to_cores.clear();
     let mut marker = [0u8; INNER_OFFSET];
-    let hop = Hop {
-        src_mac: PEER_MAC,
-        dst_mac: NODE_MAC,
+    let sent = Marker {
         sender: 1,
         lane: 1,
+        lanes: 2,
+        serial: 42,
     };
-    fabric::write_marker(&mut marker, &hop, 42);
+    fabric::write_marker(&mut marker, PEER_MAC, NODE_MAC, &sent, ANY_WORKER);
     assert_eq!(node.handle(&marker, 0, at(1)), None);
+    let copy = &node.out.to_cores[0];
+    assert_eq!((node.out.to_cores.len(), copy.worker, copy.sender), (1, 1, 1));
+    let header = fabric::read_header(&copy.data[..copy.len as usize]).unwrap();
     assert_eq!(
-        node.out.markers,
-        vec![MarkerSeen {
-            sender: 1,
-            lane: 1,
-            serial: 42
-        }]
+        (header.kind, header.target_worker, header.lane.get(), header.lanes.get()),
+        (2, 1, 1, 2)
     );
     assert_eq!((node.counters().markers, node.counters().dropped()), (1, 0));
 }
@@ -1137,7 +1142,7 @@ fn garbage_never_panics_and_is_always_counted() {
         }
         node.out.to_cores.clear();
         node.out.installed.clear();
-        node.out.markers.clear();
+        node.out.held.clear();
     }
     assert_eq!(node.counters().rx, 20_000);
 }
@@ -1186,7 +1191,7 @@ fn no_frame_leaks_whatever_the_verdict() {
         transmitted += port.drain_tx(|f| assert!(f.len() >= 14));
         out.to_cores.clear();
         out.installed.clear();
-        out.markers.clear();
+        out.held.clear();
         assert_eq!(port.frames_accounted(), port.total_frames(), "round {round}");
     }
     let (stats, c) = (port.stats(), pipeline.counters());
@@ -1266,4 +1271,52 @@ fn right_after_giving_a_bucket_up_its_packets_look_on_the_core_it_mapped_to() {
     let mine = first_owned_by(&before, Owner { node: 0, worker: 0 });
     let sent = node.handle(&mine, 0, at(1)).expect("to node 1");
     assert_eq!(fabric_of(&sent).dst_mac, PEER_MAC);
+}
+
+#[test]
+fn right_after_a_flip_direct_packets_of_a_taken_over_connection_wait_for_the_previous_owners_markers() {
+    let before = Scope::initial(BUCKETS, &[0, 1]).unwrap();
+    let after = before.rebuilt(&[0]).unwrap();
+    let old = NodeView::new(0, hash(), before, 1, vec![Some(NODE_MAC), Some(PEER_MAC)]);
+    let view = Arc::new(old.flipped_to(after, &[]));
+    let mut node = Node::new(POLICY, Arc::clone(&view), 0);
+    let frame = first_owned_by(&old, Owner { node: 1, worker: 0 });
+    let marker = |lane: u16| {
+        let mut m = [0u8; INNER_OFFSET];
+        let sent = Marker {
+            sender: 1,
+            lane,
+            lanes: 2,
+            serial: 7,
+        };
+        fabric::write_marker(&mut m, PEER_MAC, NODE_MAC, &sent, ANY_WORKER);
+        m
+    };
+
+    // The connection came over from node 1, its previous owner.
+    node.handle(&encapsulated(&frame, 1, 0), 0, at(1)).expect("forwarded");
+    // Straight from the edge, a newer packet waits: node 1 may still have
+    // older ones in its rings.
+    assert_eq!(node.handle(&frame, 0, at(1)), None);
+    assert_eq!((node.out.held.len(), node.counters().held), (1, 1));
+    assert_eq!(&node.out.held[0].data[..frame.len()], &frame[..]);
+    // Those older ones, through node 1, go on at once.
+    assert!(node.handle(&encapsulated(&frame, 1, 0), 0, at(1)).is_some());
+    // Node 1 drains two lanes: the wait ends with the second marker.
+    assert_eq!(node.handle(&marker(0), 0, at(1)), None);
+    assert_eq!(node.pipeline.take_release(), None);
+    assert_eq!(node.handle(&marker(0), 0, at(1)), None);
+    assert_eq!(node.pipeline.take_release(), None, "the same lane twice is one lane");
+    assert_eq!(node.handle(&marker(1), 0, at(1)), None);
+    assert_eq!(node.pipeline.take_release(), Some(false));
+    assert!(node.handle(&frame, 0, at(1)).is_some(), "nothing waits any more");
+
+    // A wait the view settles before every marker came ends as a timeout.
+    node.pipeline.set_view(Arc::clone(&view));
+    assert_eq!(node.handle(&frame, 0, at(2)), None);
+    node.pipeline.set_view(Arc::new(view.settled()));
+    assert_eq!(node.pipeline.take_release(), Some(true));
+    assert!(node.handle(&frame, 0, at(2)).is_some());
+    let c = node.counters();
+    assert_eq!((c.held, c.markers, c.dropped()), (2, 3, 0), "{c:?}");
 }

@@ -54,6 +54,9 @@ const QUIET_TIMEOUT: Duration = Duration::from_secs(15);
 const QUIET_POLL: Duration = Duration::from_millis(100);
 /// Consecutive silent checks that make a node drained.
 const QUIET_POLLS: u32 = 3;
+/// How long a node that lost buckets in a flip waits at most for its rings
+/// to empty before it sends its end markers anyway.
+const DRAIN_WAIT: Duration = Duration::from_millis(50);
 /// After a flip, packets of a moved bucket with no known connection go to
 /// the bucket's previous owner this long: every node adopts a flip within
 /// milliseconds, and announcements leave every 2 ms.
@@ -385,6 +388,7 @@ impl Node {
                 "forwarded_to_node": sum(&|r| r.counters.forwarded_to_node),
                 "received_from_node": sum(&|r| r.counters.received_from_node),
                 "dropped": sum(&|r| r.counters.dropped()),
+                "markers": sum(&|r| r.counters.markers),
                 "held": sum(&|r| r.hold.held),
                 "held_released_early": sum(&|r| r.hold.released_early),
                 "hold_timeouts": sum(&|r| r.hold.timeouts),
@@ -432,14 +436,61 @@ impl Node {
         let view = Arc::new(self.view.flipped_to(next.clone(), &self.failed));
         self.settle_at = Some(Instant::now() + TRANSITION_GRACE);
         self.tell_workers(|| WorkerCommand::View(Arc::clone(&view)))?;
+        let gainers = self.gainers(&next);
         self.scope_version.store(next.version, Ordering::Relaxed);
         self.scope = next;
         self.view = view;
+        if !gainers.is_empty() {
+            self.end_drain_paths(gainers);
+        }
         Ok(AdminResponse::ScopeChanged {
             version: self.scope.version,
             moved_buckets: moved,
             generation: 0,
         })
+    }
+
+    /// The live nodes that take buckets from this one in `next`, with
+    /// their fabric MACs.
+    fn gainers(&self, next: &Scope) -> Vec<(u16, [u8; 6])> {
+        let me = u32::from(self.config.id);
+        let mut gainers: Vec<(u16, [u8; 6])> = Vec::new();
+        for (before, after) in self.scope.table.iter().zip(&next.table) {
+            let Ok(node) = u16::try_from(*after) else { continue };
+            if *before != me || *after == me || self.failed.contains(&node) || gainers.iter().any(|g| g.0 == node) {
+                continue;
+            }
+            if let Some(mac) = self.view.peer_mac(node) {
+                gainers.push((node, mac));
+            }
+        }
+        gainers
+    }
+
+    /// After a flip that took buckets from this node (the edge sends it no
+    /// more of them): once its rings are empty, every worker ends its path
+    /// to each gainer with a marker, so the gainers let go the newer
+    /// packets they held back (see [`super::pipeline::Pipeline::set_view`]).
+    fn end_drain_paths(&self, gainers: Vec<(u16, [u8; 6])>) {
+        let deadline = Instant::now() + DRAIN_WAIT;
+        while Instant::now() < deadline {
+            let idle = self
+                .reports()
+                .is_ok_and(|reports| reports.iter().all(|r| r.pending_rx == 0 && r.inbox == 0));
+            if idle {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let lanes = self.commands.len() as u16;
+        let serial = self.scope.version as u32;
+        if let Err(e) = self.tell_workers(|| WorkerCommand::SendMarkers {
+            to: gainers.clone(),
+            serial,
+            lanes,
+        }) {
+            tracing::error!(error = %format!("{e:#}"), "sending end markers");
+        }
     }
 
     /// Sends every worker the command `command` makes.

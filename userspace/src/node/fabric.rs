@@ -57,6 +57,7 @@ fn header_bytes(h: &FabricHeader) -> [u8; FABRIC_HLEN] {
     b[6..8].copy_from_slice(&h.inner_ethertype.0.to_ne_bytes());
     b[8..12].copy_from_slice(&h.serial.0.to_ne_bytes());
     b[12..14].copy_from_slice(&h.lane.0.to_ne_bytes());
+    b[14..16].copy_from_slice(&h.lanes.0.to_ne_bytes());
     b
 }
 
@@ -75,7 +76,7 @@ pub fn read_header(frame: &[u8]) -> Result<FabricHeader, FabricError> {
         inner_ethertype: NetU16(ne16(6)),
         serial: handoff_common::net::NetU32(u32::from_ne_bytes([b[8], b[9], b[10], b[11]])),
         lane: NetU16(ne16(12)),
-        reserved: NetU16(0),
+        lanes: NetU16(ne16(14)),
     };
     if h.version != FABRIC_VERSION {
         return Err(FabricError::Version(h.version));
@@ -153,18 +154,33 @@ pub fn decapsulate<F: FrameBuf>(frame: &mut F, own_mac: [u8; 6]) -> Result<Fabri
     Ok(header)
 }
 
-/// Writes an end marker into `out` (exactly [`INNER_OFFSET`] bytes): nothing
-/// of migration `serial` follows on `lane` from `hop.sender`.
-pub fn write_marker(out: &mut [u8], hop: &Hop, serial: u32) {
-    write_ethernet(out, hop.dst_mac, hop.src_mac, FABRIC_ETHERTYPE);
+/// An end marker: nothing more from `sender`'s lane `lane` (one of its
+/// `lanes`) follows it for the flip `serial` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Marker {
+    /// The sending node.
+    pub sender: u16,
+    /// Its lane (worker).
+    pub lane: u16,
+    /// How many lanes it drains.
+    pub lanes: u16,
+    /// The flip it ends (low bits of the scope version).
+    pub serial: u32,
+}
+
+/// Writes `marker` into `out` (at least [`INNER_OFFSET`] bytes), addressed
+/// from `src_mac` to `dst_mac`, for `target_worker` of the receiver.
+pub fn write_marker(out: &mut [u8], src_mac: [u8; 6], dst_mac: [u8; 6], marker: &Marker, target_worker: u8) {
+    write_ethernet(out, dst_mac, src_mac, FABRIC_ETHERTYPE);
     let header = FabricHeader {
         version: FABRIC_VERSION,
         kind: kind::MARKER,
         hops: 1,
-        target_worker: handoff_common::fabric::ANY_WORKER,
-        sender: NetU16::from_host(hop.sender),
-        serial: handoff_common::net::NetU32::from_host(serial),
-        lane: NetU16::from_host(hop.lane),
+        target_worker,
+        sender: NetU16::from_host(marker.sender),
+        serial: handoff_common::net::NetU32::from_host(marker.serial),
+        lane: NetU16::from_host(marker.lane),
+        lanes: NetU16::from_host(marker.lanes),
         ..FabricHeader::default()
     };
     out[ETH_HLEN..INNER_OFFSET].copy_from_slice(&header_bytes(&header));
@@ -231,8 +247,15 @@ mod tests {
             Verdict::Drop
         });
         let mut marker = [0u8; INNER_OFFSET];
-        write_marker(&mut marker, &HOP, 42);
+        let sent = Marker {
+            sender: HOP.sender,
+            lane: HOP.lane,
+            lanes: 2,
+            serial: 42,
+        };
+        write_marker(&mut marker, HOP.src_mac, HOP.dst_mac, &sent, 3);
         let h = read_header(&marker).unwrap();
+        assert_eq!((h.lanes.get(), h.target_worker), (2, 3));
         assert_eq!((h.kind, h.serial.get()), (kind::MARKER, 42));
         assert_eq!(read_header(&marker[..20]), Err(FabricError::Truncated { len: 20 }));
         marker[14] = 9;

@@ -9,10 +9,11 @@
 //! 5. otherwise the flow is new and ours: admit, decide, install both directions.
 
 use super::{
-    fabric::{self, decapsulate, encapsulate, FabricError, Hop},
+    fabric::{self, decapsulate, encapsulate, FabricError, Hop, Marker},
     ownership::OwnershipTable,
     view::NodeView,
 };
+use crate::scope::maglev::UNOWNED;
 use crate::{
     flow::{
         Admission, AppRegistry, AppVerdict, Decision, FlowError, FlowTable, NetworkAction, Owner, Policy, Slot,
@@ -72,6 +73,8 @@ pub struct WorkerCounters {
     pub received_from_node: u64,
     /// Drain markers received.
     pub markers: u64,
+    /// Packets held back (each runs again once released).
+    pub held: u64,
     /// Dropped: not parseable.
     pub drop_malformed: u64,
     /// Dropped: no flow (miss policy), or a reply with no connection.
@@ -129,6 +132,9 @@ impl WorkerCounters {
 /// Largest frame handed between cores.
 pub const CORE_FRAME: usize = 1600;
 
+/// [`CorePacket::sender`] of a frame that did not come over the fabric.
+pub const NO_SENDER: u16 = u16::MAX;
+
 /// A frame on its way to another core of the node.
 #[derive(Clone, Copy)]
 pub struct CorePacket {
@@ -136,6 +142,8 @@ pub struct CorePacket {
     pub worker: u8,
     /// Hops so far (the loop guard counts core handoffs too).
     pub hops: u8,
+    /// The node that sent it over the fabric, or [`NO_SENDER`].
+    pub sender: u16,
     /// Frame length.
     pub len: u16,
     /// Frame bytes (a plain Ethernet frame).
@@ -160,17 +168,6 @@ pub struct Installed {
     pub reverse: FlowKey,
 }
 
-/// A drain end-marker seen on the fabric.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MarkerSeen {
-    /// The sending node.
-    pub sender: u16,
-    /// Its lane (worker).
-    pub lane: u16,
-    /// The migration serial.
-    pub serial: u32,
-}
-
 /// What a burst produced besides verdicts. Preallocated by the worker and
 /// drained after every burst, so the packet path never allocates.
 #[derive(Debug)]
@@ -179,8 +176,6 @@ pub struct Outbox {
     pub to_cores: Vec<CorePacket>,
     /// Connections installed.
     pub installed: Vec<Installed>,
-    /// Markers received.
-    pub markers: Vec<MarkerSeen>,
     /// Frames of redirected connections held back (see
     /// [`Pipeline::hold_redirects`]), unchanged, in arrival order.
     pub held: Vec<CorePacket>,
@@ -192,7 +187,6 @@ impl Outbox {
         Self {
             to_cores: Vec::with_capacity(burst),
             installed: Vec::with_capacity(burst),
-            markers: Vec::with_capacity(burst),
             held: Vec::with_capacity(burst),
         }
     }
@@ -213,6 +207,49 @@ pub struct Pipeline {
     /// Packets of redirected connections go to [`Outbox::held`] instead of
     /// their inheritor (between a cut and the inheritor's confirmation).
     holding_redirects: bool,
+    /// Nothing is held while set: a packet leaving a full pen early goes on.
+    holds_suspended: bool,
+    /// The node that sent the packet being handled over the fabric.
+    sender: Option<u16>,
+    /// The previous owners of the buckets this node took in the last flip,
+    /// whose end markers this worker awaits (see [`Pipeline::set_view`]).
+    awaiting: Vec<Awaited>,
+    /// The held packets are due to run again: `Some(true)` when the wait
+    /// ended without every marker.
+    release_due: Option<bool>,
+}
+
+/// A previous owner whose drain this worker awaits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Awaited {
+    node: u16,
+    /// Its lanes, once a marker told.
+    lanes: u16,
+    /// Lanes whose marker came (bit per lane).
+    seen: u64,
+}
+
+impl Awaited {
+    /// The live previous owners of the buckets `node` took in the flip
+    /// `view` remembers, if any.
+    fn after(view: &NodeView, node: u16) -> Vec<Self> {
+        let mut awaited: Vec<Self> = Vec::new();
+        let Some(previous) = view.previous.as_ref() else {
+            return awaited;
+        };
+        let me = u32::from(node);
+        for (bucket, &before) in previous.iter().enumerate() {
+            let gained = before != me && before != UNOWNED && view.scope.owner(bucket as u32) == me;
+            if gained && !awaited.iter().any(|a| u32::from(a.node) == before) {
+                awaited.push(Self {
+                    node: before as u16,
+                    lanes: 0,
+                    seen: 0,
+                });
+            }
+        }
+        awaited
+    }
 }
 
 /// Where a packet goes right after a flip instead of by the scope.
@@ -263,6 +300,7 @@ impl Pipeline {
             worker,
         };
         let table = FlowTable::new(policy.table_config(), me)?;
+        let awaiting = Awaited::after(&view, me.node);
         let neighbor_macs = policy.neighbors().iter().map(|n| n.mac).collect();
         Ok(Self {
             me,
@@ -276,6 +314,10 @@ impl Pipeline {
             counters: WorkerCounters::default(),
             lost: None,
             holding_redirects: false,
+            holds_suspended: false,
+            sender: None,
+            awaiting,
+            release_due: None,
         })
     }
 
@@ -320,8 +362,68 @@ impl Pipeline {
     }
 
     /// Installs a new view (scope, peers).
+    ///
+    /// Right after a flip, a connection this node took over may still have
+    /// packets on their way through its previous owner (in that node's
+    /// rings, then on the fabric), while newer ones arrive here directly.
+    /// So the direct packets of such connections wait in [`Outbox::held`]
+    /// until the previous owner's end markers arrived on every lane, and
+    /// what came through it ran first. A wait that a later view ends before
+    /// every marker came ends as a timeout.
     pub fn set_view(&mut self, view: Arc<NodeView>) {
+        if !self.awaiting.is_empty() {
+            self.release_due = Some(true);
+        }
+        self.awaiting = Awaited::after(&view, self.me.node);
         self.view = view;
+    }
+
+    /// Suspends (or resumes) every hold, for a packet that must go on now.
+    pub fn suspend_holds(&mut self, suspended: bool) {
+        self.holds_suspended = suspended;
+    }
+
+    /// Stops holding anything: redirects pass, no marker is awaited.
+    pub fn stop_holding(&mut self) {
+        self.holding_redirects = false;
+        self.awaiting.clear();
+    }
+
+    /// Whether (and how) the held packets are due to run again since the
+    /// last call: `Some(true)` if a wait ended without its markers.
+    pub fn take_release(&mut self) -> Option<bool> {
+        self.release_due.take()
+    }
+
+    /// This worker's MAC on the fabric.
+    pub fn own_mac(&self) -> [u8; 6] {
+        self.own_mac
+    }
+
+    /// Records `marker`; all lanes of an awaited node in makes the held
+    /// packets due (those still waiting for another node are held again).
+    fn marker_arrived(&mut self, marker: &Marker) {
+        let Some(i) = self.awaiting.iter().position(|a| a.node == marker.sender) else {
+            return;
+        };
+        let awaited = &mut self.awaiting[i];
+        awaited.lanes = awaited.lanes.max(marker.lanes);
+        awaited.seen |= 1u64 << (marker.lane % 64);
+        if awaited.lanes > 0 && awaited.seen.count_ones() >= u32::from(awaited.lanes.min(64)) {
+            self.awaiting.swap_remove(i);
+            self.release_due.get_or_insert(false);
+        }
+    }
+
+    /// Whether a packet with `key` that reached this node directly waits for
+    /// the end markers of its bucket's previous owner.
+    fn waits_for_drain(&self, key: &FlowKey) -> bool {
+        if self.awaiting.is_empty() {
+            return false;
+        }
+        self.view
+            .previous_owner(key)
+            .is_some_and(|before| self.sender != Some(before) && self.awaiting.iter().any(|a| a.node == before))
     }
 
     /// Holds back (or lets pass again) the packets of redirected
@@ -371,27 +473,51 @@ impl Pipeline {
 
     /// Handles one frame that arrived with `hops` fabric/core crossings.
     pub fn process<F: FrameBuf>(&mut self, frame: &mut F, hops: u8, now: Timestamp, out: &mut Outbox) -> Verdict {
+        self.process_from(frame, hops, None, now, out)
+    }
+
+    /// [`Pipeline::process`] for a frame another core handed over, which
+    /// `sender` had sent over the fabric.
+    pub fn process_from<F: FrameBuf>(
+        &mut self,
+        frame: &mut F,
+        hops: u8,
+        sender: Option<u16>,
+        now: Timestamp,
+        out: &mut Outbox,
+    ) -> Verdict {
+        self.sender = sender;
         self.counters.rx += 1;
         let Ok(l2) = parse_ethernet(frame.bytes()) else {
             return self.drop(DropReason::Malformed);
         };
         let mut hops = hops;
-        let mut from_node = None;
         if l2.ethertype == FABRIC_ETHERTYPE {
             match decapsulate(frame, self.own_mac) {
                 Ok(h) if h.kind == kind::MARKER => {
                     self.counters.markers += 1;
-                    out.markers.push(MarkerSeen {
+                    let marker = Marker {
                         sender: h.sender.get(),
                         lane: h.lane.get(),
+                        lanes: h.lanes.get(),
                         serial: h.serial.get(),
-                    });
+                    };
+                    if h.target_worker == ANY_WORKER {
+                        // Every core here may hold packets of the path it
+                        // ends; each copy follows, on that core's ring, what
+                        // this core handed it before.
+                        let me = self.me.worker;
+                        for worker in (0..self.view.workers).filter(|&w| w != me) {
+                            self.hand_marker(&marker, worker, out);
+                        }
+                    }
+                    self.marker_arrived(&marker);
                     return Verdict::Drop;
                 }
                 Ok(h) => {
                     self.counters.received_from_node += 1;
                     hops = hops.max(h.hops);
-                    from_node = Some(h.sender.get());
+                    self.sender = Some(h.sender.get());
                     if h.target_worker != ANY_WORKER && h.target_worker != self.me.worker {
                         // The sender named the owning core; another core's
                         // table or scope would only send it away again.
@@ -419,7 +545,7 @@ impl Pipeline {
             (None, None) => self.scope_owner(&key),
         };
         if announced.is_none() {
-            match self.transition(&reply_of.unwrap_or(key), owner, hops, from_node) {
+            match self.transition(&reply_of.unwrap_or(key), owner, hops, self.sender) {
                 Some(Transition::AskPrevious(node)) => {
                     let previous = Owner {
                         node,
@@ -468,14 +594,14 @@ impl Pipeline {
     ) -> Verdict {
         // A frame too large to copy goes on unheld: it may then reach the
         // inheritor before its connection does, never lost silently here.
-        if self.holding_redirects
-            && frame.bytes().len() <= CORE_FRAME
+        let held = (self.holding_redirects
             && self
                 .table
                 .entry(slot)
-                .is_some_and(|e| matches!(e.network, NetworkAction::Redirect { .. }))
-        {
-            return Self::hold(frame.bytes(), self.me.worker, hops, out);
+                .is_some_and(|e| matches!(e.network, NetworkAction::Redirect { .. })))
+            || self.waits_for_drain(&headers.key);
+        if held && !self.holds_suspended && frame.bytes().len() <= CORE_FRAME {
+            return self.hold(frame.bytes(), hops, out);
         }
         let len = frame.bytes().len();
         let (network, verdict) = match self.table.on_packet(slot, headers.tcp_flags, len, now) {
@@ -584,16 +710,31 @@ impl Pipeline {
 
     /// Keeps a copy of `bytes` (at most [`CORE_FRAME`] long) for this
     /// worker to run again later.
-    fn hold(bytes: &[u8], worker: u8, hops: u8, out: &mut Outbox) -> Verdict {
+    fn hold(&mut self, bytes: &[u8], hops: u8, out: &mut Outbox) -> Verdict {
         let mut packet = CorePacket {
-            worker,
+            worker: self.me.worker,
             hops,
+            sender: self.sender.unwrap_or(NO_SENDER),
             len: bytes.len() as u16,
             data: [0; CORE_FRAME],
         };
         packet.data[..bytes.len()].copy_from_slice(bytes);
         out.held.push(packet);
+        self.counters.held += 1;
         Verdict::Drop
+    }
+
+    /// Queues a copy of `marker` for `worker` of this node.
+    fn hand_marker(&mut self, marker: &Marker, worker: u8, out: &mut Outbox) {
+        let mut packet = CorePacket {
+            worker,
+            hops: 1,
+            sender: marker.sender,
+            len: fabric::INNER_OFFSET as u16,
+            data: [0; CORE_FRAME],
+        };
+        fabric::write_marker(&mut packet.data, self.own_mac, self.own_mac, marker, worker);
+        out.to_cores.push(packet);
     }
 
     /// Queues a copy of `bytes` for `worker` of this node.
@@ -604,6 +745,7 @@ impl Pipeline {
         let mut packet = CorePacket {
             worker,
             hops: hops + 1,
+            sender: self.sender.unwrap_or(NO_SENDER),
             len: bytes.len() as u16,
             data: [0; CORE_FRAME],
         };

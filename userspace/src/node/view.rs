@@ -22,6 +22,8 @@ pub struct NodeView {
     pub scope: Scope,
     /// Bucket -> worker of this node.
     pub worker_of_bucket: Vec<u8>,
+    /// This node's workers.
+    pub workers: u8,
     /// Node id -> MAC on the fabric.
     pub peer_macs: Vec<Option<[u8; 6]>>,
     /// Bucket -> node by the scope before the last flip, for a short while
@@ -49,6 +51,7 @@ impl NodeView {
             hash,
             scope,
             worker_of_bucket,
+            workers: workers.max(1),
             peer_macs,
             previous: None,
         }

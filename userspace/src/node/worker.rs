@@ -10,8 +10,9 @@
 //! outbox are sized at start.
 
 use super::{
+    fabric::{self, Marker},
     hold::{HoldCounters, HoldQueue},
-    pipeline::{CorePacket, DropReason, Installed, Outbox, Pipeline, WorkerCounters, CORE_FRAME},
+    pipeline::{CorePacket, DropReason, Installed, Outbox, Pipeline, WorkerCounters, CORE_FRAME, NO_SENDER},
     view::NodeView,
 };
 use crate::{
@@ -113,6 +114,17 @@ pub enum WorkerCommand {
         take_back: Vec<u16>,
         /// How many connections came back.
         reply: Sender<usize>,
+    },
+    /// After a flip that took buckets from this node: run what is still in
+    /// the inbox, then send each gainer an end marker on this worker's
+    /// path to it (see [`Pipeline::set_view`] for the receiving end).
+    SendMarkers {
+        /// Each gainer's node id and fabric MAC.
+        to: Vec<(u16, [u8; 6])>,
+        /// The flip (low bits of the scope version).
+        serial: u32,
+        /// This node's workers: each sends its own marker.
+        lanes: u16,
     },
     /// Install connections handed over by another node.
     Import {
@@ -340,9 +352,12 @@ impl<P: PacketIo> Worker<P> {
         if self.pen.timed_out(now) {
             tracing::warn!(
                 held = self.pen.len(),
-                "handover: no confirmation from the inheritor in time; the held packets go on"
+                "held packets waited too long for a confirmation or end marker; they go on"
             );
+            self.pipeline.stop_holding();
             self.unhold(now, true);
+        } else if let Some(by_timeout) = self.pipeline.take_release() {
+            self.unhold(now, by_timeout);
         }
         if let Some(lost) = self.pipeline.take_lost_flow() {
             // Rare by design (a disagreement on a connection's owner): each
@@ -392,6 +407,7 @@ impl<P: PacketIo> Worker<P> {
                 Ok(WorkerCommand::Release { take_back, reply }) => {
                     let _ = reply.send(self.release(&take_back));
                 }
+                Ok(WorkerCommand::SendMarkers { to, serial, lanes }) => self.send_markers(&to, serial, lanes),
                 Ok(WorkerCommand::Import { records, reply }) => {
                     let _ = reply.send(self.import(&records));
                 }
@@ -430,9 +446,10 @@ impl<P: PacketIo> Worker<P> {
             self.pipeline.count_drop(DropReason::Malformed);
             return;
         }
+        let sender = (packet.sender != NO_SENDER).then_some(packet.sender);
         let verdict = self
             .pipeline
-            .process(&mut self.scratch, packet.hops, now, &mut self.outbox);
+            .process_from(&mut self.scratch, packet.hops, sender, now, &mut self.outbox);
         if verdict == Verdict::Transmit && self.port.send(crate::io::FrameBuf::bytes(&self.scratch)).is_err() {
             self.pipeline.count_drop(DropReason::RingFull);
         }
@@ -449,23 +466,59 @@ impl<P: PacketIo> Worker<P> {
         let held = std::mem::take(&mut self.outbox.held);
         for packet in &held {
             let Some(early) = self.pen.hold(*packet) else { continue };
-            self.pipeline.hold_redirects(false);
+            self.pipeline.suspend_holds(true);
             self.run_copy(&early, now);
-            self.pipeline.hold_redirects(true);
+            self.pipeline.suspend_holds(false);
         }
         // Hand the buffer back: the packet path does not allocate.
         self.outbox.held = held;
         self.outbox.held.clear();
     }
 
-    /// Stops holding and runs the held packets, oldest first.
+    /// Runs the held packets again, oldest first: those whose reason to
+    /// wait is gone go on, the others are held again in the same order.
     fn unhold(&mut self, now: Timestamp, by_timeout: bool) {
-        self.pipeline.hold_redirects(false);
         let held: Vec<CorePacket> = self.pen.release(by_timeout).collect();
         for packet in &held {
             self.run_copy(packet, now);
         }
+        self.pen_held(now);
         self.deliver();
+    }
+
+    fn send_markers(&mut self, to: &[(u16, [u8; 6])], serial: u32, lanes: u16) {
+        let now = self.now();
+        while self.drain_inbox(now) > 0 {
+            self.deliver();
+        }
+        self.deliver();
+        let me = self.pipeline.owner();
+        let marker = Marker {
+            sender: me.node,
+            lane: u16::from(me.worker),
+            lanes,
+            serial,
+        };
+        // An Ethernet frame's minimum, zero-padded.
+        let mut frame = [0u8; 60];
+        for &(_, mac) in to {
+            fabric::write_marker(
+                &mut frame,
+                self.pipeline.own_mac(),
+                mac,
+                &marker,
+                handoff_common::fabric::ANY_WORKER,
+            );
+            if self.port.send(&frame).is_err() {
+                tracing::warn!(
+                    ?marker,
+                    "an end marker could not be sent; its receiver waits out its timeout"
+                );
+            }
+        }
+        if let Err(e) = self.port.flush() {
+            tracing::warn!(error = %e, "flushing end markers");
+        }
     }
 
     fn deliver(&mut self) {
@@ -484,9 +537,6 @@ impl<P: PacketIo> Worker<P> {
                 self.announce_overflow += 1;
             }
         }
-        // Markers matter to a migration only; none is running in this
-        // version of the node, so seeing one is counted and nothing more.
-        self.outbox.markers.clear();
     }
 
     fn export(&mut self, next: Arc<NodeView>) -> Exported {
@@ -576,6 +626,7 @@ impl<P: PacketIo> Worker<P> {
         let table = self.pipeline.table_mut();
         table.stop_journal();
         let taken = handover::take_back(table, &leaving.cut, take_back);
+        self.pipeline.hold_redirects(false);
         let now = self.now();
         self.unhold(now, false);
         taken

@@ -48,8 +48,9 @@ pub struct FabricHeader {
     pub serial: NetU32,
     /// Sending worker (the path id of a marker).
     pub lane: NetU16,
-    /// Always zero.
-    pub reserved: NetU16,
+    /// For a marker: how many lanes the sender drains, each ending with a
+    /// marker of its own, so the receiver knows when all have; 0 for data.
+    pub lanes: NetU16,
 }
 crate::assert_size!(FabricHeader, 16);
 
