@@ -112,6 +112,12 @@ fn a_node_leaves_and_rejoins_under_load_with_no_loss_and_no_broken_connection() 
     assert_eq!(status_of(&cluster, 0), "Disengaged");
     let released = cluster.node_stats(0).unwrap();
     assert_eq!(released["totals"]["active"], 0, "fd-a's table is empty: {released}");
+    // fd-a ended its drain paths: each gainer's receiving core got one end
+    // marker per lane of fd-a (2), and handed each core a copy.
+    let markers: u64 = (1..3)
+        .map(|i| cluster.node_stats(i).unwrap()["totals"]["markers"].as_u64().unwrap())
+        .sum();
+    assert!(markers >= 2, "the gainers got fd-a's end markers: {markers}");
 
     // Out of the scope, fd-a receives no data-plane packet.
     std::thread::sleep(Duration::from_secs(3));

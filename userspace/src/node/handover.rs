@@ -368,3 +368,154 @@ impl<'a> Receiver<'a> {
         tell_owners(self.workers, flows, self.node, ownership_version());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        control::flow::tests::{rewrite_action, v2_record, v4_key},
+        scope::{HashParams, Scope},
+    };
+    use std::thread::JoinHandle;
+
+    /// A worker that installs whatever it is asked to; returns what it got.
+    fn worker() -> (Sender<WorkerCommand>, JoinHandle<Vec<FlowRecordV2>>) {
+        let (tx, rx) = crossbeam::channel::unbounded();
+        let thread = std::thread::spawn(move || {
+            let mut installed = Vec::new();
+            for command in rx {
+                if let WorkerCommand::Import { records, reply } = command {
+                    let keys = records
+                        .iter()
+                        .map(|r: &FlowRecordV2| (FlowKey::from(&r.key), FlowKey::from(&r.key).reversed()))
+                        .collect();
+                    installed.extend(records);
+                    let _ = reply.send(Imported {
+                        worker: 0,
+                        keys,
+                        refused: Vec::new(),
+                    });
+                }
+            }
+            installed
+        });
+        (tx, thread)
+    }
+
+    fn view() -> NodeView {
+        let hash = HashParams::default();
+        NodeView::new(1, hash, Scope::initial(hash.buckets, &[0, 1]).unwrap(), 1, Vec::new())
+    }
+
+    fn record(last_octet: u8, packets: u64) -> FlowRecordV2 {
+        let mut r = v2_record(v4_key(last_octet), rewrite_action());
+        r.counters.packets = packets;
+        r
+    }
+
+    const SERIAL: MigrationSerial = MigrationSerial(3);
+
+    fn announce(flows: u64) -> Body {
+        Body::TableAnnounce(TableAnnounce {
+            serial: SERIAL,
+            flows,
+            bytes_estimate: 0,
+            record_version: RecordVersion::V2,
+        })
+    }
+
+    #[test]
+    fn the_cut_installs_the_snapshot_with_its_deltas_applied_in_order() {
+        let (tx, thread) = worker();
+        let view = view();
+        let workers = [tx];
+        let mut receiver = Receiver::new(NodeId::new(1).unwrap(), &view, &workers);
+        let snapshot = [record(1, 1), record(2, 1), record(3, 1)];
+        let deltas = vec![
+            DeltaOp::Update(WireRecord::V2(record(2, 9))),
+            DeltaOp::Delete(v4_key(3)),
+            DeltaOp::Insert(WireRecord::V2(record(4, 1))),
+            // The delete of a reverse key matches nothing here.
+            DeltaOp::Delete(v4_key(99)),
+        ];
+        for body in [
+            announce(3),
+            Body::FlowRecords(FlowRecords {
+                serial: SERIAL,
+                chunk: 0,
+                records: snapshot.iter().copied().map(WireRecord::V2).collect(),
+            }),
+            Body::FlowDelta(FlowDelta {
+                serial: SERIAL,
+                seq: 0,
+                ops: deltas,
+            }),
+        ] {
+            assert_eq!(receiver.handle(&body), None);
+        }
+        let answer = receiver.handle(&Body::Cut(Cut {
+            serial: SERIAL,
+            chunks: 1,
+            delta_batches: 1,
+        }));
+        assert_eq!(
+            answer,
+            Some(Body::CutAck(CutAck {
+                serial: SERIAL,
+                flows: 3
+            }))
+        );
+        drop(workers);
+        let mut installed: Vec<(WireFlowKey, u64)> = thread
+            .join()
+            .unwrap()
+            .iter()
+            .map(|r| (r.key, r.counters.packets))
+            .collect();
+        installed.sort_by_key(|(k, _)| k.src_port);
+        assert_eq!(installed, vec![(v4_key(1), 1), (v4_key(2), 9), (v4_key(4), 1)]);
+    }
+
+    #[test]
+    fn a_stream_out_of_order_or_short_at_the_cut_is_aborted() {
+        let (tx, _thread) = worker();
+        let view = view();
+        let workers = [tx];
+        let mut receiver = Receiver::new(NodeId::new(1).unwrap(), &view, &workers);
+        let gap = |body: Option<Body>| {
+            matches!(
+                body,
+                Some(Body::Abort(Abort {
+                    reason: AbortReason::StreamGap { .. },
+                    ..
+                }))
+            )
+        };
+        receiver.handle(&announce(1));
+        let skipped = Body::FlowDelta(FlowDelta {
+            serial: SERIAL,
+            seq: 1,
+            ops: Vec::new(),
+        });
+        assert!(gap(receiver.handle(&skipped)), "batch 0 never came");
+        receiver.handle(&announce(1));
+        let chunk = Body::FlowRecords(FlowRecords {
+            serial: SERIAL,
+            chunk: 0,
+            records: vec![WireRecord::V2(record(1, 1))],
+        });
+        assert_eq!(receiver.handle(&chunk), None);
+        let short = Body::Cut(Cut {
+            serial: SERIAL,
+            chunks: 2,
+            delta_batches: 0,
+        });
+        assert!(gap(receiver.handle(&short)), "a chunk is missing at the cut");
+        let late = Body::Cut(Cut {
+            serial: SERIAL,
+            chunks: 1,
+            delta_batches: 0,
+        });
+        assert!(gap(receiver.handle(&late)), "the aborted stream is gone");
+    }
+}
