@@ -4,19 +4,29 @@
 //! several flow counts. Each row sits beside a baseline run of the same load
 //! in which nothing moves, so a loss the migration causes stands out from
 //! one the host causes. Reports per row: connections fd-a held, time per
-//! phase, and lost / reordered / duplicated echoes and TCP failures.
+//! phase, bytes its handover streams sent, and lost / reordered /
+//! duplicated echoes and TCP failures. A million flows take about 2 minutes
+//! to start at this rate (each flow echoes once every 125 s), and need
+//! larger flow and ownership tables than the defaults.
 //! Results: a table on stdout and `results/migration-load.json`.
 
 use anyhow::{bail, Context, Result};
 use handoff_testbed::{
     privilege::missing_privilege,
-    service_path::{LoadReports, LoadSpec},
+    service_path::{LoadReports, LoadSpec, NodeTuning},
     Cluster,
 };
 use serde::Serialize;
 use std::{path::PathBuf, time::Duration};
 
-const FLOW_COUNTS: [u32; 3] = [1_000, 10_000, 50_000];
+const FLOW_COUNTS: [u32; 4] = [1_000, 10_000, 100_000, 1_000_000];
+/// Node settings for a million flows: fd-b and fd-c each end with about
+/// 500,000 connections over 2 workers, and every worker keeps ownership
+/// entries (two per connection) for the others' connections.
+const MILLION: NodeTuning = NodeTuning {
+    node: "ownership_capacity = 4194304\n",
+    policy: "[table]\ncapacity = 2097152\n\n",
+};
 const RATE: u64 = 8_000;
 const TCP_CONNECTIONS: u32 = 200;
 
@@ -26,6 +36,7 @@ struct Run {
     migrated: bool,
     held_by_fd_a: u64,
     total_ms: Option<f64>,
+    handover_bytes: u64,
     phases: Vec<(String, f64)>,
     sent: u64,
     lost: u64,
@@ -39,13 +50,19 @@ struct Run {
 fn run(flows: u32, migrate: bool) -> Result<Run> {
     // Long enough for every flow to start and for a few seconds after.
     let seconds = 2 * u64::from(flows) / RATE + 8;
-    let mut cluster = Cluster::service_path(2)?;
+    let tuning = if flows >= 1_000_000 {
+        MILLION
+    } else {
+        NodeTuning::default()
+    };
+    let mut cluster = Cluster::service_path_with(2, &tuning)?;
     let load = cluster.start_client_load(&LoadSpec {
         flows,
         rate: RATE,
         count: RATE * seconds,
         connections: TCP_CONNECTIONS,
         requests: u32::try_from(seconds * 70).unwrap_or(u32::MAX),
+        per_flow: false,
     })?;
     // Every flow has started once its first round of packets went out.
     std::thread::sleep(Duration::from_millis(1000 * u64::from(flows) / RATE + 2000));
@@ -71,12 +88,16 @@ fn run(flows: u32, migrate: bool) -> Result<Run> {
             })
             .collect();
     }
+    let handover_bytes = cluster.node_stats(0)?["control"]["handover_bytes_sent"]
+        .as_u64()
+        .unwrap_or(0);
     let LoadReports { gen, sink, tcp } = cluster.finish_client_load(&load, Duration::from_secs(seconds + 120))?;
     Ok(Run {
         flows,
         migrated: migrate,
         held_by_fd_a,
         total_ms,
+        handover_bytes,
         phases,
         sent: gen.sent,
         lost: sink.lost.unwrap_or(gen.sent),
@@ -98,19 +119,20 @@ fn main() -> Result<()> {
         "handoff migration under load: UDP echo at {RATE} pps over N flows and {TCP_CONNECTIONS} TCP connections; fd-a disengaged, beside a run where nothing moves"
     );
     println!(
-        "{:>7} {:>9} {:>8} {:>10} {:>9} {:>6} {:>9} {:>10} {:>8}  phases (ms)",
-        "flows", "run", "fd-a held", "total ms", "sent", "lost", "reordered", "duplicated", "tcp fail"
+        "{:>9} {:>9} {:>9} {:>10} {:>11} {:>9} {:>6} {:>9} {:>10} {:>8}  phases (ms)",
+        "flows", "run", "fd-a held", "total ms", "bytes", "sent", "lost", "reordered", "duplicated", "tcp fail"
     );
     let mut runs = Vec::new();
     for flows in FLOW_COUNTS {
         for migrate in [false, true] {
             let r = run(flows, migrate).with_context(|| format!("{flows} flows, migrate {migrate}"))?;
             println!(
-                "{:>7} {:>9} {:>8} {:>10} {:>9} {:>6} {:>9} {:>10} {:>8}  {}",
+                "{:>9} {:>9} {:>9} {:>10} {:>11} {:>9} {:>6} {:>9} {:>10} {:>8}  {}",
                 r.flows,
                 if migrate { "disengage" } else { "baseline" },
                 r.held_by_fd_a,
                 r.total_ms.map_or("-".into(), |t| format!("{t:.1}")),
+                r.handover_bytes,
                 r.sent,
                 r.lost,
                 r.reordered,

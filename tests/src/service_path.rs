@@ -47,12 +47,11 @@ impl Cluster {
     /// The whole service path, up: three nodes with `node_queues` workers
     /// each behind the edge (spraying requests and replies), three services.
     pub fn service_path(node_queues: u32) -> Result<Self> {
-        Self::service_path_with(node_queues, "")
+        Self::service_path_with(node_queues, &NodeTuning::default())
     }
 
-    /// [`Cluster::service_path`] with `node_settings` (TOML lines) added to
-    /// every node's `[node]` section.
-    pub fn service_path_with(node_queues: u32, node_settings: &str) -> Result<Self> {
+    /// [`Cluster::service_path`] with `tuning` in every node's files.
+    pub fn service_path_with(node_queues: u32, tuning: &NodeTuning) -> Result<Self> {
         let mut cluster = Cluster::create(&crate::ClusterSpec {
             node_queues,
             ..crate::ClusterSpec::default()
@@ -60,7 +59,7 @@ impl Cluster {
         let edge = cluster.edge_config(true);
         cluster.start_edge(&edge)?;
         cluster.start_services()?;
-        cluster.start_nodes_with(node_queues, node_settings)?;
+        cluster.start_nodes_with(node_queues, tuning)?;
         Ok(cluster)
     }
 
@@ -155,17 +154,17 @@ impl Cluster {
 
     /// Starts `handoff node` on every node and waits until each is ready.
     pub fn start_nodes(&mut self, queues: u32) -> Result<Vec<usize>> {
-        self.start_nodes_with(queues, "")
+        self.start_nodes_with(queues, &NodeTuning::default())
     }
 
-    /// [`Cluster::start_nodes`] with `node_settings` (TOML lines) added to
-    /// every node's `[node]` section.
-    pub fn start_nodes_with(&mut self, queues: u32, node_settings: &str) -> Result<Vec<usize>> {
+    /// [`Cluster::start_nodes`] with `tuning` in every node's files.
+    pub fn start_nodes_with(&mut self, queues: u32, tuning: &NodeTuning) -> Result<Vec<usize>> {
         let handoff = crate::binaries::binary("handoff")?;
-        let policy = self.write_file("policy.toml", &self.node_policy())?;
+        let policy = format!("{}{}", tuning.policy, self.node_policy());
+        let policy = self.write_file("policy.toml", &policy)?;
         let mut started = Vec::new();
         for i in 0..self.nodes.len() {
-            let text = self.node_config(i, queues, &policy, node_settings);
+            let text = self.node_config(i, queues, &policy, tuning.node);
             let config = self.write_file(&format!("{}.toml", node_name(i)), &text)?;
             let idx = self.spawn(
                 &node_name(i),
@@ -214,15 +213,17 @@ impl Cluster {
     /// Starts the client's UDP traffic to the VIP's echo port: `count`
     /// packets over `flows` flows at `rate` pps, the echoes counted by the
     /// same process. Returns its index and its gen and sink JSON paths.
-    pub fn start_client_traffic(&mut self, flows: u32, rate: u64, count: u64) -> Result<(usize, PathBuf, PathBuf)> {
+    pub fn start_client_traffic(&mut self, load: &LoadSpec) -> Result<(usize, PathBuf, PathBuf)> {
+        let LoadSpec { flows, rate, count, .. } = *load;
         let bench = crate::binaries::binary("handoff-bench")?;
-        self.client.ip(&[
-            "addr",
-            "add",
-            &format!("{CLIENT_UDP_SRC}/24"),
-            "dev",
-            &self.client_port.ifname,
-        ])?;
+        // The client owns every source address of its flows (one per
+        // 55,536 flows), so the edge resolves the echoes' destination.
+        let set = Self::client_flows(flows);
+        for i in 0..set.source_addresses() {
+            let address = Ipv4Addr::from(u32::from(CLIENT_UDP_SRC) + i);
+            self.client
+                .ip(&["addr", "add", &format!("{address}/24"), "dev", &self.client_port.ifname])?;
+        }
         let gen_json = self.log_dir.join("traffic-gen.json");
         let sink_json = self.log_dir.join("traffic-sink.json");
         let args = [
@@ -257,9 +258,14 @@ impl Cluster {
             arg(gen_json.display()),
             arg("--sink-json"),
             arg(sink_json.display()),
-            arg("--per-flow"),
         ];
-        let idx = self.spawn("traffic", NsRef::Client, &bench, &args)?;
+        let per_flow = load.per_flow.then(|| arg("--per-flow"));
+        let idx = self.spawn(
+            "traffic",
+            NsRef::Client,
+            &bench,
+            args.iter().cloned().chain(per_flow).collect::<Vec<_>>().as_slice(),
+        )?;
         if !wait_until(Duration::from_secs(15), || self.process(idx).stderr().contains("ready")) {
             bail!("the client traffic did not start: {}", self.process(idx).stderr());
         }
@@ -295,7 +301,7 @@ impl Cluster {
     /// Starts the client's UDP echo traffic and its kernel TCP connections.
     pub fn start_client_load(&mut self, load: &LoadSpec) -> Result<ClientLoad> {
         let (tcp, tcp_json) = self.start_tcp_clients(load.connections, load.requests)?;
-        let (traffic, gen_json, sink_json) = self.start_client_traffic(load.flows, load.rate, load.count)?;
+        let (traffic, gen_json, sink_json) = self.start_client_traffic(load)?;
         Ok(ClientLoad {
             traffic,
             tcp,
@@ -368,6 +374,16 @@ impl Cluster {
     }
 }
 
+/// Settings added to the test bed's node files, for a test or a benchmark
+/// that needs other limits than the defaults.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NodeTuning<'a> {
+    /// TOML lines for every node's `[node]` section.
+    pub node: &'a str,
+    /// TOML for the top of the policy (`[table]`, `[timeouts]`).
+    pub policy: &'a str,
+}
+
 /// The client's load: UDP flows echoed by the services, and kernel TCP
 /// connections doing request/response.
 #[derive(Clone, Copy, Debug)]
@@ -382,6 +398,8 @@ pub struct LoadSpec {
     pub connections: u32,
     /// Requests per TCP connection.
     pub requests: u32,
+    /// The echo report counts every flow on its own (`SinkReport::per_flow`).
+    pub per_flow: bool,
 }
 
 /// A running [`LoadSpec`]: its processes and where they report.

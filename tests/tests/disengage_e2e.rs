@@ -7,7 +7,7 @@
 use handoff::scope::{HashParams, Scope};
 use handoff_testbed::{
     privileged,
-    service_path::{LoadReports, LoadSpec},
+    service_path::{LoadReports, LoadSpec, NodeTuning},
     Cluster,
 };
 use std::time::Duration;
@@ -21,6 +21,7 @@ const LOAD: LoadSpec = LoadSpec {
     count: COUNT,
     connections: TCP_CONNECTIONS,
     requests: 600,
+    per_flow: false,
 };
 
 /// Fails unless every echo came back exactly once and in order.
@@ -203,8 +204,12 @@ fn an_inheritor_killed_during_the_copy_aborts_it_and_fd_a_serves_on_with_no_loss
     }
     // A paced copy (fd-a holds about 3,400 connections: some 3 s of it), so
     // the kill lands in the middle of it.
-    let mut cluster = Cluster::service_path_with(2, "copy_rate_limit = 1000\n").unwrap();
-    let load = cluster.start_client_load(&LOAD).unwrap();
+    let tuning = NodeTuning {
+        node: "copy_rate_limit = 1000\n",
+        ..NodeTuning::default()
+    };
+    let mut cluster = Cluster::service_path_with(2, &tuning).unwrap();
+    let load = cluster.start_client_load(&LoadSpec { per_flow: true, ..LOAD }).unwrap();
     std::thread::sleep(Duration::from_secs(3));
     let crossing_fd_b = cluster.flows_crossing(FLOWS, &[0, 1, 2], 1).unwrap();
     let before = cluster.admin(&["status"]).unwrap();

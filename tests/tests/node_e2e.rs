@@ -22,6 +22,7 @@ const LOAD: LoadSpec = LoadSpec {
     count: COUNT,
     connections: TCP_CONNECTIONS,
     requests: TCP_REQUESTS,
+    per_flow: false,
 };
 
 #[test]

@@ -152,6 +152,7 @@ fn main() -> Result<()> {
         count,
         connections: TCP_CONNECTIONS,
         requests: TCP_REQUESTS,
+        per_flow: false,
     })?;
     println!(
         "client: {count} UDP echo requests over {FLOWS} flows at {RATE} pps, and {TCP_CONNECTIONS} kernel TCP connections x {TCP_REQUESTS} requests, to VIP {}",

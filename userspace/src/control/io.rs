@@ -97,13 +97,14 @@ pub fn read_frame(reader: &mut impl Read) -> Result<Envelope, FrameIoError> {
     Ok(decode_payload(&payload)?)
 }
 
-/// Writes one frame in a single `write_all`. A write timeout surfaces as
-/// [`FrameIoError::Io`]; part of the frame may have been sent.
-pub fn write_frame(writer: &mut impl Write, envelope: &Envelope) -> Result<(), FrameIoError> {
+/// Writes one frame in a single `write_all`; returns its length in bytes.
+/// A write timeout surfaces as [`FrameIoError::Io`]; part of the frame may
+/// have been sent.
+pub fn write_frame(writer: &mut impl Write, envelope: &Envelope) -> Result<usize, FrameIoError> {
     let frame = encode(envelope)?;
     writer.write_all(&frame)?;
     writer.flush()?;
-    Ok(())
+    Ok(frame.len())
 }
 
 /// Reads from a socket with every read's timeout shortened to what is left

@@ -75,6 +75,8 @@ pub struct Node {
     identity: Identity,
     /// The last handover attempt's serial.
     handovers: u32,
+    /// Bytes the handover streams that reached their cut sent so far.
+    handover_bytes: u64,
     /// The manager's migration this node is in.
     migration: Option<MigrationSerial>,
     /// When the workers stop consulting the previous scope.
@@ -129,6 +131,8 @@ struct Streams<'a> {
     open: BTreeMap<u16, handover::Stream<'a>>,
     deltas_sent: u64,
     rate_limit: Option<u64>,
+    /// Bytes the streams sent.
+    bytes: u64,
 }
 
 impl<'a> Streams<'a> {
@@ -191,6 +195,8 @@ impl<'a> Streams<'a> {
     fn cut(&mut self, expected: &BTreeMap<u16, u64>) -> Vec<(u16, String, anyhow::Error)> {
         let mut failed = Vec::new();
         for (node, stream) in std::mem::take(&mut self.open) {
+            // The cut's own frame is not counted: it is a few bytes.
+            self.bytes += stream.bytes();
             if let Err(source) = stream.cut(expected.get(&node).copied().unwrap_or(0)) {
                 failed.push((node, member_name(self.members, node), source));
             }
@@ -357,6 +363,7 @@ impl Node {
             scope_version,
             identity,
             handovers: 0,
+            handover_bytes: 0,
             migration: None,
             settle_at: None,
             failed: Vec::new(),
@@ -399,6 +406,8 @@ impl Node {
                 "announce_failures": c.announce_failures.load(Ordering::Relaxed),
                 "announces_received": c.announces_received.load(Ordering::Relaxed),
                 "messages_refused": c.messages_refused.load(Ordering::Relaxed),
+                "handovers": self.handovers,
+                "handover_bytes_sent": self.handover_bytes,
             },
             "steering": self.program.reason_counts()?.named().map(|(n, v)| (n.to_string(), v)).collect::<std::collections::BTreeMap<_, _>>(),
             "workers": workers,
@@ -536,8 +545,10 @@ impl Node {
             open: BTreeMap::new(),
             deltas_sent: 0,
             rate_limit: self.config.copy_rate_limit,
+            bytes: 0,
         };
         let round = self.stream_and_cut(next, &mut streams, progress, started);
+        self.handover_bytes += streams.bytes;
         let (redirected, failed) = match round {
             Ok(cut) => cut,
             Err(e) => {
@@ -600,6 +611,7 @@ impl Node {
             "serial": serial.0,
             "connections": redirected.len(),
             "deltas": streams.deltas_sent,
+            "bytes": streams.bytes,
             "inheritors": inheritors,
             "copy_ms": copied.as_secs_f64() * 1e3,
             "total_ms": started.elapsed().as_secs_f64() * 1e3,

@@ -58,6 +58,7 @@ pub struct Stream<'a> {
     delta_batches: u64,
     /// Snapshot records per second at most.
     rate_limit: Option<u64>,
+    bytes: u64,
 }
 
 impl<'a> Stream<'a> {
@@ -82,6 +83,7 @@ impl<'a> Stream<'a> {
             chunks: 0,
             delta_batches: 0,
             rate_limit,
+            bytes: 0,
         };
         this.send(Body::TableAnnounce(TableAnnounce {
             serial,
@@ -93,11 +95,18 @@ impl<'a> Stream<'a> {
     }
 
     fn send(&mut self, body: Body) -> Result<()> {
-        write_frame(
+        let sent = write_frame(
             &mut self.stream,
             &self.identity.envelope(&mut self.message_serial, body),
         )
-        .with_context(|| format!("streaming to {}", self.address))
+        .with_context(|| format!("streaming to {}", self.address))?;
+        self.bytes += sent as u64;
+        Ok(())
+    }
+
+    /// Bytes sent so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// Sends the snapshot, in chunks, paced by the rate limit.

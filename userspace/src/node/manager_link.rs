@@ -160,7 +160,9 @@ fn write_loop(
             next_beat = Instant::now() + interval;
         }
         match answers.recv_timeout(next_beat.saturating_duration_since(Instant::now())) {
-            Ok(body) => write_frame(stream, &envelope(body))?,
+            Ok(body) => {
+                write_frame(stream, &envelope(body))?;
+            }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
         }

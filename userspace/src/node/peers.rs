@@ -181,7 +181,7 @@ pub fn run_announcer(
             let envelope = identity.envelope(&mut serial, announce.clone());
             let sent = peer.connect(&identity, &mut serial).map(|s| write_frame(s, &envelope));
             match sent {
-                Some(Ok(())) => {
+                Some(Ok(_)) => {
                     counters.announces_sent.fetch_add(1, Ordering::Relaxed);
                 }
                 Some(Err(e)) => {
