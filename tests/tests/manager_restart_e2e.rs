@@ -66,6 +66,20 @@ fn sprayed(cluster: &Cluster) -> u64 {
         .unwrap()
 }
 
+/// `text` without its ANSI colour sequences.
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn rx_of(stats: &serde_json::Value) -> u64 {
     stats["totals"]["rx"].as_u64().unwrap()
 }
@@ -113,9 +127,13 @@ fn the_edge_restarts_under_load_and_forwarding_never_stops() {
         sprayed_after > sprayed_before,
         "the counters were taken over and kept counting: {sprayed_before} -> {sprayed_after}"
     );
-    let log = cluster.running_edge().unwrap().stderr();
+    let log = plain(&cluster.running_edge().unwrap().stderr());
     assert!(log.contains("took over the pinned sprayer"), "{log}");
-    assert!(log.contains("adopted=true"), "the links were taken over: {log}");
+    assert_eq!(
+        log.matches("attached through a pinned link").count(),
+        log.matches("adopted=true").count(),
+        "every link was taken over, none created: {log}"
+    );
 
     assert!(
         wait_until(Duration::from_secs(10), || all_registered_and_active(&seen(&cluster))),
@@ -126,11 +144,12 @@ fn the_edge_restarts_under_load_and_forwarding_never_stops() {
     let after = seen(&cluster);
     assert_eq!(after, before, "the same scope, every member back and ACTIVE");
     eprintln!(
-        "edge down {:.0} ms (kill to restarted daemon serving), sprayed meanwhile {} packets, all {} nodes registered {:.0} ms after the restart began",
+        "edge down {:.0} ms (kill to restarted daemon serving; its start took {:.0} ms), sprayed meanwhile {} packets, all {} nodes registered {:.0} ms after it served",
         (serving_at - killed_at).as_secs_f64() * 1e3,
+        (serving_at - restarted_at).as_secs_f64() * 1e3,
         sprayed_after - sprayed_before,
         after.members.len(),
-        (registered_at - restarted_at).as_secs_f64() * 1e3,
+        (registered_at - serving_at).as_secs_f64() * 1e3,
     );
     // Past the failure limit and the failover delay (1 s each on the test
     // bed): a restart is no reason to take anyone out of the scope.
@@ -170,4 +189,79 @@ fn the_edge_restarts_under_load_and_forwarding_never_stops() {
     for s in &stats {
         assert_eq!(s["totals"]["dropped"], 0, "{context}");
     }
+}
+
+/// Whether the edge's client-side interface has an XDP program attached.
+fn sprayer_attached(cluster: &Cluster) -> bool {
+    let ifname = cluster.edge_client_port.ifname.clone();
+    cluster
+        .edge
+        .ip(&["link", "show", "dev", &ifname])
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("prog/xdp"))
+}
+
+#[test]
+fn a_member_gone_while_the_edge_was_down_fails_over_and_edge_detach_removes_the_sprayer() {
+    if !privileged("a_member_gone_while_the_edge_was_down_fails_over_and_edge_detach_removes_the_sprayer") {
+        return;
+    }
+    let mut cluster = Cluster::pinned_service_path(1).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || all_registered_and_active(&seen(&cluster))),
+        "{:?}",
+        seen(&cluster)
+    );
+    cluster.running_edge().unwrap().kill().unwrap();
+    cluster.process_named("fd-c").unwrap().kill().unwrap();
+    let config = cluster.edge_config(true);
+    cluster.start_edge(&config).unwrap();
+    let restarted = seen(&cluster);
+    assert_eq!(restarted.version, 1, "{restarted:?}");
+    assert!(restarted.members[2].1 > 0, "fd-c is still in the scope it took over");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let s = seen(&cluster);
+            s.members[2].1 == 0 && s.version == 2
+        }),
+        "fd-c never came back and was failed over: {:?}",
+        seen(&cluster)
+    );
+    let after = seen(&cluster);
+    assert_eq!(
+        after
+            .members
+            .iter()
+            .map(|(_, _, status, registered)| (status.as_str(), *registered))
+            .collect::<Vec<_>>(),
+        [("Active", true), ("Active", true), ("Failed", false)],
+        "{after:?}"
+    );
+
+    // A clean stop leaves the sprayer attached; edge-detach removes it, but
+    // not while an edge daemon runs.
+    let handoff = handoff_testbed::binaries::binary("handoff").unwrap();
+    let config_path = cluster.log_dir.join("edge.toml");
+    let detach = || {
+        std::process::Command::new(&handoff)
+            .args(["edge-detach", "--config"])
+            .arg(&config_path)
+            .output()
+            .unwrap()
+    };
+    let refused = detach();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("stop it first"),
+        "{refused:?}"
+    );
+    assert!(cluster.running_edge().unwrap().stop().unwrap().success());
+    let pins = cluster.edge_pin_dir().unwrap();
+    assert!(sprayer_attached(&cluster), "SIGTERM leaves the pinned sprayer attached");
+    assert!(pins.join(format!("link-{}", cluster.edge_client_port.ifname)).exists());
+    let done = detach();
+    assert!(done.status.success(), "{done:?}");
+    let report: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
+    assert_eq!(report["links"].as_array().unwrap().len(), 2, "{report}");
+    assert!(!pins.exists(), "{report}");
+    assert!(!sprayer_attached(&cluster));
 }
