@@ -147,10 +147,19 @@ impl EdgeProgram {
         check_buckets(buckets)?;
         pins::prepare_dir(dir)?;
         let state = pins::inspect(dir, buckets)?;
+        let started = Instant::now();
         let mut program = Self::load_in(buckets, Some(dir))?;
+        let loaded = started.elapsed();
         if state == PinState::Complete {
             program.read_back()?;
         }
+        tracing::info!(
+            dir = %dir.display(),
+            ?state,
+            load_ms = loaded.as_millis(),
+            read_back_ms = (started.elapsed() - loaded).as_millis(),
+            "edge sprayer loaded with pinned maps"
+        );
         Ok(program)
     }
 

@@ -72,19 +72,11 @@ impl Edge {
                 .with_context(|| format!("loading the edge sprayer pinned in {}", dir.display()))?,
             None => EdgeProgram::load(buckets).context("loading the edge sprayer")?,
         };
-        let taken_over = program.published().cloned();
-        match &taken_over {
-            Some(published) => check_same_hash(published, &config)?,
-            None => program.set_hash(config.hash.mode(), config.hash.seed)?,
-        }
-        program.set_destination_matches(&config.destinations)?;
-        program.set_source_matches(&config.sources)?;
-        program.set_local_addresses(&config.local_addresses)?;
-        for m in &config.members {
-            configure_member(&mut program, m)?;
-        }
-        let scope = match taken_over {
+        // What a taken-over sprayer holds is checked before anything is
+        // written: a refused start leaves it forwarding as it was.
+        let taken_over = match program.published().cloned() {
             Some(published) => {
+                check_same_hash(&published, &config)?;
                 let scope = Scope {
                     version: published.version,
                     table: published.table,
@@ -104,8 +96,21 @@ impl Edge {
                     members = ?scope.members(),
                     "took over the pinned sprayer: forwarding by its last published scope"
                 );
-                scope
+                Some(scope)
             }
+            None => {
+                program.set_hash(config.hash.mode(), config.hash.seed)?;
+                None
+            }
+        };
+        program.set_destination_matches(&config.destinations)?;
+        program.set_source_matches(&config.sources)?;
+        program.set_local_addresses(&config.local_addresses)?;
+        for m in &config.members {
+            configure_member(&mut program, m)?;
+        }
+        let scope = match taken_over {
+            Some(scope) => scope,
             None => {
                 let ids: Vec<u32> = config.members.iter().map(|m| m.id).collect();
                 let scope = Scope::initial(buckets, &ids)?;
@@ -558,4 +563,38 @@ fn configure_member(program: &mut EdgeProgram, m: &MemberConfig) -> Result<()> {
     program
         .set_member(m.id, m.mac, src_mac, ifindex)
         .with_context(|| format!("configuring member {}", m.name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use handoff_common::hash::HashMode;
+
+    fn config(extra: &str) -> EdgeConfig {
+        let text = format!("[edge]\ninterfaces = [\"e0\"]\nadmin_socket = \"/tmp/x.sock\"\n{extra}\n");
+        EdgeConfig::parse(&text, std::path::Path::new("edge.toml")).unwrap()
+    }
+
+    #[test]
+    fn a_taken_over_sprayer_must_hash_as_configured() {
+        let published = PublishedScope {
+            generation: 1,
+            version: 4,
+            table: vec![0; 4],
+            hash_mode: HashMode::Directional,
+            hash_seed: 7,
+        };
+        check_same_hash(&published, &config("hash_seed = 7")).unwrap();
+        let e = check_same_hash(&published, &config("hash_seed = 8"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("seed 7") && e.contains("seed 8") && e.contains("edge-detach"),
+            "{e}"
+        );
+        let e = check_same_hash(&published, &config("hash_seed = 7\nsymmetric_hash = true"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Directional") && e.contains("Symmetric"), "{e}");
+    }
 }
