@@ -426,9 +426,15 @@ impl Cluster {
             &handoff,
             &[arg("edge"), arg("--config"), arg(path.display())],
         )?;
-        // Not the socket file: a killed edge leaves its file behind.
+        // An answer, not the file: a killed edge leaves its file behind.
+        let admin = self.admin_socket();
         if !wait_until(std::time::Duration::from_secs(15), || {
-            self.process(idx).stderr().contains("admin socket ready")
+            handoff::admin::call(
+                &admin,
+                &handoff::admin::AdminRequest::Status,
+                std::time::Duration::from_secs(1),
+            )
+            .is_ok()
         }) {
             anyhow::bail!("the edge daemon did not start: {}", self.process(idx).stderr());
         }
