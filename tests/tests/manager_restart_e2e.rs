@@ -211,17 +211,44 @@ fn a_member_gone_while_the_edge_was_down_fails_over_and_edge_detach_removes_the_
         "{:?}",
         seen(&cluster)
     );
+    // Scope version 3 before the restart: the version survives it.
+    cluster.scope_remove("fd-c").unwrap();
+    cluster.admin(&["scope", "add", "fd-c"]).unwrap();
+    let node_versions = |cluster: &Cluster| -> Vec<u64> {
+        let status = cluster.admin(&["status"]).unwrap();
+        status["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["scope_version"].as_u64().unwrap_or(0))
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || node_versions(&cluster) == [3, 3, 3]),
+        "{:?}",
+        node_versions(&cluster)
+    );
+    let before = seen(&cluster);
     cluster.running_edge().unwrap().kill().unwrap();
     cluster.process_named("fd-c").unwrap().kill().unwrap();
     let config = cluster.edge_config(true);
     cluster.start_edge(&config).unwrap();
     let restarted = seen(&cluster);
-    assert_eq!(restarted.version, 1, "{restarted:?}");
+    assert_eq!(
+        (restarted.version, &restarted.digest),
+        (3, &before.digest),
+        "{restarted:?}"
+    );
     assert!(restarted.members[2].1 > 0, "fd-c is still in the scope it took over");
+    assert!(
+        wait_until(Duration::from_secs(10), || node_versions(&cluster)[..2] == [3, 3]),
+        "the survivors registered again and forward by the version they had: {:?}",
+        node_versions(&cluster)
+    );
     assert!(
         wait_until(Duration::from_secs(10), || {
             let s = seen(&cluster);
-            s.members[2].1 == 0 && s.version == 2
+            s.members[2].1 == 0 && s.version == 4
         }),
         "fd-c never came back and was failed over: {:?}",
         seen(&cluster)
