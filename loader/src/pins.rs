@@ -293,8 +293,12 @@ pub struct Removed {
 
 /// Unpins every link (the kernel detaches a link when its last reference
 /// goes: nothing else holds one once the daemon is gone) and every map of
-/// the edge in `dir`, then removes `dir` if it is empty.
+/// the edge in `dir`, then removes `dir` if it is empty. Nothing to do when
+/// `dir` does not exist.
 pub fn remove(dir: &Path) -> Result<Removed> {
+    if !dir.exists() {
+        return Ok(Removed::default());
+    }
     check_bpffs(dir)?;
     let unpin = |path: PathBuf| {
         std::fs::remove_file(&path).map_err(|e| LoaderError::PinDir {

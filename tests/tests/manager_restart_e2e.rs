@@ -291,4 +291,6 @@ fn a_member_gone_while_the_edge_was_down_fails_over_and_edge_detach_removes_the_
     assert_eq!(report["links"].as_array().unwrap().len(), 2, "{report}");
     assert!(!pins.exists(), "{report}");
     assert!(!sprayer_attached(&cluster));
+    let again = detach();
+    assert!(again.status.success(), "nothing left to remove is no error: {again:?}");
 }
