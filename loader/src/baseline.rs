@@ -23,6 +23,7 @@ impl BaselineProgram {
             names::PROG_BASELINE,
             &names::BASELINE_MAPS,
             &[],
+            None,
         )?;
         Ok(Self {
             egress: program.take_map(names::MAP_BASELINE_EGRESS)?,

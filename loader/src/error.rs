@@ -1,6 +1,6 @@
 //! The loader's error type.
 
-use std::io;
+use std::{io, path::PathBuf};
 
 /// Everything that can go wrong between an eBPF object and an attached program.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +76,25 @@ pub enum LoaderError {
     UnknownInterface {
         /// Interface name.
         name: String,
+    },
+    /// The pin directory is unusable, or what is pinned there does not fit.
+    #[error("pin directory {path}: {detail}")]
+    PinDir {
+        /// The directory (or the file in it).
+        path: PathBuf,
+        /// What is wrong and what to do.
+        detail: String,
+    },
+    /// Opening, creating or pinning a pinned object failed.
+    #[error("pinned {what} {path}")]
+    Pin {
+        /// "map" or "link".
+        what: &'static str,
+        /// Its pin path.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A configuration value is out of range.
     #[error("invalid {what}: {detail}")]

@@ -20,11 +20,12 @@ mod baseline;
 mod edge;
 mod error;
 mod objects;
+pub mod pins;
 mod program;
 mod xsk;
 
 pub use baseline::BaselineProgram;
-pub use edge::{EdgeProgram, Prefix, ScopeWrite, GENERATION_GRACE};
+pub use edge::{EdgeProgram, Prefix, PublishedScope, ScopeWrite, GENERATION_GRACE};
 pub use error::LoaderError;
 pub use program::{interface_index, interface_mac, AttachMode, ReasonCounts, TestRunOutcome};
 pub use xsk::XskProgram;

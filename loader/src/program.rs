@@ -4,11 +4,20 @@
 use crate::{error::privilege_hint, LoaderError, Result};
 use aya::{
     maps::{MapData, PerCpuArray},
-    programs::{xdp::XdpLinkId, ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+        ProgramError, TestRun, TestRunOptions, Xdp, XdpMode,
+    },
+    sys::SyscallError,
     Ebpf, EbpfLoader,
 };
 use handoff_common::counters::Reason;
-use std::{ffi::CString, time::Duration};
+use std::{
+    ffi::CString,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 /// XDP attach mode.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -61,28 +70,46 @@ pub(crate) struct LoadedProgram {
     attachments: Vec<Attachment>,
 }
 
-/// Where a program is attached (one program may serve several interfaces). The link belongs to the `Ebpf` object, so the
-/// program is detached at the latest when the object is dropped (including on
-/// unwinding), and the kernel detaches a bpf_link when its process exits.
+/// Where a program is attached (one program may serve several interfaces).
 #[derive(Debug)]
 struct Attachment {
     interface: String,
     ifindex: u32,
-    link_id: XdpLinkId,
+    link: Link,
+}
+
+/// Who keeps an attachment alive.
+#[derive(Debug)]
+enum Link {
+    /// The `Ebpf` object owns the link, so the program is detached at the
+    /// latest when the object is dropped (including on unwinding), and the
+    /// kernel detaches a bpf_link when its process exits.
+    Owned(XdpLinkId),
+    /// A pin on a bpffs holds the bpf_link and this process holds no fd of
+    /// it: it stays attached after the process exits, until the pin is removed.
+    Pinned(PathBuf),
 }
 
 impl LoadedProgram {
     /// Loads `object`, checks that it defines `program` and every map in
     /// `maps`, and loads the program into the kernel (running the verifier).
+    /// With `pins`, each named map is the one pinned under the directory
+    /// with its name (aya opens it), or a new one pinned there.
     pub(crate) fn load(
         object: &'static [u8],
         program: &'static str,
         maps: &[&'static str],
         max_entries: &[(&'static str, u32)],
+        pins: Option<(&Path, &[&'static str])>,
     ) -> Result<Self> {
         let mut loader = EbpfLoader::new();
         for (map, size) in max_entries {
             loader.map_max_entries(map, *size);
+        }
+        if let Some((dir, pinned)) = pins {
+            for map in pinned {
+                loader.map_pin_path(map, dir.join(map));
+            }
         }
         let mut ebpf = loader.load(object).map_err(|source| LoaderError::Load {
             program,
@@ -130,9 +157,27 @@ impl LoadedProgram {
     /// Attaches to `interface`; the error names the other mode to try.
     pub(crate) fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<u32> {
         let ifindex = ifindex(interface)?;
+        let link_id = self.attach_link(interface, ifindex, mode)?;
+        self.attachments.push(Attachment {
+            interface: interface.to_string(),
+            ifindex,
+            link: Link::Owned(link_id),
+        });
+        tracing::info!(
+            program = self.program,
+            interface,
+            ifindex,
+            mode = mode.name(),
+            "attached"
+        );
+        Ok(ifindex)
+    }
+
+    /// Creates an XDP link of the program on `ifindex`.
+    fn attach_link(&mut self, interface: &str, ifindex: u32, mode: AttachMode) -> Result<XdpLinkId> {
         let program = self.program;
         let xdp = xdp_mut(&mut self.ebpf, program)?;
-        let link_id = xdp.attach_to_if_index(ifindex, mode.xdp_mode()).map_err(|source| {
+        xdp.attach_to_if_index(ifindex, mode.xdp_mode()).map_err(|source| {
             let hint = privilege_hint(&source);
             let hint = if hint.is_empty() {
                 format!(
@@ -150,14 +195,61 @@ impl LoadedProgram {
                 hint,
                 source: Box::new(source),
             }
-        })?;
+        })
+    }
+
+    /// Attaches to `interface` through the bpf_link pinned at `pin`: an
+    /// existing one gets this program in place of its old one (one atomic
+    /// BPF_LINK_UPDATE, no packet sees no program), else a new link is
+    /// created and pinned there. A pinned link keeps the mode it was created
+    /// in. Returns the ifindex and whether the link was taken over.
+    pub(crate) fn attach_pinned(&mut self, interface: &str, mode: AttachMode, pin: &Path) -> Result<(u32, bool)> {
+        let ifindex = ifindex(interface)?;
+        let program = self.program;
+        let pin_error = |source: Box<dyn std::error::Error + Send + Sync>| LoaderError::Pin {
+            what: "link",
+            path: pin.to_path_buf(),
+            source,
+        };
+        let mut adopted = false;
+        if pin.exists() {
+            let link = PinnedLink::from_pin(pin).map_err(|e| pin_error(Box::new(e)))?;
+            let link = XdpLink::try_from(FdLink::from(link)).map_err(|e| pin_error(Box::new(e)))?;
+            let xdp = xdp_mut(&mut self.ebpf, program)?;
+            match xdp.attach_to_link(link) {
+                Ok(link_id) => {
+                    // The pin holds the link; this process keeps no fd of it.
+                    drop(xdp.take_link(link_id).map_err(|e| pin_error(Box::new(e)))?);
+                    adopted = true;
+                }
+                // The interface the link was attached to is gone (ENOLINK,
+                // net/core/dev.c bpf_xdp_link_update): the pin is stale.
+                Err(ProgramError::SyscallError(SyscallError { io_error, .. }))
+                    if io_error.raw_os_error() == Some(libc::ENOLINK) =>
+                {
+                    tracing::warn!(program, interface, pin = %pin.display(), "the pinned link's interface is gone; attaching anew");
+                    std::fs::remove_file(pin).map_err(|e| pin_error(Box::new(e)))?;
+                }
+                Err(e) => return Err(pin_error(Box::new(e))),
+            }
+        }
+        if !adopted {
+            let link_id = self.attach_link(interface, ifindex, mode)?;
+            let link = xdp_mut(&mut self.ebpf, program)?
+                .take_link(link_id)
+                .map_err(|e| pin_error(Box::new(e)))?;
+            // Only a bpf_link can be pinned: the netlink fallback (kernels
+            // before 5.9) cannot outlive the process.
+            let link = FdLink::try_from(link).map_err(|e| pin_error(Box::new(e)))?;
+            link.pin(pin).map_err(|e| pin_error(Box::new(e)))?;
+        }
         self.attachments.push(Attachment {
             interface: interface.to_string(),
             ifindex,
-            link_id,
+            link: Link::Pinned(pin.to_path_buf()),
         });
-        tracing::info!(program, interface, ifindex, mode = mode.name(), "attached");
-        Ok(ifindex)
+        tracing::info!(program, interface, ifindex, adopted, pin = %pin.display(), "attached through a pinned link");
+        Ok((ifindex, adopted))
     }
 
     /// Interfaces and ifindexes this program is attached to.
@@ -169,13 +261,23 @@ impl LoadedProgram {
     pub(crate) fn detach(&mut self) -> Result<()> {
         let program = self.program;
         while let Some(attachment) = self.attachments.pop() {
-            xdp_mut(&mut self.ebpf, program)?
-                .detach(attachment.link_id)
-                .map_err(|source| LoaderError::Program {
-                    program,
-                    hint: String::new(),
+            match attachment.link {
+                Link::Owned(link_id) => {
+                    xdp_mut(&mut self.ebpf, program)?
+                        .detach(link_id)
+                        .map_err(|source| LoaderError::Program {
+                            program,
+                            hint: String::new(),
+                            source: Box::new(source),
+                        })?
+                }
+                // The pin is the link's last reference: removing it detaches.
+                Link::Pinned(pin) => std::fs::remove_file(&pin).map_err(|source| LoaderError::Pin {
+                    what: "link",
+                    path: pin.clone(),
                     source: Box::new(source),
-                })?;
+                })?,
+            }
             tracing::info!(program, interface = attachment.interface, "detached");
         }
         Ok(())

@@ -24,7 +24,7 @@ impl XskProgram {
     /// Loads the steering program. Until a socket is registered for a queue,
     /// frames on that queue go to the kernel.
     pub fn load() -> Result<Self> {
-        let mut program = LoadedProgram::load(crate::objects::XSK, names::PROG_XSK, &names::XSK_MAPS, &[])?;
+        let mut program = LoadedProgram::load(crate::objects::XSK, names::PROG_XSK, &names::XSK_MAPS, &[], None)?;
         Ok(Self {
             sockets: program.take_map(names::MAP_XSKS)?,
             reasons: program.take_map(names::MAP_REASON_STATS)?,

@@ -10,7 +10,7 @@
 //! replies are sprayed like requests. The VIP 10.77.9.1 is routed to the edge.
 
 use crate::{
-    netns::{sweep_stale, veth, Netns, RunPrefix, VethEnd},
+    netns::{sweep_stale, sweep_stale_bpffs, veth, BpfFs, Netns, RunPrefix, VethEnd},
     process::Spawned,
 };
 use anyhow::{Context, Result};
@@ -85,6 +85,9 @@ pub struct Host {
 #[derive(Debug)]
 pub struct Cluster {
     processes: Vec<Spawned>,
+    /// This run's bpffs, when the edge pins its sprayer ([`Self::mount_bpffs`]):
+    /// unmounted once the processes are gone, which drops every pin.
+    bpffs: Option<BpfFs>,
     /// Per-run name prefix.
     pub prefix: RunPrefix,
     /// Where process logs go.
@@ -120,6 +123,7 @@ impl Cluster {
     /// Creates every namespace, link, address and route of `spec`.
     pub fn create(spec: &ClusterSpec) -> Result<Self> {
         sweep_stale();
+        sweep_stale_bpffs();
         let prefix = RunPrefix::new();
         let log_dir = std::env::temp_dir().join(format!("handoff-{prefix}"));
         std::fs::create_dir_all(&log_dir)?;
@@ -212,6 +216,7 @@ impl Cluster {
         }
         Ok(Self {
             processes: Vec::new(),
+            bpffs: None,
             prefix,
             log_dir,
             client_port,
@@ -241,6 +246,20 @@ impl Cluster {
         self.processes.iter_mut().find(|p| p.name() == name)
     }
 
+    /// Mounts a bpffs of this run (at `<log dir>/bpf`, removed with the
+    /// cluster); from now on [`Self::edge_config`] pins the sprayer in it.
+    pub fn mount_bpffs(&mut self) -> Result<PathBuf> {
+        let mounted = BpfFs::mount(&self.log_dir.join("bpf"))?;
+        let path = mounted.path().to_path_buf();
+        self.bpffs = Some(mounted);
+        Ok(path)
+    }
+
+    /// The edge's pin directory, when this run has a bpffs.
+    pub fn edge_pin_dir(&self) -> Option<PathBuf> {
+        self.bpffs.as_ref().map(|b| b.path().join("edge"))
+    }
+
     /// A process started with [`Self::spawn`].
     pub fn process(&mut self, index: usize) -> &mut Spawned {
         &mut self.processes[index]
@@ -262,6 +281,11 @@ impl Cluster {
         std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
     }
+}
+
+/// Whether a process name is one of the edge daemon's runs.
+fn is_edge(name: &str) -> bool {
+    name == "edge" || name.strip_prefix("edge-").is_some_and(|n| n.parse::<u32>().is_ok())
 }
 
 /// Names one of the cluster's namespaces.
@@ -331,7 +355,8 @@ impl Cluster {
 
     /// An edge configuration for this test bed: the sprayer on the client
     /// side (and on the fabric side when `spray_replies`), every node a
-    /// member, the VIP as cluster destination and the services as sources.
+    /// member, the VIP as cluster destination and the services as sources;
+    /// pinned in this run's bpffs if it has one.
     pub fn edge_config(&self, spray_replies: bool) -> String {
         let mut interfaces = vec![format!("{:?}", self.edge_client_port.ifname)];
         if spray_replies {
@@ -347,6 +372,12 @@ impl Cluster {
             VIP,
             sources.join(", "),
         );
+        if let Some(dir) = self.edge_pin_dir() {
+            text = text.replace(
+                "[edge]\n",
+                &format!("[edge]\npin_dir = {:?}\n", dir.display().to_string()),
+            );
+        }
         for (i, node) in self.nodes.iter().enumerate() {
             text.push_str(&format!(
                 "\n[[members]]\nname = {:?}\nid = {i}\nmac = {:?}\ninterface = {:?}\n",
@@ -379,21 +410,44 @@ pub fn arg(s: impl ToString) -> String {
 }
 
 impl Cluster {
-    /// Starts the edge daemon with `config` and waits for its admin socket.
+    /// Starts the edge daemon with `config` and waits until it serves its
+    /// admin socket. A restart gets a name of its own (`edge-2`, ...), so
+    /// each run keeps its log.
     pub fn start_edge(&mut self, config: &str) -> Result<usize> {
         let handoff = crate::binaries::binary("handoff")?;
         let path = self.write_file("edge.toml", config)?;
+        let name = match self.processes.iter().filter(|p| is_edge(p.name())).count() {
+            0 => "edge".to_string(),
+            runs => format!("edge-{}", runs + 1),
+        };
         let idx = self.spawn(
-            "edge",
+            &name,
             NsRef::Edge,
             &handoff,
             &[arg("edge"), arg("--config"), arg(path.display())],
         )?;
+        // An answer, not the file: a killed edge leaves its file behind.
         let admin = self.admin_socket();
-        if !wait_until(std::time::Duration::from_secs(15), || admin.exists()) {
+        if !wait_until(std::time::Duration::from_secs(15), || {
+            handoff::admin::call(
+                &admin,
+                &handoff::admin::AdminRequest::Status,
+                std::time::Duration::from_secs(1),
+            )
+            .is_ok()
+        }) {
             anyhow::bail!("the edge daemon did not start: {}", self.process(idx).stderr());
         }
         Ok(idx)
+    }
+
+    /// The edge daemon started last, if it still runs.
+    pub fn running_edge(&mut self) -> Option<&mut Spawned> {
+        self.processes
+            .iter_mut()
+            .rev()
+            .filter(|p| is_edge(p.name()))
+            .find_map(|p| p.running().then_some(p))
     }
 
     /// Starts an AF_XDP sink on node `i`'s interface; returns its process

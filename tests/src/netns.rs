@@ -95,6 +95,72 @@ pub fn sweep_stale() {
     }
 }
 
+/// Unmounts the bpffs mounts left behind by runs whose process no longer
+/// exists (see [`BpfFs`]), so their pins (and what they hold) go away.
+pub fn sweep_stale_bpffs() {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return;
+    };
+    let base = std::env::temp_dir();
+    for line in mounts.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(_), Some(target), Some("bpf")) = (fields.next(), fields.next(), fields.next()) else {
+            continue;
+        };
+        let target = std::path::Path::new(target);
+        let Some(owner) = target
+            .strip_prefix(&base)
+            .ok()
+            .and_then(|rest| rest.iter().next())
+            .and_then(|dir| dir.to_str()?.strip_prefix(NETNS_PREFIX).map(str::to_string))
+        else {
+            continue;
+        };
+        if let Some(pid) = pid_of_prefix(&owner) {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = run(Command::new("umount").arg(target));
+                let _ = std::fs::remove_dir(target);
+            }
+        }
+    }
+}
+
+/// A bpffs of this run, mounted at a directory of its own (never
+/// /sys/fs/bpf), unmounted and removed on drop: pins made in it vanish
+/// with it.
+#[derive(Debug)]
+pub struct BpfFs {
+    path: std::path::PathBuf,
+}
+
+impl BpfFs {
+    /// Mounts a bpffs at `path` (created if missing).
+    pub fn mount(path: &std::path::Path) -> Result<Self> {
+        std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+        if let Err(e) = run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(path)) {
+            let _ = std::fs::remove_dir(path);
+            return Err(e);
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        if let Err(e) = run(Command::new("umount").arg(&self.path)) {
+            eprintln!("warning: unmounting {}: {e:#}", self.path.display());
+        }
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
 /// A network namespace, deleted on drop.
 #[derive(Debug)]
 pub struct Netns {

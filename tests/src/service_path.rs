@@ -47,15 +47,28 @@ impl Cluster {
     /// The whole service path, up: three nodes with `node_queues` workers
     /// each behind the edge (spraying requests and replies), three services.
     pub fn service_path(node_queues: u32) -> Result<Self> {
-        Self::service_path_with(node_queues, &NodeTuning::default())
+        Self::build_service_path(node_queues, false, &NodeTuning::default())
     }
 
     /// [`Cluster::service_path`] with `tuning` in every node's files.
     pub fn service_path_with(node_queues: u32, tuning: &NodeTuning) -> Result<Self> {
+        Self::build_service_path(node_queues, false, tuning)
+    }
+
+    /// [`Self::service_path`] with the edge's sprayer pinned in a bpffs of
+    /// this run, so it keeps forwarding while the edge daemon is down.
+    pub fn pinned_service_path(node_queues: u32) -> Result<Self> {
+        Self::build_service_path(node_queues, true, &NodeTuning::default())
+    }
+
+    fn build_service_path(node_queues: u32, pinned: bool, tuning: &NodeTuning) -> Result<Self> {
         let mut cluster = Cluster::create(&crate::ClusterSpec {
             node_queues,
             ..crate::ClusterSpec::default()
         })?;
+        if pinned {
+            cluster.mount_bpffs()?;
+        }
         let edge = cluster.edge_config(true);
         cluster.start_edge(&edge)?;
         cluster.start_services()?;

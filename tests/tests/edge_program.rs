@@ -61,7 +61,7 @@ fn edge(mode: HashMode) -> Edge {
         .unwrap();
     program.add_local_address(LOCAL.into()).unwrap();
     let scope = Scope::initial(BUCKETS, &MEMBERS).unwrap();
-    program.publish_scope(&scope.table).unwrap();
+    program.publish_scope(scope.version, &scope.table).unwrap();
     Edge { program, scope, mode }
 }
 
@@ -304,7 +304,7 @@ fn a_flip_switches_every_bucket_at_once_and_writes_only_changed_slots() {
     }
     let mut edge = edge(HashMode::Directional);
     let next = edge.scope.rebuilt(&[0, 2]).unwrap();
-    let write = edge.program.publish_scope(&next.table).unwrap();
+    let write = edge.program.publish_scope(next.version, &next.table).unwrap();
     assert_eq!(write.generation, 0);
     // Generation 0 was all zeros (member 0): the write touched every slot that
     // is not member 0's in the new table, and nothing else.
@@ -319,7 +319,10 @@ fn a_flip_switches_every_bucket_at_once_and_writes_only_changed_slots() {
     }
     // Publishing the same table again writes nothing into the other generation
     // beyond what differs from what it held.
-    let again = edge.program.publish_scope(&edge.scope.table.clone()).unwrap();
+    let again = edge
+        .program
+        .publish_scope(edge.scope.version, &edge.scope.table.clone())
+        .unwrap();
     assert_eq!(again.generation, 1);
     let old_gen1 = Scope::initial(BUCKETS, &MEMBERS).unwrap();
     assert_eq!(again.slots_written, old_gen1.moves(&edge.scope).count());
@@ -335,12 +338,12 @@ fn unowned_buckets_and_an_unready_program_are_handled() {
     let frame = udp4(CLIENT, VIP, 1, 2, b"x");
     // Before the first scope, everything goes to the kernel.
     assert_eq!(program.test_run(&frame).unwrap().action, XDP_PASS);
-    program.publish_scope(&vec![NO_MEMBER; BUCKETS as usize]).unwrap();
+    program.publish_scope(1, &vec![NO_MEMBER; BUCKETS as usize]).unwrap();
     assert_eq!(program.test_run(&frame).unwrap().action, XDP_DROP);
     assert_eq!(program.reason_counts().unwrap().get(Reason::DropNoMember), 1);
     // A table naming an unconfigured member is refused, nothing written.
-    assert!(program.publish_scope(&vec![7; BUCKETS as usize]).is_err());
-    assert!(program.publish_scope(&[0; 3]).is_err());
+    assert!(program.publish_scope(1, &vec![7; BUCKETS as usize]).is_err());
+    assert!(program.publish_scope(1, &[0; 3]).is_err());
 }
 
 #[test]
@@ -351,4 +354,74 @@ fn bad_bucket_counts_are_refused() {
     for buckets in [0, 3, 1000, 1 << 21] {
         assert!(EdgeProgram::load(buckets).is_err(), "{buckets}");
     }
+}
+
+#[test]
+fn a_pinned_sprayer_is_taken_over_as_published_and_refused_when_it_does_not_fit() {
+    if !privileged("a_pinned_sprayer_is_taken_over_as_published_and_refused_when_it_does_not_fit") {
+        return;
+    }
+    let run = std::env::temp_dir().join(format!("handoff-{}", handoff_testbed::RunPrefix::new()));
+    let bpffs = handoff_testbed::netns::BpfFs::mount(&run.join("bpf")).unwrap();
+    let dir = bpffs.path().join("edge");
+    let e = EdgeProgram::load_pinned(BUCKETS, &run).unwrap_err().to_string();
+    assert!(e.contains("not on a bpffs"), "{e}");
+
+    let mut first = EdgeProgram::load_pinned(BUCKETS, &dir).unwrap();
+    assert_eq!(first.published(), None, "nothing was pinned before");
+    first.set_hash(HashMode::Symmetric, SEED).unwrap();
+    first.set_member(0, member_mac(0), [0x02, 0xee, 0, 0, 0, 1], 1).unwrap();
+    first.set_member(2, member_mac(2), [0x02, 0xee, 0, 0, 0, 1], 1).unwrap();
+    first
+        .set_destination_matches(&["10.0.9.0/24".parse().unwrap(), "10.0.8.0/24".parse().unwrap()])
+        .unwrap();
+    let s1 = Scope::initial(BUCKETS, &[0]).unwrap();
+    let s2 = s1.rebuilt(&[0, 2]).unwrap();
+    first.publish_scope(s1.version, &s1.table).unwrap();
+    first.publish_scope(s2.version, &s2.table).unwrap();
+    drop(first);
+
+    // The maps outlive the process's handles: the next load finds the scope
+    // last published, its version and generation, and the same hash.
+    let mut second = EdgeProgram::load_pinned(BUCKETS, &dir).unwrap();
+    let published = second.published().cloned().unwrap();
+    assert_eq!(
+        (
+            published.version,
+            published.generation,
+            published.hash_mode,
+            published.hash_seed
+        ),
+        (2, 0, HashMode::Symmetric, SEED)
+    );
+    assert_eq!(published.table, s2.table);
+    assert_eq!(second.active_table(), s2.table.as_slice());
+    let frame = udp4(CLIENT, VIP, 40000, 7000, b"x");
+    let out = second.test_run(&frame).unwrap();
+    assert_eq!(out.action, XDP_REDIRECT, "members, matches and scope came along");
+    let params = handoff::scope::HashParams {
+        buckets: BUCKETS,
+        symmetric: true,
+        seed: SEED,
+    };
+    let key = parse_frame(frame.as_slice()).unwrap().key;
+    assert_eq!(out.frame[..6], member_mac(s2.owner(params.bucket(&key))));
+    // A match the configuration dropped is removed from the taken-over trie.
+    second
+        .set_destination_matches(&["10.0.8.0/24".parse().unwrap()])
+        .unwrap();
+    assert_eq!(second.test_run(&frame).unwrap().action, XDP_PASS);
+    drop(second);
+
+    let e = EdgeProgram::load_pinned(BUCKETS * 2, &dir).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!("{BUCKETS} buckets per scope generation")) && e.contains("edge-detach"),
+        "{e}"
+    );
+    let removed = handoff_loader::pins::remove(&dir).unwrap();
+    assert_eq!(removed.maps.len(), handoff_loader::pins::edge_map_shapes(BUCKETS).len());
+    assert!(removed.links.is_empty());
+    assert!(!dir.exists());
+    drop(bpffs);
+    let _ = std::fs::remove_dir(&run);
 }

@@ -28,6 +28,15 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Remove the sprayer an edge with `pin_dir` left pinned: unpin its
+    /// links (the sprayer detaches, forwarding through the edge stops) and
+    /// its maps. The edge daemon must be stopped first; a stopped pinned
+    /// edge otherwise keeps forwarding by its last scope.
+    EdgeDetach {
+        /// The edge's configuration file (its `pin_dir` and admin socket).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Run a flow-distributor node (AF_XDP workers, flow tables, peer links).
     Node {
         /// Configuration file.
@@ -150,6 +159,18 @@ fn main() -> Result<()> {
             let config = EdgeConfig::load(&config)?;
             let stop = handoff::shutdown::stop_on_signals()?;
             Edge::start(config)?.run(stop)
+        }
+        Command::EdgeDetach { config } => {
+            let config = EdgeConfig::load(&config)?;
+            let Some(dir) = &config.pin_dir else {
+                anyhow::bail!("the configuration sets no edge.pin_dir: nothing is pinned");
+            };
+            let removed = handoff::edge::detach_pinned(dir, &config.admin_socket)?;
+            println!(
+                "{}",
+                serde_json::json!({"pin_dir": dir, "links": removed.links, "maps": removed.maps})
+            );
+            Ok(())
         }
         Command::Node { config } => {
             let config = NodeConfig::load(&config)?;

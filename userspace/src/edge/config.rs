@@ -8,6 +8,7 @@
 //! symmetric_hash = false
 //! hash_seed = 0
 //! admin_socket = "/run/handoff/edge.sock"
+//! pin_dir = "/sys/fs/bpf/handoff-edge"  # optional: the sprayer outlives the daemon
 //!
 //! [cluster]
 //! destinations = ["10.77.9.0/24"]   # VIPs
@@ -129,6 +130,8 @@ struct RawEdge {
     admin_socket: PathBuf,
     #[serde(default)]
     control_listen: Option<String>,
+    #[serde(default)]
+    pin_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -206,6 +209,11 @@ pub struct EdgeConfig {
     pub control_listen: Option<std::net::SocketAddr>,
     /// The migration manager's limits.
     pub manager: ManagerConfig,
+    /// Where on a bpffs the sprayer's links and maps are pinned. Set, the
+    /// sprayer keeps forwarding by the last published scope while the daemon
+    /// is down, and the next start takes it over; `handoff edge-detach`
+    /// removes it. Unset, the sprayer stops with the daemon.
+    pub pin_dir: Option<PathBuf>,
 }
 
 /// The line in `text` where `needle` first appears after `section`, for error messages.
@@ -371,6 +379,19 @@ impl EdgeConfig {
             })?),
             None => None,
         };
+        if let Some(dir) = &raw.edge.pin_dir {
+            if !dir.is_absolute() || dir.parent().is_none() {
+                return Err(invalid(
+                    "[edge]",
+                    "edge.pin_dir",
+                    "pin_dir",
+                    format!(
+                        "{:?} is not an absolute directory below a bpffs mount (e.g. \"/sys/fs/bpf/handoff-edge\")",
+                        dir.display().to_string()
+                    ),
+                ));
+            }
+        }
         if raw.manager.migration_timeout_ms == 0 {
             return Err(invalid(
                 "[manager]",
@@ -400,6 +421,7 @@ impl EdgeConfig {
             members,
             admin_socket: raw.edge.admin_socket,
             control_listen,
+            pin_dir: raw.edge.pin_dir,
         })
     }
 }
@@ -444,6 +466,24 @@ interface = "e1"
         .unwrap();
         assert_eq!(c.manager.failover_after, None);
         assert_eq!(c.manager.hold_down, std::time::Duration::from_millis(10));
+        assert_eq!(c.pin_dir, None, "unpinned unless asked");
+    }
+
+    #[test]
+    fn the_pin_dir_is_an_absolute_directory() {
+        let c = EdgeConfig::parse(
+            &GOOD.replace("admin_socket", "pin_dir = \"/sys/fs/bpf/handoff-edge\"\nadmin_socket"),
+            Path::new("edge.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.pin_dir, Some(PathBuf::from("/sys/fs/bpf/handoff-edge")));
+        for bad in ["bpf/handoff-edge", "/", ""] {
+            let e = err(&GOOD.replace("admin_socket", &format!("pin_dir = {bad:?}\nadmin_socket")));
+            assert!(
+                e.starts_with("edge.toml:4: field `edge.pin_dir`") && e.contains("not an absolute directory"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::{
 use crate::{
     control::{
         codec::Envelope,
-        ids::{Capabilities, Incarnation, NodeId, Sender as WireSender},
+        ids::{Capabilities, Incarnation, MacAddr, NodeId, Sender as WireSender},
         io::{read_frame, read_frame_within, write_frame, FrameIoError},
         message::{Body, MemberInfo, MemberStatus, MemberUpdate, Register, RegisterAck, ScopeUpdate},
         scope_wire::WireScope,
@@ -41,6 +41,11 @@ use std::{
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
 /// Silence after which a member is FAILED: five missed heartbeats.
 pub const FAILURE_AFTER: Duration = Duration::from_millis(1000);
+/// After a restart that took over a pinned sprayer, how long the members of
+/// its scope have to register again before the failure limit starts: nodes
+/// retry every 500 ms once the session breaks, and the control port opens
+/// only once the edge is up.
+pub const REREGISTER_GRACE: Duration = Duration::from_secs(2);
 /// How long a node may take to send its registration.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Messages queued for one node at most.
@@ -85,7 +90,10 @@ impl ManagerState {
     /// Tells every live node that `node` FAILED, so they forget the flows it
     /// owned (`MemberUpdate`).
     pub fn member_failed(&self, node: u16) {
-        let Some(member) = self.member_info(node, MemberStatus::Failed) else {
+        let Some(member) = self
+            .member_info(node, MemberStatus::Failed)
+            .or_else(|| self.unregistered_info(node))
+        else {
             return;
         };
         for &peer in self.outboxes.keys().filter(|&&p| p != node) {
@@ -106,6 +114,24 @@ impl ManagerState {
             data_mac: r.data_mac,
             data_ip: r.data_ip,
             workers: r.workers,
+        })
+    }
+
+    /// A configured member that never registered with this run of the
+    /// manager (it restarted and took over the scope, the node did not come
+    /// back): its name and id, nothing it would have registered with. Peers
+    /// only need the id to forget the flows it owned.
+    fn unregistered_info(&self, node: u16) -> Option<MemberInfo> {
+        Some(MemberInfo {
+            node: NodeId::new(node).ok()?,
+            name: self.configured.get(&node)?.clone(),
+            incarnation: Incarnation(0),
+            status: MemberStatus::Failed,
+            capabilities: Capabilities::default(),
+            control_addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            data_mac: MacAddr([0; 6]),
+            data_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
+            workers: 0,
         })
     }
 

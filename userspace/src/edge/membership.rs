@@ -26,6 +26,9 @@ pub struct Member {
     pub workers: u16,
     /// The scope version it forwards by, from its last heartbeat.
     pub scope_version: u64,
+    /// False for a member a restarted manager found in the scope it took
+    /// over and that has not registered with it yet.
+    pub registered: bool,
 }
 
 /// How a registration was taken.
@@ -81,6 +84,8 @@ pub struct MemberView {
     pub workers: u16,
     /// The scope version it forwards by.
     pub scope_version: u64,
+    /// Whether it registered with this run of the manager.
+    pub registered: bool,
 }
 
 impl Membership {
@@ -115,9 +120,11 @@ impl Membership {
             flows: 0,
             workers,
             scope_version: 0,
+            registered: true,
         };
         match self.members.insert(node, fresh) {
             None => Registration::New,
+            Some(old) if !old.registered => Registration::New,
             Some(old) if old.incarnation == incarnation => {
                 // A reconnect of the same run: what a migration set stays.
                 if let Some(m) = self.members.get_mut(&node) {
@@ -131,6 +138,25 @@ impl Membership {
             }
             Some(_) => Registration::Restarted,
         }
+    }
+
+    /// Enters a member a restarted manager found in the scope it took over,
+    /// before the node registers again (nodes reconnect on their own). It
+    /// counts as seen `grace` from `now`, time for the control port to come
+    /// up and the node's next reconnect: one that does not come back within
+    /// `grace` and the failure limit is FAILED, and failed over, like one
+    /// that stops sending heartbeats.
+    pub fn expect(&mut self, node: u16, name: &str, now: Instant, grace: Duration) {
+        self.members.entry(node).or_insert_with(|| Member {
+            name: name.to_string(),
+            incarnation: Incarnation(0),
+            status: MemberStatus::Active,
+            last_seen: now + grace,
+            flows: 0,
+            workers: 0,
+            scope_version: 0,
+            registered: false,
+        });
     }
 
     /// Takes a heartbeat reporting `flows` and the node's `scope_version`.
@@ -223,6 +249,7 @@ impl Membership {
                 flows: m.flows,
                 workers: m.workers,
                 scope_version: m.scope_version,
+                registered: m.registered,
             })
             .collect()
     }
@@ -282,6 +309,38 @@ mod tests {
         assert_eq!(
             m.heartbeat(5, Incarnation(1), 0, 1, t0),
             Err(HeartbeatError::Unknown(5))
+        );
+    }
+
+    #[test]
+    fn a_member_expected_after_a_manager_restart_registers_as_new_or_fails_late() {
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(2);
+        let mut m = Membership::new(Duration::from_secs(1));
+        m.expect(0, "fd-a", t0, grace);
+        m.expect(1, "fd-b", t0, grace);
+        let v = m.view(t0);
+        assert_eq!((v[0].status, v[0].registered), (MemberStatus::Active, false));
+        assert!(
+            m.tick(t0 + Duration::from_millis(2900)).is_empty(),
+            "no failure within grace and limit"
+        );
+        assert_eq!(
+            m.register(0, "fd-a", Incarnation(9), 2, true, t0 + Duration::from_millis(2950)),
+            Registration::New,
+            "a node's first registration with this manager is not a restart"
+        );
+        let v = m.view(t0);
+        assert_eq!((v[0].registered, v[0].workers), (true, 2));
+        assert_eq!(
+            m.tick(t0 + Duration::from_millis(3100)),
+            vec![1],
+            "fd-b never came back"
+        );
+        m.expect(0, "fd-a", t0, grace);
+        assert!(
+            m.view(t0)[0].registered,
+            "expecting a registered member changes nothing"
         );
     }
 

@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 use config::{EdgeConfig, MemberConfig};
 use crossbeam::channel::{unbounded, Receiver, Sender};
 use driver::{Driver, FlipRequest};
-use handoff_loader::EdgeProgram;
+use handoff_loader::{EdgeProgram, PublishedScope};
 use manager::ManagerState;
 use membership::Membership;
 use migration::{Candidate, Coordinator};
@@ -61,31 +61,90 @@ pub struct Edge {
 
 impl Edge {
     /// Loads the program, configures members and match sets, publishes the
-    /// first scope and attaches.
+    /// first scope and attaches. With `pin_dir`, a sprayer an earlier run
+    /// pinned there is taken over instead: it keeps forwarding by the scope
+    /// it holds, which becomes the manager's (nothing is published), and
+    /// the members in it are expected to register again.
     pub fn start(config: EdgeConfig) -> Result<Self> {
-        let mut program = EdgeProgram::load(config.hash.buckets).context("loading the edge sprayer")?;
-        program.set_hash(config.hash.mode(), config.hash.seed)?;
-        for prefix in &config.destinations {
-            program.add_destination_match(*prefix)?;
-        }
-        for prefix in &config.sources {
-            program.add_source_match(*prefix)?;
-        }
-        for addr in &config.local_addresses {
-            program.add_local_address(*addr)?;
-        }
+        let buckets = config.hash.buckets;
+        let mut program = match &config.pin_dir {
+            Some(dir) => EdgeProgram::load_pinned(buckets, dir)
+                .with_context(|| format!("loading the edge sprayer pinned in {}", dir.display()))?,
+            None => EdgeProgram::load(buckets).context("loading the edge sprayer")?,
+        };
+        // What a taken-over sprayer holds is checked before anything is
+        // written: a refused start leaves it forwarding as it was.
+        let taken_over = match program.published().cloned() {
+            Some(published) => {
+                check_same_hash(&published, &config)?;
+                let scope = Scope {
+                    version: published.version,
+                    table: published.table,
+                };
+                if let Some(gone) = scope
+                    .members()
+                    .into_iter()
+                    .find(|id| !config.members.iter().any(|m| m.id == *id))
+                {
+                    bail!(
+                        "the pinned sprayer gives buckets to member id {gone}, which the configuration no longer has: add it back, or remove the pins with `handoff edge-detach` (forwarding stops) to start with a new scope"
+                    );
+                }
+                tracing::info!(
+                    version = scope.version,
+                    generation = published.generation,
+                    members = ?scope.members(),
+                    "took over the pinned sprayer: forwarding by its last published scope"
+                );
+                Some(scope)
+            }
+            None => {
+                program.set_hash(config.hash.mode(), config.hash.seed)?;
+                None
+            }
+        };
+        program.set_destination_matches(&config.destinations)?;
+        program.set_source_matches(&config.sources)?;
+        program.set_local_addresses(&config.local_addresses)?;
         for m in &config.members {
             configure_member(&mut program, m)?;
         }
-        let active: Vec<u32> = config.members.iter().map(|m| m.id).collect();
-        let scope = Scope::initial(config.hash.buckets, &active)?;
-        program.publish_scope(&scope.table)?;
+        let scope = match taken_over {
+            Some(scope) => scope,
+            None => {
+                let ids: Vec<u32> = config.members.iter().map(|m| m.id).collect();
+                let scope = Scope::initial(buckets, &ids)?;
+                program.publish_scope(scope.version, &scope.table)?;
+                scope
+            }
+        };
         for interface in &config.interfaces {
             program.attach(interface, config.xdp_mode)?;
         }
-        tracing::info!(members = active.len(), buckets = config.hash.buckets, "edge up");
+        for interface in program.detach_others(&config.interfaces)? {
+            tracing::warn!(
+                interface,
+                "detached the pinned sprayer from an interface the configuration no longer lists"
+            );
+        }
+        let active = scope.members();
+        tracing::info!(
+            members = active.len(),
+            buckets,
+            pinned = config.pin_dir.is_some(),
+            "edge up"
+        );
+        let mut membership = Membership::new(manager::FAILURE_AFTER);
+        if program.published().is_some() {
+            let now = Instant::now();
+            for m in config.members.iter().filter(|m| active.contains(&m.id)) {
+                if let Ok(id) = u16::try_from(m.id) {
+                    membership.expect(id, &m.name, now, manager::REREGISTER_GRACE);
+                }
+            }
+        }
         let manager = Arc::new(Mutex::new(ManagerState {
-            membership: Membership::new(manager::FAILURE_AFTER),
+            membership,
             hash: config.hash,
             scope: scope.clone(),
             configured: config
@@ -146,7 +205,7 @@ impl Edge {
         }
         let members = next.members();
         let moved = self.scope.moves(&next).count();
-        let write = self.program.publish_scope(&next.table)?;
+        let write = self.program.publish_scope(next.version, &next.table)?;
         tracing::info!(
             version = next.version,
             moved,
@@ -195,13 +254,16 @@ impl Edge {
                     "last_seen_ms": member.map(|r| r.last_seen_ms),
                     "flows": member.map(|r| r.flows),
                     "scope_version": member.map(|r| r.scope_version),
+                    "registered": member.is_some_and(|r| r.registered),
                 })
             })
             .collect();
         serde_json::json!({
             "scope_version": self.scope.version,
+            "scope_digest": format!("{:016x}", self.scope.digest()),
             "generation": self.program.active_generation(),
             "buckets": self.config.hash.buckets,
+            "pinned": self.program.pin_dir().map(|d| d.display().to_string()),
             "members": members,
             "migration": migration,
             "control_messages_refused": refused,
@@ -293,6 +355,7 @@ impl Edge {
         let status = state
             .membership
             .member(target)
+            .filter(|m| m.registered)
             .map(|m| m.status)
             .ok_or(migration::Refusal::NotRegistered(target))?;
         let in_scope = self.active.contains(&u32::from(target));
@@ -307,10 +370,13 @@ impl Edge {
                     }
                     .into());
                 }
+                // A member a restarted manager still waits for reports no
+                // flows: it inherits nothing until it registers.
                 let candidates: Vec<Candidate> = state
                     .membership
                     .view(now)
                     .into_iter()
+                    .filter(|m| m.registered)
                     .map(|m| Candidate {
                         node: m.node,
                         status: m.status,
@@ -453,10 +519,42 @@ impl Edge {
             }
             self.fail_over(now);
         }
-        self.program.detach()?;
-        tracing::info!("edge stopped");
+        match self.program.pin_dir() {
+            // Pinned, the sprayer keeps forwarding by the last published
+            // scope until the next run takes it over (or edge-detach).
+            Some(dir) => tracing::info!(pins = %dir.display(), "edge stopped; the sprayer stays attached"),
+            None => {
+                self.program.detach()?;
+                tracing::info!("edge stopped");
+            }
+        }
         Ok(())
     }
+}
+
+/// Fails unless `config` hashes like the sprayer it takes over: the nodes
+/// find owners by the running hash, so it changes only with a fresh start.
+fn check_same_hash(published: &PublishedScope, config: &EdgeConfig) -> Result<()> {
+    if published.hash_mode != config.hash.mode() || published.hash_seed != config.hash.seed {
+        bail!(
+            "the pinned sprayer hashes {:?} with seed {}, the configuration asks for {:?} with seed {}: keep the running hash, or remove the pins with `handoff edge-detach` (forwarding stops) to start with the new one",
+            published.hash_mode,
+            published.hash_seed,
+            config.hash.mode(),
+            config.hash.seed
+        );
+    }
+    Ok(())
+}
+
+/// Removes the sprayer pinned in `dir`: its links (which detaches it) and
+/// its maps. Refused while an edge daemon answers on `admin_socket`, which
+/// would keep running with nothing attached.
+pub fn detach_pinned(dir: &std::path::Path, admin_socket: &std::path::Path) -> Result<handoff_loader::pins::Removed> {
+    if admin::call(admin_socket, &AdminRequest::Status, Duration::from_secs(2)).is_ok() {
+        bail!("an edge daemon answers on {}: stop it first", admin_socket.display());
+    }
+    handoff_loader::pins::remove(dir).with_context(|| format!("removing the pins in {}", dir.display()))
 }
 
 fn configure_member(program: &mut EdgeProgram, m: &MemberConfig) -> Result<()> {
@@ -465,4 +563,38 @@ fn configure_member(program: &mut EdgeProgram, m: &MemberConfig) -> Result<()> {
     program
         .set_member(m.id, m.mac, src_mac, ifindex)
         .with_context(|| format!("configuring member {}", m.name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use handoff_common::hash::HashMode;
+
+    fn config(extra: &str) -> EdgeConfig {
+        let text = format!("[edge]\ninterfaces = [\"e0\"]\nadmin_socket = \"/tmp/x.sock\"\n{extra}\n");
+        EdgeConfig::parse(&text, std::path::Path::new("edge.toml")).unwrap()
+    }
+
+    #[test]
+    fn a_taken_over_sprayer_must_hash_as_configured() {
+        let published = PublishedScope {
+            generation: 1,
+            version: 4,
+            table: vec![0; 4],
+            hash_mode: HashMode::Directional,
+            hash_seed: 7,
+        };
+        check_same_hash(&published, &config("hash_seed = 7")).unwrap();
+        let e = check_same_hash(&published, &config("hash_seed = 8"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("seed 7") && e.contains("seed 8") && e.contains("edge-detach"),
+            "{e}"
+        );
+        let e = check_same_hash(&published, &config("hash_seed = 7\nsymmetric_hash = true"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Directional") && e.contains("Symmetric"), "{e}");
+    }
 }

@@ -23,6 +23,10 @@ pub const MAP_SCOPE: &str = "SCOPE";
 pub const MAP_MEMBERS: &str = "MEMBERS";
 /// `DevMap` indexed by member id: the egress interface towards the member.
 pub const MAP_EGRESS: &str = "EGRESS";
+/// `Array<u64>` of 2 entries, read only by userspace: the scope version each
+/// generation holds, so a restarted edge daemon knows what it published. It
+/// is created by the loader, not by the edge object (the program never reads it).
+pub const MAP_SCOPE_VERSIONS: &str = "SCOPE_VERSIONS";
 /// `PerCpuArray<TrafficCounter>` indexed by member id.
 pub const MAP_MEMBER_STATS: &str = "MEMBER_STATS";
 /// `PerCpuArray<u64>` indexed by [`crate::counters::Reason`].
