@@ -44,6 +44,10 @@ struct Run {
     duplicated: u64,
     tcp_completed: u64,
     tcp_failed: u64,
+    /// Packets each node dropped (fd-a, fd-b, fd-c), by its own counters.
+    node_drops: Vec<u64>,
+    /// Packets the nodes' pens let go early or by timeout.
+    held_unordered: u64,
 }
 
 /// One run over `flows` flows; disengages fd-a mid-run when `migrate`.
@@ -92,6 +96,14 @@ fn run(flows: u32, migrate: bool) -> Result<Run> {
         .as_u64()
         .unwrap_or(0);
     let LoadReports { gen, sink, tcp } = cluster.finish_client_load(&load, Duration::from_secs(seconds + 120))?;
+    let mut node_drops = Vec::new();
+    let mut held_unordered = 0;
+    for i in 0..cluster.nodes.len() {
+        let totals = &cluster.node_stats(i)?["totals"];
+        node_drops.push(totals["dropped"].as_u64().unwrap_or(0));
+        held_unordered +=
+            totals["held_released_early"].as_u64().unwrap_or(0) + totals["hold_timeouts"].as_u64().unwrap_or(0);
+    }
     Ok(Run {
         flows,
         migrated: migrate,
@@ -105,6 +117,8 @@ fn run(flows: u32, migrate: bool) -> Result<Run> {
         duplicated: sink.duplicated,
         tcp_completed: tcp.completed,
         tcp_failed: tcp.reset + tcp.timed_out + tcp.corrupted,
+        node_drops,
+        held_unordered,
     })
 }
 
@@ -123,7 +137,14 @@ fn main() -> Result<()> {
         "flows", "run", "fd-a held", "total ms", "bytes", "sent", "lost", "reordered", "duplicated", "tcp fail"
     );
     let mut runs = Vec::new();
-    for flows in FLOW_COUNTS {
+    // HANDOFF_BENCH_FLOWS=100000,1000000 runs only those rows.
+    let only: Option<Vec<u32>> = std::env::var("HANDOFF_BENCH_FLOWS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|f| f.trim().parse().ok()).collect());
+    for flows in FLOW_COUNTS
+        .into_iter()
+        .filter(|f| only.as_ref().is_none_or(|o| o.contains(f)))
+    {
         for migrate in [false, true] {
             let r = run(flows, migrate).with_context(|| format!("{flows} flows, migrate {migrate}"))?;
             println!(
@@ -144,6 +165,12 @@ fn main() -> Result<()> {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+            if r.node_drops.iter().any(|&d| d > 0) || r.held_unordered > 0 {
+                println!(
+                    "{:>9} node drops {:?}, held packets let go unordered {}",
+                    "", r.node_drops, r.held_unordered
+                );
+            }
             runs.push(r);
         }
     }
