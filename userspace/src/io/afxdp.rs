@@ -522,7 +522,17 @@ impl PacketIo for AfXdpPort {
     }
 
     fn stats(&self) -> PortStats {
-        self.stats
+        // The kernel's own drops (include/uapi/linux/if_xdp.h, struct
+        // xdp_statistics); a socket that cannot answer reports none.
+        match self.socket.statistics() {
+            Ok(kernel) => PortStats {
+                kernel_rx_ring_full: kernel.rx_ring_full,
+                kernel_fill_ring_empty: kernel.rx_fill_ring_empty_descs,
+                kernel_rx_dropped: kernel.rx_dropped,
+                ..self.stats
+            },
+            Err(_) => self.stats,
+        }
     }
 
     fn wait_rx(&mut self, timeout: Duration) -> io::Result<bool> {

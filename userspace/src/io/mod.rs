@@ -104,6 +104,13 @@ pub struct PortStats {
     pub tx_pool_empty: u64,
     /// Transmit kicks that the kernel asked to retry (EAGAIN/EBUSY/ENOBUFS).
     pub tx_kick_retries: u64,
+    /// Frames the kernel dropped because the RX ring was full (the worker
+    /// fell behind); from `XDP_STATISTICS`, 0 where there is no kernel.
+    pub kernel_rx_ring_full: u64,
+    /// Times the kernel found the fill ring empty (no frame to receive into).
+    pub kernel_fill_ring_empty: u64,
+    /// Frames the kernel dropped for other reasons.
+    pub kernel_rx_dropped: u64,
 }
 
 /// A packet port: one RX/TX queue pair with its frame pool.

@@ -395,6 +395,8 @@ impl Node {
                 "forwarded_to_node": sum(&|r| r.counters.forwarded_to_node),
                 "received_from_node": sum(&|r| r.counters.received_from_node),
                 "dropped": sum(&|r| r.counters.dropped()),
+                "kernel_rx_ring_full": sum(&|r| r.port.kernel_rx_ring_full),
+                "kernel_rx_dropped": sum(&|r| r.port.kernel_rx_dropped),
                 "markers": sum(&|r| r.counters.markers),
                 "held": sum(&|r| r.hold.held),
                 "held_released_early": sum(&|r| r.hold.released_early),

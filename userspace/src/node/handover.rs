@@ -6,7 +6,7 @@
 use super::{
     peers::{open_link, tell_owners, Identity},
     view::NodeView,
-    worker::{Imported, WorkerCommand},
+    worker::{Imported, WorkerCommand, COMMAND_CHUNK},
 };
 use crate::{
     control::{
@@ -21,7 +21,7 @@ use crate::{
     flow::Owner,
 };
 use anyhow::{bail, Context, Result};
-use crossbeam::channel::{bounded, Sender};
+use crossbeam::channel::{unbounded, Sender};
 use handoff_common::{fabric::ANY_WORKER, flow_key::FlowKey};
 use hashbrown::HashMap;
 use std::{
@@ -333,17 +333,18 @@ impl<'a> Receiver<'a> {
             let worker = self.routing.owner_by_scope(&key).worker as usize;
             per_worker[worker.min(self.workers.len() - 1)].push(record);
         }
-        let (tx, rx) = bounded::<Imported>(self.workers.len());
+        // Unbounded: every chunk is asked for before any answer is read.
+        let (tx, rx) = unbounded::<Imported>();
         let mut asked = 0;
         for (worker, records) in self.workers.iter().zip(per_worker) {
-            if worker
-                .send(WorkerCommand::Import {
-                    records,
+            for chunk in records.chunks(COMMAND_CHUNK) {
+                let command = WorkerCommand::Import {
+                    records: chunk.to_vec(),
                     reply: tx.clone(),
-                })
-                .is_ok()
-            {
-                asked += 1;
+                };
+                if worker.send(command).is_ok() {
+                    asked += 1;
+                }
             }
         }
         let mut installed = 0u64;
@@ -363,11 +364,13 @@ impl<'a> Receiver<'a> {
             owners.extend(imported.keys.iter().flat_map(|&(f, r)| [(f, owner), (r, owner)]));
         }
         let version = ownership_version();
-        for worker in self.workers {
-            let _ = worker.send(WorkerCommand::Owners {
-                version,
-                owners: owners.clone(),
-            });
+        for chunk in owners.chunks(COMMAND_CHUNK) {
+            for worker in self.workers {
+                let _ = worker.send(WorkerCommand::Owners {
+                    version,
+                    owners: chunk.to_vec(),
+                });
+            }
         }
         installed
     }

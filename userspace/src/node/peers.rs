@@ -10,7 +10,7 @@ use super::{
     handover::Receiver,
     pipeline::Installed,
     view::NodeView,
-    worker::{WorkerCommand, WorkerLinks},
+    worker::{WorkerCommand, WorkerLinks, COMMAND_CHUNK},
 };
 use crate::control::{
     codec::{Envelope, SUPPORTED_VERSIONS},
@@ -334,10 +334,12 @@ pub fn tell_owners(workers: &[Sender<WorkerCommand>], flows: &[FlowOwner], local
     if owners.is_empty() {
         return;
     }
-    for worker in workers {
-        let _ = worker.send(WorkerCommand::Owners {
-            version,
-            owners: owners.clone(),
-        });
+    for chunk in owners.chunks(COMMAND_CHUNK) {
+        for worker in workers {
+            let _ = worker.send(WorkerCommand::Owners {
+                version,
+                owners: chunk.to_vec(),
+            });
+        }
     }
 }

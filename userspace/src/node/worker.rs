@@ -53,6 +53,13 @@ const SPINS_BEFORE_SLEEP: u32 = 64;
 const IDLE_WAIT: Duration = Duration::from_millis(1);
 /// Headroom kept in front of frames taken from the inbox (fabric encapsulation).
 const INBOX_HEADROOM: usize = 64;
+/// Connections or ownership entries one command carries at most, and the
+/// commands a worker runs between two bursts: a large handover is many
+/// small commands, so it never holds the worker's packets back for long
+/// (a million entries in one command stalled a worker long enough for its
+/// RX ring to overflow).
+pub const COMMAND_CHUNK: usize = 4096;
+const COMMANDS_PER_STEP: usize = 4;
 /// Journal ops per delta batch; a copy that changes more between two
 /// batches is aborted (and may be retried), not completed with a gap.
 const JOURNAL_BATCH: usize = 65_536;
@@ -372,8 +379,9 @@ impl<P: PacketIo> Worker<P> {
         Ok(handled)
     }
 
+    /// Runs at most [`COMMANDS_PER_STEP`] queued commands.
     fn apply_commands(&mut self) -> Result<(), Disconnected> {
-        loop {
+        for _ in 0..COMMANDS_PER_STEP {
             match self.commands.try_recv() {
                 Ok(WorkerCommand::Owners { version, owners }) => {
                     let table = self.pipeline.ownership_mut();
@@ -418,6 +426,7 @@ impl<P: PacketIo> Worker<P> {
                 Err(TryRecvError::Disconnected) => return Err(Disconnected),
             }
         }
+        Ok(())
     }
 
     /// Runs frames other cores handed over through the pipeline.
