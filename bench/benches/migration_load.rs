@@ -44,7 +44,8 @@ struct Run {
     duplicated: u64,
     tcp_completed: u64,
     tcp_failed: u64,
-    /// Packets each node dropped (fd-a, fd-b, fd-c), by its own counters.
+    /// Packets each node dropped (fd-a, fd-b, fd-c): its workers' drops,
+    /// and the kernel's for a full RX ring or other reasons.
     node_drops: Vec<u64>,
     /// Packets the nodes' pens let go early or by timeout.
     held_unordered: u64,
@@ -100,7 +101,12 @@ fn run(flows: u32, migrate: bool) -> Result<Run> {
     let mut held_unordered = 0;
     for i in 0..cluster.nodes.len() {
         let totals = &cluster.node_stats(i)?["totals"];
-        node_drops.push(totals["dropped"].as_u64().unwrap_or(0));
+        node_drops.push(
+            ["dropped", "kernel_rx_ring_full", "kernel_rx_dropped"]
+                .iter()
+                .map(|c| totals[c].as_u64().unwrap_or(0))
+                .sum(),
+        );
         held_unordered +=
             totals["held_released_early"].as_u64().unwrap_or(0) + totals["hold_timeouts"].as_u64().unwrap_or(0);
     }
