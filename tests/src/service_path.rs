@@ -387,6 +387,16 @@ impl Cluster {
     }
 }
 
+/// Fails unless every one of `count` echoes came back exactly once and in
+/// order; `context` is printed on failure.
+pub fn assert_every_echo(sink: &SinkReport, count: u64, context: &str) {
+    assert_eq!(
+        (sink.received, sink.lost, sink.reordered, sink.duplicated),
+        (count, Some(0), 0, 0),
+        "{sink:?}\n{context}"
+    );
+}
+
 /// Settings added to the test bed's node files, for a test or a benchmark
 /// that needs other limits than the defaults.
 #[derive(Clone, Copy, Debug, Default)]

@@ -7,7 +7,7 @@
 use handoff::scope::{HashParams, Scope};
 use handoff_testbed::{
     privileged,
-    service_path::{LoadReports, LoadSpec, NodeTuning},
+    service_path::{assert_every_echo, LoadReports, LoadSpec, NodeTuning},
     Cluster,
 };
 use std::time::Duration;
@@ -23,15 +23,6 @@ const LOAD: LoadSpec = LoadSpec {
     requests: 600,
     per_flow: false,
 };
-
-/// Fails unless every echo came back exactly once and in order.
-fn assert_delivered(sink: &handoff_bench::report::SinkReport, count: u64, context: &str) {
-    assert_eq!(
-        (sink.received, sink.lost, sink.reordered, sink.duplicated),
-        (count, Some(0), 0, 0),
-        "{sink:?}\n{context}"
-    );
-}
 
 /// Fails unless the node dropped nothing and held nothing for too long.
 fn assert_no_drops(stats: &serde_json::Value, context: &str) {
@@ -141,7 +132,7 @@ fn a_node_leaves_and_rejoins_under_load_with_no_loss_and_no_broken_connection() 
     let stats: Vec<serde_json::Value> = (0..3).map(|i| cluster.node_stats(i).unwrap()).collect();
     let context = format!("sink {sink:?}\ntcp {tcp:?}\nnodes {stats:#?}");
     assert_eq!(gen.sent, COUNT);
-    assert_delivered(&sink, COUNT, &context);
+    assert_every_echo(&sink, COUNT, &context);
     assert!(tcp.ok(), "{context}");
     assert_eq!((tcp.reset, tcp.timed_out, tcp.corrupted), (0, 0, 0), "{context}");
     for s in &stats {
@@ -193,7 +184,7 @@ fn an_unreachable_inheritor_aborts_the_handover_and_nothing_changes() {
     assert!(disengaged(&out), "{out}");
 
     let LoadReports { sink, tcp, .. } = cluster.finish_client_load(&load, Duration::from_secs(120)).unwrap();
-    assert_delivered(&sink, COUNT, "");
+    assert_every_echo(&sink, COUNT, "");
     assert!(tcp.ok(), "{tcp:?}");
 }
 
@@ -317,7 +308,7 @@ fn ten_disengage_engage_cycles_in_a_row_lose_nothing() {
     let LoadReports { sink, tcp, .. } = cluster.finish_client_load(&load, Duration::from_secs(180)).unwrap();
     let stats: Vec<serde_json::Value> = (0..3).map(|i| cluster.node_stats(i).unwrap()).collect();
     let context = format!("{stats:#?}");
-    assert_delivered(&sink, CYCLE_COUNT, &context);
+    assert_every_echo(&sink, CYCLE_COUNT, &context);
     assert!(tcp.ok(), "{tcp:?}");
     for s in &stats {
         assert_no_drops(s, &context);

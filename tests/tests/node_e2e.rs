@@ -7,7 +7,7 @@
 
 use handoff_testbed::{
     privileged,
-    service_path::{LoadReports, LoadSpec},
+    service_path::{assert_every_echo, LoadReports, LoadSpec},
     Cluster,
 };
 use std::time::Duration;
@@ -48,11 +48,7 @@ fn udp_echo_and_kernel_tcp_cross_the_nodes_with_no_loss_and_owner_forwarding() {
 
     // Every UDP packet came back once, in order.
     assert_eq!(gen.sent, COUNT);
-    assert_eq!(
-        (sink.received, sink.lost, sink.reordered, sink.duplicated),
-        (COUNT, Some(0), 0, 0),
-        "{context}"
-    );
+    assert_every_echo(&sink, COUNT, &context);
     assert_eq!(sink.flows_seen, FLOWS as u64, "{context}");
     // Every kernel TCP connection completed every exchange.
     assert!(tcp.ok(), "{context}");

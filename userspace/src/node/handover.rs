@@ -372,6 +372,23 @@ impl<'a> Receiver<'a> {
                 });
             }
         }
+        // The cut's acknowledgement lets the old owner send the packets it
+        // held: every core here must know by then which core holds each
+        // connection, or it would send them back. A report request queued
+        // behind the entries answers once they are applied.
+        let (done, reports) = unbounded();
+        let barriers = self
+            .workers
+            .iter()
+            .filter(|worker| worker.send(WorkerCommand::Report(done.clone())).is_ok())
+            .count();
+        drop(done);
+        for _ in 0..barriers {
+            if reports.recv_timeout(CUT_TIMEOUT).is_err() {
+                tracing::warn!("handover: a worker did not confirm the new owners in time");
+                break;
+            }
+        }
         installed
     }
 

@@ -150,6 +150,21 @@ pub struct CorePacket {
     pub data: [u8; CORE_FRAME],
 }
 
+impl CorePacket {
+    /// A copy of `bytes` (at most [`CORE_FRAME`] long) for `worker`.
+    fn copy_of(bytes: &[u8], worker: u8, hops: u8, sender: Option<u16>) -> Self {
+        let mut packet = Self {
+            worker,
+            hops,
+            sender: sender.unwrap_or(NO_SENDER),
+            len: bytes.len() as u16,
+            data: [0; CORE_FRAME],
+        };
+        packet.data[..bytes.len()].copy_from_slice(bytes);
+        packet
+    }
+}
+
 impl std::fmt::Debug for CorePacket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CorePacket")
@@ -711,15 +726,8 @@ impl Pipeline {
     /// Keeps a copy of `bytes` (at most [`CORE_FRAME`] long) for this
     /// worker to run again later.
     fn hold(&mut self, bytes: &[u8], hops: u8, out: &mut Outbox) -> Verdict {
-        let mut packet = CorePacket {
-            worker: self.me.worker,
-            hops,
-            sender: self.sender.unwrap_or(NO_SENDER),
-            len: bytes.len() as u16,
-            data: [0; CORE_FRAME],
-        };
-        packet.data[..bytes.len()].copy_from_slice(bytes);
-        out.held.push(packet);
+        out.held
+            .push(CorePacket::copy_of(bytes, self.me.worker, hops, self.sender));
         self.counters.held += 1;
         Verdict::Drop
     }
@@ -742,15 +750,8 @@ impl Pipeline {
         if worker == self.me.worker || bytes.len() > CORE_FRAME || hops >= FABRIC_MAX_HOPS {
             return self.drop(DropReason::LoopGuard);
         }
-        let mut packet = CorePacket {
-            worker,
-            hops: hops + 1,
-            sender: self.sender.unwrap_or(NO_SENDER),
-            len: bytes.len() as u16,
-            data: [0; CORE_FRAME],
-        };
-        packet.data[..bytes.len()].copy_from_slice(bytes);
-        out.to_cores.push(packet);
+        out.to_cores
+            .push(CorePacket::copy_of(bytes, worker, hops + 1, self.sender));
         self.counters.forwarded_to_core += 1;
         Verdict::Drop
     }
