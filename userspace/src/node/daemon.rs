@@ -466,9 +466,9 @@ impl Node {
     fn gainers(&self, next: &Scope) -> Vec<(u16, [u8; 6])> {
         let me = u32::from(self.config.id);
         let mut gainers: Vec<(u16, [u8; 6])> = Vec::new();
-        for (before, after) in self.scope.table.iter().zip(&next.table) {
-            let Ok(node) = u16::try_from(*after) else { continue };
-            if *before != me || *after == me || self.failed.contains(&node) || gainers.iter().any(|g| g.0 == node) {
+        for (_, _, after) in self.scope.moves(next).filter(|&(_, before, _)| before == me) {
+            let Ok(node) = u16::try_from(after) else { continue };
+            if self.failed.contains(&node) || gainers.iter().any(|g| g.0 == node) {
                 continue;
             }
             if let Some(mac) = self.view.peer_mac(node) {

@@ -497,10 +497,10 @@ impl<P: PacketIo> Worker<P> {
 
     fn send_markers(&mut self, to: &[(u16, [u8; 6])], serial: u32, lanes: u16) {
         let now = self.now();
+        // A drain that handled nothing produced nothing to deliver.
         while self.drain_inbox(now) > 0 {
             self.deliver();
         }
-        self.deliver();
         let me = self.pipeline.owner();
         let marker = Marker {
             sender: me.node,
