@@ -8,6 +8,7 @@ pub mod admin;
 pub mod control;
 pub mod edge;
 pub mod flow;
+pub mod icmp;
 pub mod io;
 pub mod migration;
 pub mod node;

@@ -25,14 +25,16 @@
 //!
 //! Not handled: an IPv6 packet with a Routing header puts its *final*
 //! destination into the pseudo-header (RFC 8200 §8.1), so rewriting its
-//! destination leaves a wrong L4 checksum; ICMP errors quoting a rewritten
-//! packet are passed on with the quoted headers unchanged.
+//! destination leaves a wrong L4 checksum.
 
-use crate::flow::{Rewrite, Side};
+use crate::{
+    flow::{Rewrite, Side},
+    io::{FrameBuf, FrameError},
+};
 use handoff_common::{
     flow_key::{IP_V4, IP_V6},
-    net::ipproto,
-    parse::Headers,
+    net::{ethertype, ipproto},
+    parse::{Headers, ETH_HLEN, VLAN_HLEN},
 };
 use std::net::IpAddr;
 
@@ -41,6 +43,8 @@ const IPV6_HLEN: usize = 40;
 const TCP_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
 const IPV4_CHECKSUM: usize = 10;
+const IPV4_TTL: usize = 8;
+const IPV6_HOP_LIMIT: usize = 7;
 const TCP_CHECKSUM: usize = 16;
 const UDP_CHECKSUM: usize = 6;
 const UDP_LENGTH: usize = 4;
@@ -176,7 +180,7 @@ impl Layout {
     }
 }
 
-fn read_u16(frame: &[u8], at: usize) -> Result<u16, RewriteError> {
+pub(crate) fn read_u16(frame: &[u8], at: usize) -> Result<u16, RewriteError> {
     frame
         .get(at..at.saturating_add(2))
         .map(|b| u16::from_be_bytes([b[0], b[1]]))
@@ -186,7 +190,7 @@ fn read_u16(frame: &[u8], at: usize) -> Result<u16, RewriteError> {
         })
 }
 
-fn write_u16(frame: &mut [u8], at: usize, value: u16) -> Result<(), RewriteError> {
+pub(crate) fn write_u16(frame: &mut [u8], at: usize, value: u16) -> Result<(), RewriteError> {
     let len = frame.len();
     frame
         .get_mut(at..at.saturating_add(2))
@@ -199,7 +203,7 @@ fn write_u16(frame: &mut [u8], at: usize, value: u16) -> Result<(), RewriteError
 }
 
 /// Folds a one's complement sum to 16 bits (end-around carry).
-fn fold(mut sum: u64) -> u16 {
+pub(crate) fn fold(mut sum: u64) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -208,7 +212,7 @@ fn fold(mut sum: u64) -> u16 {
 
 /// The one's complement sum of `bytes` as big-endian 16-bit words, an odd
 /// last byte padded with zero (RFC 1071), added to `sum`.
-fn sum_words(sum: u64, bytes: &[u8]) -> u64 {
+pub(crate) fn sum_words(sum: u64, bytes: &[u8]) -> u64 {
     let mut words = bytes.chunks_exact(2);
     let mut sum = words
         .by_ref()
@@ -221,17 +225,18 @@ fn sum_words(sum: u64, bytes: &[u8]) -> u64 {
 
 /// `~m + m'` over the changed words of a field (RFC 1624 eqn. 3).
 #[derive(Clone, Copy, Debug, Default)]
-struct ChecksumDelta(u64);
+pub(crate) struct ChecksumDelta(u64);
 
 impl ChecksumDelta {
-    fn replace(&mut self, old: &[u8], new: &[u8]) {
+    /// Adds the change of a field from `old` to `new` (equal even lengths).
+    pub(crate) fn replace(&mut self, old: &[u8], new: &[u8]) {
         for (o, n) in old.chunks_exact(2).zip(new.chunks_exact(2)) {
             self.0 += !u16::from_be_bytes([o[0], o[1]]) as u64 + u16::from_be_bytes([n[0], n[1]]) as u64;
         }
     }
 
     /// `HC' = ~(~HC + ~m + m')`.
-    fn apply(self, checksum: u16) -> u16 {
+    pub(crate) fn apply(self, checksum: u16) -> u16 {
         !fold(!checksum as u64 + self.0)
     }
 }
@@ -301,6 +306,81 @@ fn rewrite_endpoint(
     }
     frame[at..at + new_address.len()].copy_from_slice(new_address);
     write_u16(frame, port_at, port)
+}
+
+/// What [`decrement_ttl`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ttl {
+    /// The TTL (hop limit) was above 1 and is now one less.
+    Decremented,
+    /// The TTL (hop limit) was 0 or 1: the packet must not be forwarded
+    /// (RFC 1812 §5.3.1, RFC 8200 §3). The frame is unchanged.
+    Expired,
+}
+
+/// Decrements the IPv4 TTL (with the header checksum, RFC 1624) or the IPv6
+/// hop limit of the packet at `headers.l3_offset`, as a router does on
+/// every forward; that is what ends a forwarding loop.
+///
+/// # Errors
+/// [`RewriteError::Truncated`] if the frame ends inside the IP header,
+/// [`RewriteError::Mismatch`] if its version is not the key's.
+pub fn decrement_ttl(frame: &mut [u8], headers: &Headers) -> Result<Ttl, RewriteError> {
+    let l3 = headers.l3_offset;
+    let ipv4 = match (headers.key.ip_version, frame.get(l3).map(|b| b >> 4)) {
+        (IP_V4, Some(4)) => true,
+        (IP_V6, Some(6)) => false,
+        (_, None) => {
+            return Err(RewriteError::Truncated {
+                needed: l3.saturating_add(1),
+                len: frame.len(),
+            })
+        }
+        _ => return Err(RewriteError::Mismatch { reason: "IP version" }),
+    };
+    // IPv4: TTL is byte 8, beside the protocol (one checksum word); IPv6:
+    // the hop limit is byte 7 and there is no header checksum.
+    let at = l3 + if ipv4 { IPV4_TTL } else { IPV6_HOP_LIMIT };
+    let len = frame.len();
+    let ttl = *frame.get(at).ok_or(RewriteError::Truncated { needed: at + 1, len })?;
+    if ttl <= 1 {
+        return Ok(Ttl::Expired);
+    }
+    if ipv4 {
+        let checksum_at = l3 + IPV4_CHECKSUM;
+        let old = read_u16(frame, at)?;
+        let new = old - 0x0100;
+        let mut delta = ChecksumDelta::default();
+        delta.replace(&old.to_be_bytes(), &new.to_be_bytes());
+        let checksum = delta.apply(read_u16(frame, checksum_at)?);
+        write_u16(frame, checksum_at, checksum)?;
+    }
+    frame[at] = ttl - 1;
+    Ok(Ttl::Decremented)
+}
+
+/// Whether the frame's first VLAN tag (802.1Q) has VID 0: a priority tag,
+/// which carries only PCP and DEI (IEEE 802.1Q §6.9).
+pub fn is_priority_tagged(frame: &[u8]) -> bool {
+    matches!(read_u16(frame, 12), Ok(ethertype::VLAN | ethertype::QINQ))
+        && read_u16(frame, ETH_HLEN).is_ok_and(|tci| tci & 0x0fff == 0)
+}
+
+/// Removes the frame's first VLAN tag: the MACs move 4 bytes on and the
+/// frame starts 4 bytes later.
+///
+/// # Errors
+/// [`FrameError::TooShort`] if the frame cannot hold a tag.
+pub fn pop_vlan_tag<F: FrameBuf>(frame: &mut F) -> Result<(), FrameError> {
+    let bytes = frame.bytes_mut();
+    if bytes.len() < ETH_HLEN + VLAN_HLEN {
+        return Err(FrameError::TooShort {
+            len: bytes.len(),
+            requested: ETH_HLEN + VLAN_HLEN,
+        });
+    }
+    bytes.copy_within(0..12, VLAN_HLEN);
+    frame.pull_front(VLAN_HLEN)
 }
 
 /// Sets the Ethernet source and destination MAC.

@@ -9,7 +9,7 @@ use handoff::{
     io::{memory::MemoryPort, PacketIo, Verdict},
     node::{
         fabric::{self, Marker, INNER_OFFSET},
-        pipeline::{Outbox, Pipeline, WorkerCounters},
+        pipeline::{Outbox, Pipeline, RouterSettings, WorkerCounters},
         view::NodeView,
     },
     scope::{HashParams, Scope},
@@ -141,6 +141,15 @@ impl Node {
             pipeline: Pipeline::new(worker, NODE_MAC, view, policy, 64).unwrap(),
             port: MemoryPort::new(8, 2048, 8),
             out: Outbox::with_capacity(8),
+        }
+    }
+
+    /// Worker 0 of the node in `view`, forwarding with `router`.
+    fn routing(policy: &str, view: Arc<NodeView>, router: RouterSettings) -> Self {
+        let node = Self::new(policy, view, 0);
+        Self {
+            pipeline: node.pipeline.with_router(router),
+            ..node
         }
     }
 
@@ -678,6 +687,17 @@ fn fabric_of(frame: &[u8]) -> Fabric {
 }
 
 /// `plain` (an untagged frame) as node 1 sends it to node 0 over the fabric.
+/// `frame` as a router forwards it: the IPv4 TTL one less, the header
+/// checksum computed anew by etherparse.
+fn routed(frame: &[u8]) -> Vec<u8> {
+    let (mut ip, _) = etherparse::Ipv4Header::from_slice(&frame[14..]).unwrap();
+    ip.time_to_live -= 1;
+    ip.header_checksum = ip.calc_header_checksum();
+    let mut out = frame.to_vec();
+    out[14..14 + ip.header_len()].copy_from_slice(&ip.to_bytes());
+    out
+}
+
 fn encapsulated(plain: &[u8], hops: u8, target_worker: u8) -> Vec<u8> {
     let mut frame = Vec::with_capacity(plain.len() + 16);
     frame.extend_from_slice(&NODE_MAC);
@@ -818,7 +838,7 @@ fn a_fabric_frame_for_us_is_decapsulated_and_handled() {
         (NODE_MAC, ROUTER_MAC, original.src, original.dst)
     );
     assert_eq!(u16::from_be_bytes([sent[12], sent[13]]), 0x0800);
-    assert_eq!(&sent[14..], &plain[14..]);
+    assert_eq!(&sent[14..], &routed(&plain)[14..]);
     let c = node.counters();
     assert_eq!((c.received_from_node, c.created, c.tx), (1, 1, 1), "{c:?}");
 
@@ -1319,4 +1339,247 @@ fn right_after_a_flip_direct_packets_of_a_taken_over_connection_wait_for_the_pre
     assert!(node.handle(&frame, 0, at(2)).is_some());
     let c = node.counters();
     assert_eq!((c.held, c.markers, c.dropped()), (2, 3, 0), "{c:?}");
+}
+
+/// An ICMP echo request from the client to `dst`.
+fn echo_request(src: &str, dst: &str) -> Vec<u8> {
+    let eth = PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC);
+    let mut frame = Vec::new();
+    match (ip(src), ip(dst)) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => eth
+            .ipv4(s.octets(), d.octets(), 64)
+            .icmpv4_echo_request(7, 1)
+            .write(&mut frame, b"ping")
+            .unwrap(),
+        (IpAddr::V6(s), IpAddr::V6(d)) => eth
+            .ipv6(s.octets(), d.octets(), 64)
+            .icmpv6_echo_request(7, 1)
+            .write(&mut frame, b"ping")
+            .unwrap(),
+        _ => panic!("mixed address families"),
+    }
+    frame
+}
+
+/// The router settings of a node at 10.0.1.11 and fd00::1:11.
+fn router(ip_mtu: u16) -> RouterSettings {
+    RouterSettings {
+        ip_mtu,
+        addresses: vec![ip("10.0.1.11"), ip("fd00::1:11")],
+    }
+}
+
+/// Node 0 alone with `policy`, forwarding with [`router`]`(ip_mtu)`.
+fn solo_router(policy: &str, ip_mtu: u16) -> Node {
+    Node::routing(policy, solo_view(), router(ip_mtu))
+}
+
+/// The ICMP(v6) type and code of a frame, its source and destination, after
+/// checking every checksum etherparse knows of.
+fn icmp_of(frame: &[u8]) -> (u8, u8, IpAddr, IpAddr) {
+    let p = PacketHeaders::from_ethernet_slice(frame).unwrap();
+    let payload = p.payload.slice();
+    match (p.net.as_ref().unwrap(), p.transport.as_ref().unwrap()) {
+        (NetHeaders::Ipv4(h, _), TransportHeader::Icmpv4(icmp)) => {
+            assert_eq!(h.header_checksum, h.calc_header_checksum());
+            assert_eq!(icmp.checksum, icmp.icmp_type.calc_checksum(payload));
+            let b = icmp.to_bytes();
+            (b[0], b[1], h.source.into(), h.destination.into())
+        }
+        (NetHeaders::Ipv6(h, _), TransportHeader::Icmpv6(icmp)) => {
+            let expected = icmp.icmp_type.calc_checksum(h.source, h.destination, payload).unwrap();
+            assert_eq!(icmp.checksum, expected);
+            let b = icmp.to_bytes();
+            (b[0], b[1], h.source.into(), h.destination.into())
+        }
+        other => panic!("not ICMP: {other:?}"),
+    }
+}
+
+#[test]
+fn an_echo_request_to_a_vip_is_answered_or_dropped_by_policy() {
+    for (client, vip, reply_type) in [("10.0.0.7", "10.0.9.1", 0), ("fd00::7", "fd00::9:1", 129)] {
+        let mut node = Node::solo();
+        let sent = node.handle(&echo_request(client, vip), 0, at(1)).expect("answered");
+        let (t, code, src, dst) = icmp_of(&sent);
+        assert_eq!((t, code, src, dst), (reply_type, 0, ip(vip), ip(client)));
+        assert_eq!(
+            (&sent[..6], &sent[6..12]),
+            (&ROUTER_MAC[..], &NODE_MAC[..]),
+            "to the gateway"
+        );
+        let c = node.counters();
+        assert_eq!((c.echo_replies, c.tx, c.created), (1, 1, 0), "{c:?}");
+
+        let drop_echo = format!("{POLICY}\n[icmp]\necho = \"drop\"\n");
+        let mut node = Node::new(&drop_echo, solo_view(), 0);
+        assert_eq!(node.handle(&echo_request(client, vip), 0, at(1)), None);
+        assert_eq!((node.counters().drop_policy, node.counters().echo_replies), (1, 0));
+    }
+    // An echo request to another host is forwarded like any traffic.
+    let mut node = Node::solo();
+    let sent = node
+        .handle(&echo_request("10.0.0.7", "10.0.5.5"), 0, at(1))
+        .expect("forwarded");
+    assert_eq!(icmp_of(&sent).0, 8);
+    assert_eq!(node.counters().echo_replies, 0);
+}
+
+#[test]
+fn traffic_for_a_vip_without_service_is_never_sent_back_to_the_edge() {
+    // UDP and TCP to a port no service has, and a protocol none has.
+    let frames = [
+        udp(sock("10.0.0.7", 4000), sock("10.0.9.1", 9)),
+        tcp(sock("10.0.0.7", 4000), sock("10.0.9.1", 81), SYN),
+        udp(sock("fd00::7", 4000), sock("fd00::9:1", 9)),
+    ];
+    for frame in &frames {
+        let mut node = Node::solo();
+        assert_eq!(node.handle(frame, 0, at(1)), None);
+        assert_eq!(node.counters().drop_no_service, 1);
+        // The same packet again is dropped again: no connection was made.
+        assert_eq!(node.handle(frame, 0, at(1)), None);
+        assert_eq!((node.counters().drop_no_service, node.counters().created), (2, 0));
+    }
+    // A backend's packet that answers no service port is not forwarded either.
+    let mut node = Node::solo();
+    assert_eq!(
+        node.handle(&udp(sock("10.1.0.1", 9999), sock("10.0.0.7", 4000)), 0, at(1)),
+        None
+    );
+    assert_eq!(node.counters().drop_no_service, 1);
+
+    // Rejected: ICMP port unreachable from the VIP, quoting the packet.
+    let reject = format!(
+        "{}vip = \"reject\"\n{}",
+        &POLICY[..POLICY.find("\n[[service]]").unwrap() + 1],
+        &POLICY[POLICY.find("\n[[service]]").unwrap() + 1..]
+    );
+    for (frame, expected) in [(&frames[0], (3, 3)), (&frames[2], (1, 4))] {
+        let mut node = solo_router(&reject, 1500);
+        let sent = node.handle(frame, 0, at(1)).expect("rejected with ICMP");
+        let (t, code, src, dst) = icmp_of(&sent);
+        let original = seen(frame);
+        assert_eq!((t, code), expected);
+        assert_eq!((src, dst), (original.dst.ip(), original.src.ip()));
+        let c = node.counters();
+        assert_eq!((c.drop_no_service, c.icmp_errors_sent, c.tx), (1, 1, 0), "{c:?}");
+    }
+}
+
+#[test]
+fn every_forward_decrements_the_ttl_and_an_expired_packet_is_dropped() {
+    let client = sock("10.0.0.7", 4000);
+    let mut node = solo_router(POLICY, 1500);
+    // Forwarded and DNATed packets leave with one hop less.
+    for (frame, ttl) in [
+        (udp(client, sock("10.0.5.5", 9)), 63),
+        (udp(client, sock("10.0.9.1", 53)), 63),
+    ] {
+        let sent = node.handle(&frame, 0, at(1)).expect("forwarded");
+        let (ip4, _) = etherparse::Ipv4Header::from_slice(&sent[14..]).unwrap();
+        assert_eq!(ip4.time_to_live, ttl);
+        seen(&sent);
+    }
+    let mut v6 = udp(sock("fd00::7", 4000), sock("fd00::9:1", 53));
+    let sent = node.handle(&v6, 0, at(1)).expect("forwarded");
+    assert_eq!(sent[14 + 7], 63, "IPv6 hop limit");
+
+    // TTL 1: dropped, answered with time exceeded from the node's address.
+    for (frame, source, expected) in [
+        (udp(sock("10.0.0.8", 4000), sock("10.0.5.5", 9)), "10.0.1.11", (11, 0)),
+        (std::mem::take(&mut v6), "fd00::1:11", (3, 0)),
+    ] {
+        let mut frame = frame;
+        if source.contains(':') {
+            frame[14 + 7] = 1;
+        } else {
+            let (mut h, _) = etherparse::Ipv4Header::from_slice(&frame[14..]).unwrap();
+            h.time_to_live = 1;
+            h.header_checksum = h.calc_header_checksum();
+            frame[14..34].copy_from_slice(&h.to_bytes());
+        }
+        let before = node.counters();
+        let sent = node.handle(&frame, 0, at(2)).expect("time exceeded");
+        let (t, code, src, dst) = icmp_of(&sent);
+        assert_eq!(
+            (t, code, src, dst),
+            (expected.0, expected.1, ip(source), seen(&frame).src.ip())
+        );
+        let c = node.counters();
+        assert_eq!(c.drop_ttl_expired - before.drop_ttl_expired, 1);
+        assert_eq!(c.icmp_errors_sent - before.icmp_errors_sent, 1);
+    }
+
+    // Without an address of the family, or beyond the rate limit, the drop
+    // is counted and nothing is sent.
+    let limited = format!("{POLICY}\n[icmp]\nerrors_per_second = 0\n");
+    let mut node = solo_router(&limited, 1500);
+    let mut frame = udp(sock("10.0.0.9", 4000), sock("10.0.5.5", 9));
+    let (mut h, _) = etherparse::Ipv4Header::from_slice(&frame[14..]).unwrap();
+    h.time_to_live = 0;
+    h.header_checksum = h.calc_header_checksum();
+    frame[14..34].copy_from_slice(&h.to_bytes());
+    assert_eq!(node.handle(&frame, 0, at(1)), None);
+    assert_eq!(
+        (node.counters().drop_ttl_expired, node.counters().icmp_errors_sent),
+        (1, 0)
+    );
+}
+
+#[test]
+fn a_packet_larger_than_the_fabric_takes_gets_fragmentation_needed() {
+    let view = pair_view();
+    let mut node = Node::routing(POLICY, view.clone(), router(1280));
+    // A 1,300-byte packet of a flow node 1 owns: too big for the fabric.
+    let big = (1000..u16::MAX)
+        .map(|port| packet(sock("10.0.0.7", port), sock("10.0.5.5", 9), L4::Udp, &[7; 1272]))
+        .find(|f| view.owner_by_scope(&key_of(f)).node == 1)
+        .unwrap();
+    assert_eq!(big.len() - 14, 1300);
+    let sent = node.handle(&big, 0, at(1)).expect("fragmentation needed");
+    let (t, code, src, dst) = icmp_of(&sent);
+    assert_eq!((t, code, src, dst), (3, 4, ip("10.0.1.11"), ip("10.0.0.7")));
+    assert_eq!(
+        u16::from_be_bytes([sent[14 + 20 + 6], sent[14 + 20 + 7]]),
+        1280,
+        "next-hop MTU"
+    );
+    let c = node.counters();
+    assert_eq!(
+        (c.drop_too_big, c.forwarded_to_node, c.icmp_errors_sent),
+        (1, 0, 1),
+        "{c:?}"
+    );
+    // One that fits goes over the fabric.
+    let fits = (1000..u16::MAX)
+        .map(|port| packet(sock("10.0.0.7", port), sock("10.0.5.5", 9), L4::Udp, &[7; 1252]))
+        .find(|f| view.owner_by_scope(&key_of(f)).node == 1)
+        .unwrap();
+    let sent = node.handle(&fits, 0, at(1)).expect("forwarded");
+    assert_eq!(fabric_of(&sent).dst_mac, PEER_MAC);
+}
+
+#[test]
+fn a_priority_tag_is_removed_and_the_frame_handled_as_untagged() {
+    let plain = udp(sock("10.0.0.7", 4000), sock("10.0.9.1", 53));
+    for pcp_dei in [0u8, 0xe0, 0x10] {
+        let mut tagged = plain[..12].to_vec();
+        tagged.extend_from_slice(&[0x81, 0x00, pcp_dei, 0x00]);
+        tagged.extend_from_slice(&plain[12..]);
+        let mut node = Node::solo();
+        let sent = node.handle(&tagged, 0, at(1)).expect("DNATed");
+        let mut untagged_node = Node::solo();
+        let expected = untagged_node.handle(&plain, 0, at(1)).unwrap();
+        assert_eq!(sent, expected, "PCP/DEI {pcp_dei:#x}");
+        assert_eq!(node.counters().priority_tags_removed, 1);
+    }
+    // A real VLAN keeps its tag.
+    let mut tagged = plain[..12].to_vec();
+    tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x07]);
+    tagged.extend_from_slice(&plain[12..]);
+    let mut node = Node::solo();
+    let sent = node.handle(&tagged, 0, at(1)).expect("DNATed");
+    assert_eq!(&sent[12..16], &[0x81, 0x00, 0x00, 0x07]);
+    assert_eq!(node.counters().priority_tags_removed, 0);
 }

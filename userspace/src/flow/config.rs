@@ -24,6 +24,12 @@
 //! [default]                     # required
 //! action = "forward"            # traffic for no service: "forward" | "drop"
 //! gateway = "router"            # next hop of that traffic and of all replies
+//! vip = "drop"                  # traffic to a VIP that no service matches:
+//!                               # "drop" | "reject" (ICMP unreachable)
+//!
+//! [icmp]                        # optional
+//! echo = "reply"                # echo requests to a VIP: "reply" | "drop"
+//! errors_per_second = 100       # ICMP errors each worker may originate (0: none)
 //!
 //! [[service]]
 //! name = "web"                  # optional
@@ -77,6 +83,11 @@ pub struct PolicyConfig {
     pub gateway: u16,
     /// What happens to traffic for no service.
     pub default_action: DefaultAction,
+    /// What happens to traffic for a VIP that matches no service. It is
+    /// never forwarded: the gateway would spray it straight back.
+    pub unmatched_vip: UnmatchedVip,
+    /// Echo requests to a VIP, and the ICMP errors a node originates.
+    pub icmp: IcmpConfig,
     /// The services.
     pub services: Vec<ServiceConfig>,
 }
@@ -97,6 +108,45 @@ pub enum DefaultAction {
     Forward,
     /// Drop it.
     Drop,
+}
+
+/// What happens to traffic for a VIP that matches no service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnmatchedVip {
+    /// Drop it, counted (`drop_no_service`).
+    Drop,
+    /// Drop it, counted, and answer with ICMP port (or protocol)
+    /// unreachable from the VIP, within `icmp.errors_per_second`.
+    Reject,
+}
+
+/// What happens to echo requests for a VIP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EchoPolicy {
+    /// The node that gets it answers (as Katran's edge does).
+    Reply,
+    /// Drop it, counted (`drop_policy`).
+    Drop,
+}
+
+/// ICMP settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IcmpConfig {
+    /// Echo requests for a VIP.
+    pub echo: EchoPolicy,
+    /// ICMP errors (time exceeded, too big, unreachable) one worker may
+    /// originate per second, in bursts of as many (RFC 1812 §4.3.2.8); 0
+    /// sends none (the drops are counted all the same).
+    pub errors_per_second: u32,
+}
+
+impl Default for IcmpConfig {
+    fn default() -> Self {
+        Self {
+            echo: EchoPolicy::Reply,
+            errors_per_second: 100,
+        }
+    }
 }
 
 /// A transport protocol a service listens on.
@@ -290,8 +340,16 @@ struct RawConfig {
     #[serde(default)]
     neighbor: Vec<RawNeighbor>,
     default: Option<RawDefault>,
+    icmp: Option<RawIcmp>,
     #[serde(default)]
     service: Vec<RawService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIcmp {
+    echo: Option<Spanned<String>>,
+    errors_per_second: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -323,6 +381,7 @@ struct RawNeighbor {
 struct RawDefault {
     action: Spanned<String>,
     gateway: Spanned<String>,
+    vip: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -467,6 +526,29 @@ impl Source<'_> {
             }
         };
         let gateway = neighbors.named(self, &default.gateway, "default.gateway")?;
+        let unmatched_vip = match &default.vip {
+            None => UnmatchedVip::Drop,
+            Some(v) => self.choice(
+                v,
+                "default.vip",
+                &[("drop", UnmatchedVip::Drop), ("reject", UnmatchedVip::Reject)],
+                "drop, reject",
+            )?,
+        };
+        let mut icmp = IcmpConfig::default();
+        if let Some(raw) = &raw.icmp {
+            if let Some(echo) = &raw.echo {
+                icmp.echo = self.choice(
+                    echo,
+                    "icmp.echo",
+                    &[("reply", EchoPolicy::Reply), ("drop", EchoPolicy::Drop)],
+                    "reply, drop",
+                )?;
+            }
+            if let Some(rate) = &raw.errors_per_second {
+                icmp.errors_per_second = self.int(rate, "icmp.errors_per_second", 0, 1_000_000)? as u32;
+            }
+        }
         let mut services = Vec::with_capacity(raw.service.len());
         let mut seen: HashMap<(IpAddr, Protocol, u16), usize> = HashMap::new();
         for (i, s) in raw.service.iter().enumerate() {
@@ -478,8 +560,35 @@ impl Source<'_> {
             neighbors: neighbors.list,
             gateway,
             default_action,
+            unmatched_vip,
+            icmp,
             services,
         })
+    }
+
+    /// One of `choices` by name, or an error listing `expected`.
+    fn choice<T: Copy>(
+        &self,
+        value: &Spanned<String>,
+        field: &str,
+        choices: &[(&str, T)],
+        expected: &'static str,
+    ) -> Result<T, ConfigError> {
+        let name = value.get_ref().as_str();
+        choices
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|&(_, v)| v)
+            .ok_or_else(|| {
+                self.invalid(
+                    value.span(),
+                    field,
+                    Problem::UnknownValue {
+                        value: name.to_owned(),
+                        expected,
+                    },
+                )
+            })
     }
 
     fn table(&self, table: Option<RawTable>, timeouts: Option<RawTimeouts>) -> Result<TableConfig, ConfigError> {

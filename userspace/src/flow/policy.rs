@@ -39,6 +39,11 @@ pub enum Decision {
     },
     /// Drop the packet and install nothing.
     Drop,
+    /// Install nothing and never forward it: it is addressed to a VIP that
+    /// no service matches, or comes from a backend and answers no
+    /// connection. The gateway (the edge) would spray it straight back to
+    /// a node: forwarded, it would loop. See [`PolicyConfig::unmatched_vip`].
+    NoService,
 }
 
 /// Why a policy cannot be built from a validated config.
@@ -95,6 +100,35 @@ pub struct Policy {
     /// Backend (address, port, protocol) -> the one service it serves, or
     /// `None` when several share it (then replies cannot be traced back).
     backends: HashMap<(IpAddr, u16, u8), Option<usize>>,
+    /// Every VIP and every backend address: the edge sprays traffic to the
+    /// former and from the latter.
+    sprayed: SprayedAddresses,
+}
+
+/// The addresses whose traffic the edge sprays to the nodes.
+#[derive(Clone, Debug, Default)]
+struct SprayedAddresses {
+    vips: Vec<[u32; 4]>,
+    backends: Vec<[u32; 4]>,
+}
+
+impl SprayedAddresses {
+    fn of(config: &PolicyConfig) -> Self {
+        let mut sprayed = Self::default();
+        for service in &config.services {
+            let vip = addr_words(service.vip);
+            if !sprayed.vips.contains(&vip) {
+                sprayed.vips.push(vip);
+            }
+            for backend in &service.backends {
+                let address = addr_words(backend.address);
+                if !sprayed.backends.contains(&address) {
+                    sprayed.backends.push(address);
+                }
+            }
+        }
+        sprayed
+    }
 }
 
 /// The config only: the backend tables are 4096 numbers per service.
@@ -151,6 +185,7 @@ impl Policy {
             tables.push(table);
         }
         Ok(Self {
+            sprayed: SprayedAddresses::of(&config),
             config,
             services,
             tables,
@@ -179,6 +214,16 @@ impl Policy {
                 .map(|&b| new_index.get(b as usize).copied().unwrap_or(UNOWNED))
                 .collect(),
         )
+    }
+
+    /// Whether `key`'s destination is one of the services' VIPs.
+    pub fn is_vip(&self, key: &FlowKey) -> bool {
+        self.sprayed.vips.contains(&key.dst_addr)
+    }
+
+    /// Whether `key`'s source is a backend address (of any service).
+    pub fn is_from_backend(&self, key: &FlowKey) -> bool {
+        self.sprayed.backends.contains(&key.src_addr)
     }
 
     /// The config this policy was built from.
@@ -274,6 +319,9 @@ impl Policy {
             None => Decision::Drop,
         };
         let Some(&i) = self.services.get(&ServiceKey::of_destination(key)) else {
+            if self.is_vip(key) || self.is_from_backend(key) {
+                return Decision::NoService;
+            }
             return match self.config.default_action {
                 DefaultAction::Forward => install(NetworkAction::Forward { next_hop: gateway }),
                 DefaultAction::Drop => Decision::Drop,
@@ -397,11 +445,19 @@ port = 8080
         );
     }
 
+    /// A key from client `n` to a host that is no VIP.
+    fn elsewhere(n: u32, dport: u16, proto: u8) -> FlowKey {
+        FlowKey {
+            dst_addr: addr_words("10.0.5.5".parse().unwrap()),
+            ..client(n, dport, proto)
+        }
+    }
+
     #[test]
     fn other_traffic_gets_the_default_action() {
         let policy = Policy::new(config()).unwrap();
         let gateway = policy.config().gateway;
-        for key in [client(1, 81, 6), client(1, 80, 17)] {
+        for key in [elsewhere(1, 81, 6), elsewhere(1, 80, 17)] {
             assert_eq!(
                 policy.decide(&key),
                 Decision::Install {
@@ -416,7 +472,28 @@ port = 8080
         }
         let mut drop = config();
         drop.default_action = DefaultAction::Drop;
-        assert_eq!(Policy::new(drop).unwrap().decide(&client(1, 81, 6)), Decision::Drop);
+        assert_eq!(Policy::new(drop).unwrap().decide(&elsewhere(1, 81, 6)), Decision::Drop);
+    }
+
+    #[test]
+    fn traffic_the_edge_would_spray_back_is_never_forwarded() {
+        let policy = Policy::new(config()).unwrap();
+        // To the VIP, but no service: another port, another protocol, ICMP.
+        for key in [client(1, 81, 6), client(1, 80, 17), client(0, 0, 1)] {
+            assert!(policy.is_vip(&key));
+            assert_eq!(policy.decide(&key), Decision::NoService, "{key:?}");
+        }
+        // From a backend, not a reply of its service (another port).
+        let from_backend = FlowKey::new(
+            "10.1.0.2".parse().unwrap(),
+            "10.100.0.1".parse().unwrap(),
+            9999,
+            5000,
+            17,
+        );
+        assert!(policy.is_from_backend(&from_backend));
+        assert_eq!(policy.decide(&from_backend), Decision::NoService);
+        assert!(!policy.is_vip(&elsewhere(1, 80, 6)) && !policy.is_from_backend(&elsewhere(1, 80, 6)));
     }
 
     #[test]

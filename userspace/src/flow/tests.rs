@@ -68,7 +68,7 @@ impl Worker {
                     return Outcome::Dropped;
                 }
                 match self.policy.decide(&headers.key) {
-                    Decision::Drop => return Outcome::Dropped,
+                    Decision::Drop | Decision::NoService => return Outcome::Dropped,
                     Decision::Install { reverse_key, actions } => {
                         let slots = self.table.install(headers.key, reverse_key, actions, now);
                         slots.unwrap().forward

@@ -68,7 +68,7 @@ impl Default for AfXdpConfig {
 /// Frames one UMEM frame can hold at most: 2 KiB minus the kernel's
 /// XDP_PACKET_HEADROOM (256, include/uapi/linux/bpf.h) minus our headroom.
 const FRAME_SIZE: u32 = 2048;
-const KERNEL_HEADROOM: u32 = 256;
+const KERNEL_HEADROOM: u32 = FRAME_SIZE - super::MAX_FRAME_LEN as u32;
 
 impl AfXdpConfig {
     /// Checks the configuration.

@@ -11,6 +11,13 @@ pub mod memory;
 
 use thiserror::Error;
 
+/// The largest frame any port here receives or sends: a 2 KiB AF_XDP
+/// UMEM frame minus the kernel's XDP_PACKET_HEADROOM (256,
+/// include/uapi/linux/bpf.h). A port's own headroom takes from it
+/// ([`afxdp::AfXdpConfig::frame_capacity`]). Larger frames (jumbo, GRO
+/// aggregates) need AF_XDP multi-buffer, which this build does not use.
+pub const MAX_FRAME_LEN: usize = 2048 - 256;
+
 /// What to do with a received frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {

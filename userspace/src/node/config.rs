@@ -17,6 +17,11 @@
 //! manager = "10.0.1.1:7600"       # optional: the edge's control port
 //! copy_rate_limit = 0             # optional: connections per second a
 //!                                 # handover copies at most (0: no limit)
+//! ip_mtu = 1500                   # optional: the largest IP packet the
+//!                                 # cluster carries; the interface's MTU
+//!                                 # must be at least ip_mtu + 16 (fabric)
+//! offloads = "fix"                # optional: GRO/LRO found on at start are
+//!                                 # turned off ("fix") or refused ("check")
 //!
 //! [hash]                          # must equal the edge's
 //! buckets = 65536
@@ -30,12 +35,16 @@
 //! control = "10.0.1.11:7700"      # where its control port listens
 //! ```
 
+use crate::node::fabric::FABRIC_HLEN;
 use crate::{
     edge::config::{line_of, ConfigError, MemberChecks},
     io::afxdp::{AfXdpConfig, BindMode},
     scope::HashParams,
 };
-use handoff_common::names::limits::{DEFAULT_BUCKETS, MAX_BUCKETS, MAX_MEMBERS};
+use handoff_common::{
+    names::limits::{DEFAULT_BUCKETS, MAX_BUCKETS, MAX_MEMBERS},
+    parse::ETH_HLEN,
+};
 use handoff_loader::AttachMode;
 use serde::Deserialize;
 use std::{
@@ -43,6 +52,9 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
+
+/// The smallest IP MTU: IPv6's minimum link MTU (RFC 8200 §5).
+pub const MIN_IP_MTU: u32 = 1280;
 
 /// Most workers per node (worker ids travel as `u8`).
 pub const MAX_WORKERS: usize = 64;
@@ -84,6 +96,26 @@ struct RawNode {
     frame_count: Option<u32>,
     #[serde(default)]
     copy_rate_limit: u64,
+    #[serde(default = "default_ip_mtu")]
+    ip_mtu: u32,
+    #[serde(default)]
+    offloads: OffloadPolicy,
+}
+
+/// What the node does about receive offloads (GRO, LRO) that merge
+/// segments into frames larger than an AF_XDP frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OffloadPolicy {
+    /// Turn them off, with a log line naming each.
+    #[default]
+    Fix,
+    /// Refuse to start while any is on, naming the ethtool command.
+    Check,
+}
+
+fn default_ip_mtu() -> u32 {
+    u32::from(crate::node::pipeline::DEFAULT_IP_MTU)
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,6 +210,11 @@ pub struct NodeConfig {
     /// large copy does not take the control link and the CPU from the data
     /// path all at once; `None` streams as fast as the link takes it.
     pub copy_rate_limit: Option<u64>,
+    /// The largest IP packet the cluster carries (bytes): the node's
+    /// interface must take it plus the fabric header.
+    pub ip_mtu: u16,
+    /// Receive offloads found on at start.
+    pub offloads: OffloadPolicy,
     /// How flows map to buckets.
     pub hash: HashParams,
     /// Every member, this node included.
@@ -304,6 +341,21 @@ impl NodeConfig {
         afxdp
             .validate()
             .map_err(|e| invalid("[node]", "node.frame_count", "frame_count", e.to_string()))?;
+        // A fabric frame (Ethernet, fabric header, the IP packet) must fit
+        // one AF_XDP frame: larger needs multi-buffer AF_XDP.
+        let max_ip_mtu = afxdp.frame_capacity() - ETH_HLEN - FABRIC_HLEN;
+        if !(MIN_IP_MTU..=max_ip_mtu as u32).contains(&node.ip_mtu) {
+            return Err(invalid(
+                "[node]",
+                "node.ip_mtu",
+                "ip_mtu",
+                format!(
+                    "{} is outside {MIN_IP_MTU}..={max_ip_mtu}: a fabric frame ({ETH_HLEN}-byte Ethernet header, {FABRIC_HLEN}-byte fabric header, the IP packet) must fit one {}-byte AF_XDP frame (jumbo frames need multi-buffer AF_XDP, not supported)",
+                    node.ip_mtu,
+                    afxdp.frame_capacity()
+                ),
+            ));
+        }
         let buckets = raw.hash.buckets;
         if !buckets.is_power_of_two() || !(2..=MAX_BUCKETS).contains(&buckets) {
             return Err(invalid(
@@ -328,6 +380,8 @@ impl NodeConfig {
             interface: node.interface,
             queues: node.queues,
             cpus: node.cpus,
+            ip_mtu: node.ip_mtu as u16,
+            offloads: node.offloads,
             xdp_mode,
             afxdp,
             local_addresses,

@@ -4,9 +4,9 @@
 
 use super::{
     config::{NodeConfig, NodeMember},
-    handover, manager_link,
+    handover, manager_link, netdev,
     peers::{self, Identity, PeerCounters},
-    pipeline::Pipeline,
+    pipeline::{Pipeline, RouterSettings},
     view::NodeView,
     worker::{Deltas, Worker, WorkerCommand, WorkerLinks, WorkerReport},
 };
@@ -247,6 +247,20 @@ impl Node {
             config.peer_macs(),
         ));
         let ifindex = handoff_loader::interface_index(&config.interface)?;
+        let mtu = netdev::check_mtu(&config.interface, config.ip_mtu, config.afxdp.frame_capacity())?;
+        let fixed = netdev::check_offloads(&config.interface, config.offloads)?;
+        if !fixed.is_empty() {
+            tracing::warn!(
+                interface = %config.interface,
+                offloads = ?fixed,
+                "turned receive offloads off: they merge segments into frames larger than an AF_XDP frame"
+            );
+        }
+        tracing::info!(interface = %config.interface, mtu, ip_mtu = config.ip_mtu, "interface checked");
+        let router = RouterSettings {
+            ip_mtu: config.ip_mtu,
+            addresses: config.local_addresses.clone(),
+        };
         let own_mac = handoff_loader::interface_mac(&config.interface)?;
         let mut program = XskProgram::load().context("loading the steering program")?;
         for addr in &config.local_addresses {
@@ -265,7 +279,8 @@ impl Node {
                 Arc::clone(&view),
                 Arc::clone(&policy),
                 config.ownership_capacity,
-            )?;
+            )?
+            .with_router(router.clone());
             let (tx, rx) = bounded(COMMAND_QUEUE);
             commands.push(tx);
             let worker = Worker::new(pipeline, port, link.clone(), rx, config.afxdp.burst);

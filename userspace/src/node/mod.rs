@@ -7,6 +7,7 @@ pub mod fabric;
 pub mod handover;
 pub mod hold;
 pub mod manager_link;
+pub mod netdev;
 pub mod ownership;
 pub mod peers;
 pub mod pipeline;

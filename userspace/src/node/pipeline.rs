@@ -16,19 +16,22 @@ use super::{
 use crate::scope::maglev::UNOWNED;
 use crate::{
     flow::{
+        config::{EchoPolicy, UnmatchedVip},
         Admission, AppRegistry, AppVerdict, Decision, FlowError, FlowTable, NetworkAction, Owner, Policy, Slot,
         Timestamp,
     },
+    icmp,
     io::{FrameBuf, Verdict},
-    rewrite,
+    rewrite::{self, Ttl},
 };
 use handoff_common::{
     fabric::{kind, ANY_WORKER, FABRIC_ETHERTYPE, FABRIC_MAX_HOPS},
     flow_key::{FlowKey, IP_V4},
-    net::ethertype,
-    parse::{parse_ethernet, parse_frame, Headers},
+    net::{ethertype, ipproto},
+    parse::{parse_ethernet, parse_frame, Headers, ETH_HLEN},
 };
 use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// Why a worker dropped a packet.
@@ -54,6 +57,13 @@ pub enum DropReason {
     Rewrite,
     /// The target core's ring was full.
     RingFull,
+    /// Addressed to a VIP that no service matches, or from a backend and
+    /// answering no connection: the edge would spray it straight back.
+    NoService,
+    /// The TTL (hop limit) ran out.
+    TtlExpired,
+    /// Larger than the fabric or a core handoff takes.
+    TooBig,
 }
 
 /// Per-worker counters.
@@ -95,6 +105,21 @@ pub struct WorkerCounters {
     pub drop_rewrite: u64,
     /// Dropped: the other core's ring was full.
     pub drop_ring_full: u64,
+    /// Dropped: for a VIP no service matches, or from a backend outside
+    /// any connection (never sent back to the edge, which would spray it
+    /// here again).
+    pub drop_no_service: u64,
+    /// Dropped: the TTL (hop limit) ran out here.
+    pub drop_ttl_expired: u64,
+    /// Dropped: an IP packet larger than `ip_mtu` for the fabric, or a
+    /// frame larger than a core handoff takes.
+    pub drop_too_big: u64,
+    /// Echo requests to a VIP answered.
+    pub echo_replies: u64,
+    /// ICMP errors originated (time exceeded, too big, unreachable).
+    pub icmp_errors_sent: u64,
+    /// VID-0 priority tags removed (the frame is then untagged).
+    pub priority_tags_removed: u64,
 }
 
 impl WorkerCounters {
@@ -110,6 +135,9 @@ impl WorkerCounters {
             DropReason::TableFull => &mut self.drop_table_full,
             DropReason::Rewrite => &mut self.drop_rewrite,
             DropReason::RingFull => &mut self.drop_ring_full,
+            DropReason::NoService => &mut self.drop_no_service,
+            DropReason::TtlExpired => &mut self.drop_ttl_expired,
+            DropReason::TooBig => &mut self.drop_too_big,
         };
         *c += 1;
     }
@@ -126,11 +154,14 @@ impl WorkerCounters {
             + self.drop_table_full
             + self.drop_rewrite
             + self.drop_ring_full
+            + self.drop_no_service
+            + self.drop_ttl_expired
+            + self.drop_too_big
     }
 }
 
-/// Largest frame handed between cores.
-pub const CORE_FRAME: usize = 1600;
+/// Largest frame handed between cores: any frame a port takes.
+pub const CORE_FRAME: usize = crate::io::MAX_FRAME_LEN;
 
 /// [`CorePacket::sender`] of a frame that did not come over the fabric.
 pub const NO_SENDER: u16 = u16::MAX;
@@ -207,6 +238,37 @@ impl Outbox {
     }
 }
 
+/// What a node needs to forward like a router: the largest IP packet its
+/// fabric takes and the addresses it sends ICMP errors from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouterSettings {
+    /// The largest IP packet (bytes, headers included) the node forwards
+    /// to another node: the fabric link's MTU less the fabric header.
+    pub ip_mtu: u16,
+    /// The node's own addresses; the first of each family is the source
+    /// of the ICMP errors it originates (none: no error of that family is
+    /// sent, the drop is still counted).
+    pub addresses: Vec<IpAddr>,
+}
+
+impl Default for RouterSettings {
+    fn default() -> Self {
+        Self {
+            ip_mtu: DEFAULT_IP_MTU,
+            addresses: Vec::new(),
+        }
+    }
+}
+
+/// The IP MTU of an Ethernet network (RFC 894).
+pub const DEFAULT_IP_MTU: u16 = 1500;
+
+impl RouterSettings {
+    fn source_for(&self, ipv4: bool) -> Option<IpAddr> {
+        self.addresses.iter().copied().find(|a| a.is_ipv4() == ipv4)
+    }
+}
+
 /// One worker's packet logic.
 pub struct Pipeline {
     me: Owner,
@@ -232,6 +294,13 @@ pub struct Pipeline {
     /// The held packets are due to run again: `Some(true)` when the wait
     /// ended without every marker.
     release_due: Option<bool>,
+    router: RouterSettings,
+    /// Bounds the ICMP errors this worker originates.
+    icmp_limit: icmp::RateLimit,
+    /// The gateway's MAC: where replies and originated messages go.
+    gateway_mac: Option<[u8; 6]>,
+    /// The time of the packet being handled.
+    now: Timestamp,
 }
 
 /// A previous owner whose drain this worker awaits.
@@ -316,7 +385,9 @@ impl Pipeline {
         };
         let table = FlowTable::new(policy.table_config(), me)?;
         let awaiting = Awaited::after(&view, me.node);
-        let neighbor_macs = policy.neighbors().iter().map(|n| n.mac).collect();
+        let neighbor_macs: Vec<[u8; 6]> = policy.neighbors().iter().map(|n| n.mac).collect();
+        let gateway_mac = neighbor_macs.get(usize::from(policy.config().gateway)).copied();
+        let icmp_limit = icmp::RateLimit::new(policy.config().icmp.errors_per_second);
         Ok(Self {
             me,
             own_mac,
@@ -333,7 +404,18 @@ impl Pipeline {
             sender: None,
             awaiting,
             release_due: None,
+            router: RouterSettings::default(),
+            icmp_limit,
+            gateway_mac,
+            now: Timestamp::from_nanos(0),
         })
+    }
+
+    /// This pipeline forwarding with `router`'s MTU and addresses.
+    #[must_use]
+    pub fn with_router(mut self, router: RouterSettings) -> Self {
+        self.router = router;
+        self
     }
 
     /// This worker.
@@ -502,10 +584,19 @@ impl Pipeline {
         out: &mut Outbox,
     ) -> Verdict {
         self.sender = sender;
+        self.now = now;
         self.counters.rx += 1;
         let Ok(l2) = parse_ethernet(frame.bytes()) else {
             return self.drop(DropReason::Malformed);
         };
+        if l2.l3_offset > ETH_HLEN && rewrite::is_priority_tagged(frame.bytes()) {
+            // A VID-0 tag carries only a priority (IEEE 802.1Q §6.9):
+            // the frame is untagged for everything that follows.
+            if rewrite::pop_vlan_tag(frame).is_err() {
+                return self.drop(DropReason::Malformed);
+            }
+            self.counters.priority_tags_removed += 1;
+        }
         let mut hops = hops;
         if l2.ethertype == FABRIC_ETHERTYPE {
             match decapsulate(frame, self.own_mac) {
@@ -547,6 +638,12 @@ impl Pipeline {
             return self.drop(DropReason::Malformed);
         };
         let key = headers.key;
+        if matches!(key.protocol, ipproto::ICMP | ipproto::ICMPV6)
+            && self.policy.is_vip(&key)
+            && icmp::is_echo_request(frame.bytes(), &headers)
+        {
+            return self.answer_echo(frame.bytes_mut(), &headers);
+        }
         if let Some(slot) = self.table.lookup(&key) {
             return self.apply(slot, frame, &headers, hops, now, out);
         }
@@ -584,6 +681,7 @@ impl Pipeline {
         }
         match self.policy.decide(&key) {
             Decision::Drop => self.drop(DropReason::Policy),
+            Decision::NoService => self.refuse(frame, &headers),
             Decision::Install { reverse_key, actions } => match self.table.install(key, reverse_key, actions, now) {
                 Ok(slots) => {
                     self.counters.created += 1;
@@ -627,18 +725,36 @@ impl Pipeline {
             return self.drop(DropReason::App);
         }
         match network {
-            NetworkAction::Forward { next_hop } => self.send_to_next_hop(frame.bytes_mut(), next_hop),
+            NetworkAction::Forward { next_hop } => self.send_to_next_hop(frame, headers, next_hop),
             NetworkAction::Rewrite(rw) => {
+                // The TTL first: an expired packet's ICMP error quotes it
+                // as its sender sent it.
+                match rewrite::decrement_ttl(frame.bytes_mut(), headers) {
+                    Ok(Ttl::Decremented) => {}
+                    Ok(Ttl::Expired) => return self.ttl_expired(frame, headers),
+                    Err(_) => return self.drop(DropReason::Rewrite),
+                }
                 if rewrite::apply(frame.bytes_mut(), headers, &rw).is_err() {
                     return self.drop(DropReason::Rewrite);
                 }
-                self.send_to_next_hop(frame.bytes_mut(), rw.next_hop)
+                self.send_to_neighbor(frame.bytes_mut(), rw.next_hop)
             }
             NetworkAction::Redirect { owner } => self.forward(frame, headers, owner, hops, out),
         }
     }
 
-    fn send_to_next_hop(&mut self, frame: &mut [u8], next_hop: u16) -> Verdict {
+    /// Forwards the packet unchanged but for its TTL to `next_hop`, as a
+    /// router does.
+    fn send_to_next_hop<F: FrameBuf>(&mut self, frame: &mut F, headers: &Headers, next_hop: u16) -> Verdict {
+        match rewrite::decrement_ttl(frame.bytes_mut(), headers) {
+            Ok(Ttl::Decremented) => self.send_to_neighbor(frame.bytes_mut(), next_hop),
+            Ok(Ttl::Expired) => self.ttl_expired(frame, headers),
+            Err(_) => self.drop(DropReason::Rewrite),
+        }
+    }
+
+    /// Sends the frame to neighbor `next_hop`.
+    fn send_to_neighbor(&mut self, frame: &mut [u8], next_hop: u16) -> Verdict {
         let Some(&mac) = self.neighbor_macs.get(next_hop as usize) else {
             return self.drop(DropReason::UnknownOwner);
         };
@@ -661,6 +777,11 @@ impl Pipeline {
         }
         if owner.node == self.me.node {
             return self.hand_to_core(frame.bytes(), owner.worker, hops, out);
+        }
+        if headers.l3_end - headers.l3_offset > usize::from(self.router.ip_mtu) {
+            // The fabric link takes ip_mtu plus the fabric header: this
+            // packet would be dropped by the link, uncounted.
+            return self.too_big(frame, headers);
         }
         let Some(peer) = self.view.peer_mac(owner.node) else {
             return self.drop(DropReason::UnknownOwner);
@@ -747,13 +868,94 @@ impl Pipeline {
 
     /// Queues a copy of `bytes` for `worker` of this node.
     fn hand_to_core(&mut self, bytes: &[u8], worker: u8, hops: u8, out: &mut Outbox) -> Verdict {
-        if worker == self.me.worker || bytes.len() > CORE_FRAME || hops >= FABRIC_MAX_HOPS {
+        if bytes.len() > CORE_FRAME {
+            return self.drop(DropReason::TooBig);
+        }
+        if worker == self.me.worker || hops >= FABRIC_MAX_HOPS {
             return self.drop(DropReason::LoopGuard);
         }
         out.to_cores
             .push(CorePacket::copy_of(bytes, worker, hops + 1, self.sender));
         self.counters.forwarded_to_core += 1;
         Verdict::Drop
+    }
+
+    /// Answers an echo request to a VIP, or drops it, by policy.
+    fn answer_echo(&mut self, frame: &mut [u8], headers: &Headers) -> Verdict {
+        if self.policy.config().icmp.echo == EchoPolicy::Drop {
+            return self.drop(DropReason::Policy);
+        }
+        let Some(gateway) = self.gateway_mac else {
+            return self.drop(DropReason::UnknownOwner);
+        };
+        if icmp::answer_echo(frame, headers).is_err() || rewrite::set_macs(frame, self.own_mac, gateway).is_err() {
+            return self.drop(DropReason::Rewrite);
+        }
+        self.counters.echo_replies += 1;
+        self.transmit()
+    }
+
+    /// Drops a packet no service takes, answering it with ICMP unreachable
+    /// from its destination if the policy rejects.
+    fn refuse<F: FrameBuf>(&mut self, frame: &mut F, headers: &Headers) -> Verdict {
+        if self.policy.config().unmatched_vip == UnmatchedVip::Reject && self.policy.is_vip(&headers.key) {
+            let kind = if headers.has_ports() {
+                icmp::ErrorKind::PortUnreachable
+            } else {
+                icmp::ErrorKind::ProtocolUnreachable
+            };
+            return self.send_error(frame, headers, kind, Some(headers.key.dst_ip()), DropReason::NoService);
+        }
+        self.drop(DropReason::NoService)
+    }
+
+    /// Drops a packet whose TTL ran out, with ICMP time exceeded.
+    fn ttl_expired<F: FrameBuf>(&mut self, frame: &mut F, headers: &Headers) -> Verdict {
+        let source = self.router.source_for(headers.key.ip_version == IP_V4);
+        self.send_error(
+            frame,
+            headers,
+            icmp::ErrorKind::TimeExceeded,
+            source,
+            DropReason::TtlExpired,
+        )
+    }
+
+    /// Drops a packet larger than the fabric takes, with fragmentation
+    /// needed (IPv4) or packet too big (IPv6) naming `ip_mtu`, so the
+    /// sender's path MTU discovery (RFC 1191, RFC 8201) adapts.
+    fn too_big<F: FrameBuf>(&mut self, frame: &mut F, headers: &Headers) -> Verdict {
+        let source = self.router.source_for(headers.key.ip_version == IP_V4);
+        let kind = icmp::ErrorKind::TooBig {
+            mtu: self.router.ip_mtu,
+        };
+        self.send_error(frame, headers, kind, source, DropReason::TooBig)
+    }
+
+    /// Counts the drop `reason` of the packet in `frame`, and replaces the
+    /// frame with the ICMP error `kind` from `source` to its sender when
+    /// one may be sent (a source address, the rate limit, RFC 1812's rules).
+    fn send_error<F: FrameBuf>(
+        &mut self,
+        frame: &mut F,
+        headers: &Headers,
+        kind: icmp::ErrorKind,
+        source: Option<IpAddr>,
+        reason: DropReason,
+    ) -> Verdict {
+        self.counters.count(reason);
+        let (Some(source), Some(gateway)) = (source, self.gateway_mac) else {
+            return Verdict::Drop;
+        };
+        if !icmp::may_answer_with_error(frame.bytes(), headers) || !self.icmp_limit.allow(self.now.as_nanos()) {
+            return Verdict::Drop;
+        }
+        if icmp::write_error(frame, headers, kind, source, self.own_mac, gateway).is_err() {
+            return Verdict::Drop;
+        }
+        // The packet counts as dropped (above); its error as sent.
+        self.counters.icmp_errors_sent += 1;
+        Verdict::Transmit
     }
 
     /// Runs the expiry sweep over at most `budget` slots.

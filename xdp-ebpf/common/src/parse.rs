@@ -20,7 +20,8 @@ pub const MAX_IPV6_EXT_HEADERS: usize = 6;
 
 /// Length of an Ethernet header without tags.
 pub const ETH_HLEN: usize = 14;
-const VLAN_HLEN: usize = 4;
+/// Length of one 802.1Q / 802.1ad tag.
+pub const VLAN_HLEN: usize = 4;
 const IPV4_MIN_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
 const UDP_HLEN: usize = 8;
