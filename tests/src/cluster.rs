@@ -5,9 +5,15 @@
 //!  client ──veth── edge ──veth── [bridge in `fabric`] ──veth── fd-a, fd-b, fd-c
 //!  10.77.0.2    .0.1  1.1                                ├──veth── svc-1, svc-2, svc-3
 //! ```
-//! The edge routes between the client network (10.77.0.0/24) and the fabric
-//! (10.77.1.0/24). Services answer through the edge (their default route), so
-//! replies are sprayed like requests. The VIP 10.77.9.1 is routed to the edge.
+//! The edge routes between the client network (10.77.0.0/24, fd77::/64) and
+//! the fabric (10.77.1.0/24, fd77:1::/64). Services answer through the edge
+//! (their default routes), so replies are sprayed like requests. The VIPs
+//! 10.77.9.1 and fd77:9::1 are routed to the edge.
+//!
+//! Links are set up as an operator would: the client, the edge and the
+//! services have the usual 1,500-byte IP MTU; the nodes' links (and their
+//! bridge ports) carry [`FABRIC_MTU`], room for the fabric header that a node
+//! puts in front of a full-size packet it forwards to another node.
 
 use crate::{
     netns::{sweep_stale, sweep_stale_bpffs, veth, BpfFs, Netns, RunPrefix, VethEnd},
@@ -15,7 +21,7 @@ use crate::{
 };
 use anyhow::{Context, Result};
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -33,6 +39,30 @@ pub const EDGE_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 pub const EDGE_FABRIC_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 1, 1);
 /// The migration manager's control port on the edge.
 pub const MANAGER_PORT: u16 = 7600;
+
+/// The client network, IPv6.
+pub const CLIENT_NET6: &str = "fd77::/64";
+/// The fabric network, IPv6.
+pub const FABRIC_NET6: &str = "fd77:1::/64";
+/// The network of the IPv6 VIPs.
+pub const VIP_NET6: &str = "fd77:9::/64";
+/// The service VIP, IPv6.
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd77, 9, 0, 0, 0, 0, 0, 1);
+/// The client's IPv6 address.
+pub const CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 2);
+/// The edge's client-side IPv6 address.
+pub const EDGE_CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 1);
+/// The edge's fabric-side IPv6 address.
+pub const EDGE_FABRIC_IP6: Ipv6Addr = Ipv6Addr::new(0xfd77, 1, 0, 0, 0, 0, 0, 1);
+
+/// The IP MTU of every host on the test bed (Ethernet's).
+pub const IP_MTU: u32 = 1500;
+/// The MTU of the nodes' links: a node that forwards a packet to the node
+/// owning its connection puts a [`handoff_common::fabric::FabricHeader`]
+/// between the Ethernet header and the packet, so a full-size packet from
+/// the client or a service (IP MTU bytes) needs that much more room on the
+/// node-to-node path. `handoff node` refuses an interface with less.
+pub const FABRIC_MTU: u32 = IP_MTU + core::mem::size_of::<handoff_common::fabric::FabricHeader>() as u32;
 
 /// Shape of the test bed.
 #[derive(Clone, Debug)]
@@ -67,6 +97,70 @@ pub struct Port {
     pub mac: [u8; 6],
     /// IPv4 address.
     pub ip: Ipv4Addr,
+    /// IPv6 address.
+    pub ip6: Ipv6Addr,
+}
+
+impl Port {
+    /// Its address of `family` (4 or 6).
+    pub fn addr(&self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => self.ip.into(),
+            Family::V6 => self.ip6.into(),
+        }
+    }
+}
+
+/// An IP version on the test bed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl Family {
+    /// Both, IPv4 first.
+    pub const BOTH: [Family; 2] = [Family::V4, Family::V6];
+
+    /// The VIP of this family.
+    pub fn vip(self) -> IpAddr {
+        match self {
+            Self::V4 => VIP.into(),
+            Self::V6 => VIP6.into(),
+        }
+    }
+
+    /// `ipv4` or `ipv6`, for messages and file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::V4 => "ipv4",
+            Self::V6 => "ipv6",
+        }
+    }
+
+    /// The IP and transport header bytes of a UDP datagram: what the MTU
+    /// leaves of itself for the payload is `IP_MTU - udp_overhead()`.
+    pub fn udp_overhead(self) -> u32 {
+        match self {
+            Self::V4 => 20 + 8,
+            Self::V6 => 40 + 8,
+        }
+    }
+}
+
+/// `address:port`, bracketed for IPv6 (`[fd77:9::1]:80`).
+pub fn socket_string(address: IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(address, port).to_string()
+}
+
+/// An address as it goes in a URL's host (`10.77.9.1`, `[fd77:9::1]`).
+pub fn url_host(address: IpAddr) -> String {
+    match address {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
+    }
 }
 
 /// A namespace with one interface on the fabric.
@@ -139,11 +233,13 @@ impl Cluster {
             ifname: prefix.ifname("c0"),
             mac: mac(1, 2),
             ip: CLIENT_IP,
+            ip6: CLIENT_IP6,
         };
         let edge_client_port = Port {
             ifname: prefix.ifname("e0"),
             mac: mac(1, 1),
             ip: EDGE_CLIENT_IP,
+            ip6: EDGE_CLIENT_IP6,
         };
         veth(
             &VethEnd {
@@ -162,6 +258,7 @@ impl Cluster {
             ifname: prefix.ifname("e1"),
             mac: mac(2, 1),
             ip: EDGE_FABRIC_IP,
+            ip6: EDGE_FABRIC_IP6,
         };
         attach_to_bridge(&prefix, &fabric, &bridge, &edge, &edge_fabric_port, "pe", q)?;
 
@@ -171,7 +268,10 @@ impl Cluster {
         addr(&edge, &edge_fabric_port, 24)?;
         client.ip(&["route", "add", "10.77.9.0/24", "via", &EDGE_CLIENT_IP.to_string()])?;
         client.ip(&["route", "add", FABRIC_NET, "via", &EDGE_CLIENT_IP.to_string()])?;
+        client.ip(&["-6", "route", "add", VIP_NET6, "via", &EDGE_CLIENT_IP6.to_string()])?;
+        client.ip(&["-6", "route", "add", FABRIC_NET6, "via", &EDGE_CLIENT_IP6.to_string()])?;
         edge.sysctl("net.ipv4.ip_forward", "1")?;
+        edge.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         for ns in [&client, &edge] {
             ns.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
             ns.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
@@ -185,6 +285,7 @@ impl Cluster {
                 ifname: prefix.ifname(&format!("n{i}")),
                 mac: mac(3, i as u8 + 1),
                 ip: Ipv4Addr::new(10, 77, 1, 11 + i as u8),
+                ip6: Ipv6Addr::new(0xfd77, 1, 0, 0, 0, 0, 0, 0x11 + i as u16),
             };
             attach_to_bridge(
                 &prefix,
@@ -195,8 +296,17 @@ impl Cluster {
                 &format!("pn{i}"),
                 spec.node_queues,
             )?;
+            // Node to node, a full-size packet travels with a fabric
+            // header in front: both ends of the node's link take it. The
+            // bridge checks each egress port's MTU, so the client's,
+            // edge's and services' ports stay at the IP MTU on the same
+            // bridge.
+            let mtu = FABRIC_MTU.to_string();
+            ns.ip(&["link", "set", &port.ifname, "mtu", &mtu])?;
+            fabric.ip(&["link", "set", &prefix.ifname(&format!("pn{i}")), "mtu", &mtu])?;
             addr(&ns, &port, 24)?;
             ns.ip(&["route", "add", CLIENT_NET, "via", &EDGE_FABRIC_IP.to_string()])?;
+            ns.ip(&["-6", "route", "add", CLIENT_NET6, "via", &EDGE_FABRIC_IP6.to_string()])?;
             nodes.push(Host { name, port, ns });
         }
         let mut services = Vec::new();
@@ -207,10 +317,29 @@ impl Cluster {
                 ifname: prefix.ifname(&format!("s{i}")),
                 mac: mac(4, i as u8 + 1),
                 ip: Ipv4Addr::new(10, 77, 1, 21 + i as u8),
+                ip6: Ipv6Addr::new(0xfd77, 1, 0, 0, 0, 0, 0, 0x21 + i as u16),
             };
             attach_to_bridge(&prefix, &fabric, &bridge, &ns, &port, &format!("ps{i}"), q)?;
             addr(&ns, &port, 24)?;
             ns.ip(&["route", "add", "default", "via", &EDGE_FABRIC_IP.to_string()])?;
+            ns.ip(&["-6", "route", "add", "default", "via", &EDGE_FABRIC_IP6.to_string()])?;
+            // The edge sprays every packet from a service's address, and a
+            // neighbor solicitation for the edge's address carries that
+            // source: it would go to a node rather than to the edge. The
+            // services know the edge's fabric MAC statically instead (ARP
+            // is not IP and never sprayed).
+            ns.ip(&[
+                "-6",
+                "neigh",
+                "replace",
+                &EDGE_FABRIC_IP6.to_string(),
+                "lladdr",
+                &crate::netns::mac_string(edge_fabric_port.mac),
+                "dev",
+                &port.ifname,
+                "nud",
+                "permanent",
+            ])?;
             full_checksums(&ns, &port.ifname)?;
             services.push(Host { name, port, ns });
         }
@@ -310,9 +439,21 @@ fn full_checksums(ns: &Netns, ifname: &str) -> Result<()> {
         .map(drop)
 }
 
+/// Gives `port` its IPv4 address (/`len`) and its IPv6 address (/64,
+/// without duplicate address detection: every address on the bed is
+/// unique, and DAD would hold the address back for a second or more).
 fn addr(ns: &Netns, port: &Port, len: u8) -> Result<()> {
-    ns.ip(&["addr", "add", &format!("{}/{len}", port.ip), "dev", &port.ifname])
-        .map(drop)
+    ns.ip(&["addr", "add", &format!("{}/{len}", port.ip), "dev", &port.ifname])?;
+    ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{}/64", port.ip6),
+        "dev",
+        &port.ifname,
+        "nodad",
+    ])
+    .map(drop)
 }
 
 /// Connects `port` in `ns` to the bridge through a veth whose bridge end is
@@ -362,14 +503,21 @@ impl Cluster {
         if spray_replies {
             interfaces.push(format!("{:?}", self.edge_fabric_port.ifname));
         }
-        let sources: Vec<String> = self.services.iter().map(|s| format!("\"{}/32\"", s.port.ip)).collect();
+        let sources: Vec<String> = self
+            .services
+            .iter()
+            .flat_map(|s| [format!("\"{}/32\"", s.port.ip), format!("\"{}/128\"", s.port.ip6)])
+            .collect();
         let mut text = format!(
-            "[edge]\ninterfaces = [{}]\nadmin_socket = {:?}\nlocal_addresses = [\"{}\", \"{}\"]\ncontrol_listen = \"{EDGE_FABRIC_IP}:{MANAGER_PORT}\"\n\n[manager]\nhold_down_ms = 1000\nfailover_after_ms = 1000\n\n[cluster]\ndestinations = [\"{}/32\"]\nsources = [{}]\n",
+            "[edge]\ninterfaces = [{}]\nadmin_socket = {:?}\nlocal_addresses = [\"{}\", \"{}\", \"{}\", \"{}\"]\ncontrol_listen = \"{EDGE_FABRIC_IP}:{MANAGER_PORT}\"\n\n[manager]\nhold_down_ms = 1000\nfailover_after_ms = 1000\n\n[cluster]\ndestinations = [\"{}/32\", \"{}/128\"]\nsources = [{}]\n",
             interfaces.join(", "),
             self.admin_socket().display().to_string(),
             EDGE_CLIENT_IP,
             EDGE_FABRIC_IP,
+            EDGE_CLIENT_IP6,
+            EDGE_FABRIC_IP6,
             VIP,
+            VIP6,
             sources.join(", "),
         );
         if let Some(dir) = self.edge_pin_dir() {

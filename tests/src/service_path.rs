@@ -11,7 +11,7 @@
 //! forwarded to its owner.
 
 use crate::{
-    cluster::{arg, node_name, read_json, wait_until, Cluster, NsRef, EDGE_FABRIC_IP, MANAGER_PORT, VIP},
+    cluster::{arg, node_name, read_json, wait_until, Cluster, Family, NsRef, EDGE_FABRIC_IP, MANAGER_PORT, VIP},
     netns::mac_string,
 };
 use anyhow::{bail, Context, Result};
@@ -37,6 +37,16 @@ pub const UDP_PORT: u16 = 7000;
 pub const TCP_PORT: u16 = 7100;
 /// Node control port.
 pub const CONTROL_PORT: u16 = 7700;
+/// HTTP on the services and on the VIPs (every service).
+pub const HTTP_PORT: u16 = 80;
+/// iperf3 on the VIPs: one backend only (svc-1), because `iperf3 -s` runs
+/// one test at a time and a test's control and data connections must reach
+/// the same server.
+pub const IPERF_PORT: u16 = 5201;
+/// The service that serves [`IPERF_PORT`].
+pub const IPERF_SERVICE: usize = 0;
+/// UDP echo by a real program (`socat`) on the services and on the VIPs.
+pub const SOCAT_UDP_PORT: u16 = 7001;
 /// The client's address for generated UDP flows (owned by the client's
 /// kernel so the edge can resolve it, steered to the generator's socket).
 pub const CLIENT_UDP_SRC: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 100);
@@ -111,23 +121,39 @@ impl Cluster {
             .collect()
     }
 
-    /// The policy every node runs: the VIP's UDP and TCP ports DNAT to the
-    /// services, everything else and every reply goes to the edge.
+    /// The policy every node runs, on the IPv4 VIP and on the IPv6 VIP alike
+    /// (each with backends of its family): the bench's UDP echo and TCP
+    /// request/response ports, HTTP and a `socat` UDP echo DNAT to every
+    /// service, iperf3 to [`IPERF_SERVICE`] only; everything else and
+    /// every reply goes to the edge.
     pub fn node_policy(&self) -> String {
         let mut text = format!(
             "[[neighbor]]\nname = \"edge\"\nmac = {:?}\n\n[default]\naction = \"forward\"\ngateway = \"edge\"\n",
             mac_string(self.edge_fabric_port.mac)
         );
-        for (protocol, port) in [("udp", UDP_PORT), ("tcp", TCP_PORT)] {
-            text.push_str(&format!(
-                "\n[[service]]\nname = \"{protocol}-{port}\"\nvip = \"{VIP}\"\nprotocol = \"{protocol}\"\nport = {port}\n"
-            ));
-            for svc in &self.services {
+        let all: Vec<usize> = (0..self.services.len()).collect();
+        let services: [(&str, u16, &[usize]); 5] = [
+            ("udp", UDP_PORT, &all),
+            ("tcp", TCP_PORT, &all),
+            ("tcp", HTTP_PORT, &all),
+            ("tcp", IPERF_PORT, &[IPERF_SERVICE]),
+            ("udp", SOCAT_UDP_PORT, &all),
+        ];
+        for family in Family::BOTH {
+            for (protocol, port, backends) in services {
+                let suffix = if family == Family::V4 { "" } else { "-v6" };
                 text.push_str(&format!(
-                    "\n[[service.backend]]\naddress = \"{}\"\nport = {port}\nmac = {:?}\n",
-                    svc.port.ip,
-                    mac_string(svc.port.mac)
+                    "\n[[service]]\nname = \"{protocol}-{port}{suffix}\"\nvip = \"{}\"\nprotocol = \"{protocol}\"\nport = {port}\n",
+                    family.vip()
                 ));
+                for &i in backends {
+                    let svc = &self.services[i];
+                    text.push_str(&format!(
+                        "\n[[service.backend]]\naddress = \"{}\"\nport = {port}\nmac = {:?}\n",
+                        svc.port.addr(family),
+                        mac_string(svc.port.mac)
+                    ));
+                }
             }
         }
         text
@@ -144,11 +170,12 @@ impl Cluster {
         let node = &self.nodes[i];
         let queue_list: Vec<String> = (0..queues).map(|q| q.to_string()).collect();
         let mut text = format!(
-            "[node]\nname = {:?}\nid = {i}\ninterface = {:?}\nqueues = [{}]\nxdp_mode = \"skb\"\nbind_mode = \"copy\"\nlocal_addresses = [\"{}\"]\npolicy = {:?}\nadmin_socket = {:?}\ncontrol_listen = \"{}:{CONTROL_PORT}\"\nmanager = \"{EDGE_FABRIC_IP}:{MANAGER_PORT}\"\n",
+            "[node]\nname = {:?}\nid = {i}\ninterface = {:?}\nqueues = [{}]\nxdp_mode = \"skb\"\nbind_mode = \"copy\"\nlocal_addresses = [\"{}\", \"{}\"]\npolicy = {:?}\nadmin_socket = {:?}\ncontrol_listen = \"{}:{CONTROL_PORT}\"\nmanager = \"{EDGE_FABRIC_IP}:{MANAGER_PORT}\"\n",
             node.name,
             node.port.ifname,
             queue_list.join(", "),
             node.port.ip,
+            node.port.ip6,
             policy.display().to_string(),
             self.node_admin_socket(i).display().to_string(),
             node.port.ip,
