@@ -169,8 +169,8 @@ fn cases() -> Vec<Case> {
         verdict(
             "three vlan tags",
             with_tags(&udp, &[0x88a8, 0x8100, 0x8100]),
-            XDP_PASS,
-            Reason::PassNotIp,
+            XDP_DROP,
+            Reason::DropVlanDepth,
         ),
         verdict(
             "ethernet header only",
@@ -264,6 +264,7 @@ fn every_truncation_is_counted_and_agrees_with_the_userspace_parser() {
                 Err(ParseError::Truncated) => Reason::DropTruncated,
                 Err(ParseError::BadHeader) => Reason::DropBadHeader,
                 Err(ParseError::NotIp) => Reason::PassNotIp,
+                Err(ParseError::VlanDepth) => Reason::DropVlanDepth,
             };
             assert_eq!(reasons.first(), Some(&expected), "cut at {cut}");
             assert_ne!(expected, Reason::Sprayed, "a truncated frame parsed as valid at {cut}");
