@@ -121,3 +121,19 @@ impl TrafficCounter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Reason;
+
+    #[test]
+    fn every_reason_is_listed_once_at_its_index_with_its_own_name() {
+        for (index, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, index, "{reason:?}");
+            let name = reason.name();
+            let same_name = Reason::ALL.iter().filter(|r| r.name() == name).count();
+            assert_eq!(same_name, 1, "{name}");
+        }
+        assert_eq!(Reason::ALL.len(), Reason::COUNT as usize);
+    }
+}

@@ -45,7 +45,10 @@ mod icmpv6_type {
 /// the frame, like those of [`Headers`]. The quote ends at the error's own
 /// `Headers::l3_end`; the quoted packet's length fields (IPv4 Total Length,
 /// IPv6 Payload Length, UDP length) describe the original packet, not the
-/// quote, and are not checked. Neither are its checksums.
+/// quote, and are not checked. Neither are its checksums. Whoever rewrites
+/// the quote must also fix the error's own checksum, at
+/// `Headers::upper_offset + 2` (ICMPv6's covers a pseudo-header as well,
+/// RFC 4443 §2.3).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct QuotedPacket {
     /// The quoted packet's flow key as that packet reads: the source is its
@@ -55,8 +58,8 @@ pub struct QuotedPacket {
     /// other way: [`FlowKey::reversed`] is the key of the connection's
     /// packets going the error's way.
     pub key: FlowKey,
-    /// Offset of the quoted IP header: the ICMP header's offset plus
-    /// [`ICMP_HLEN`].
+    /// Offset of the quoted IP header: the error's `Headers::upper_offset`
+    /// (its ICMP header) plus [`ICMP_HLEN`].
     pub l3_offset: usize,
     /// Offset of the quoted TCP/UDP header, past the quoted IPv4 options or
     /// IPv6 extension headers; the quote holds at least its first 8 bytes
