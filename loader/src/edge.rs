@@ -109,6 +109,7 @@ pub struct EdgeProgram {
     scope_map: Array<MapData, u32>,
     versions_map: Array<MapData, u64>,
     members_map: Array<MapData, Member>,
+    member_macs: HashMap<MapData, [u8; 6], u32>,
     egress_map: DevMap<MapData>,
     member_stats: PerCpuArray<MapData, TrafficCounter>,
     reasons: PerCpuArray<MapData, u64>,
@@ -183,6 +184,7 @@ impl EdgeProgram {
             active_map: program.take_map(names::MAP_ACTIVE_GENERATION)?,
             scope_map: program.take_map(names::MAP_SCOPE)?,
             members_map: program.take_map(names::MAP_MEMBERS)?,
+            member_macs: program.take_map(names::MAP_MEMBER_MACS)?,
             egress_map: program.take_map(names::MAP_EGRESS)?,
             member_stats: program.take_map(names::MAP_MEMBER_STATS)?,
             reasons: program.take_map(names::MAP_REASON_STATS)?,
@@ -222,6 +224,7 @@ impl EdgeProgram {
             let member = self.members_map.get(&id, 0).map_err(map_error(names::MAP_MEMBERS))?;
             self.members[id as usize] = (member.flags & MEMBER_ENABLED != 0).then_some(member);
         }
+        self.sync_member_macs()?;
         let buckets = self.buckets();
         for (generation, shadow) in self.shadow.iter_mut().enumerate() {
             let base = generation as u32 * buckets;
@@ -339,7 +342,9 @@ impl EdgeProgram {
     }
 
     /// Configures member `id`: frames for it leave through `egress_ifindex`
-    /// with destination MAC `dst_mac` and source MAC `src_mac`.
+    /// with destination MAC `dst_mac` and source MAC `src_mac`. Cluster
+    /// traffic that arrives from `dst_mac` (the member's own MAC) is dropped
+    /// from then on, never sprayed back (`drop_from_member`).
     pub fn set_member(&mut self, id: u32, dst_mac: [u8; 6], src_mac: [u8; 6], egress_ifindex: u32) -> Result<()> {
         check_member_id(id)?;
         self.egress_map
@@ -358,7 +363,7 @@ impl EdgeProgram {
             source: Box::new(source),
         })?;
         self.members[id as usize] = Some(member);
-        Ok(())
+        self.sync_member_macs()
     }
 
     /// Removes member `id`. Refused while a scope generation still maps a bucket to it.
@@ -377,6 +382,39 @@ impl EdgeProgram {
                 source: Box::new(source),
             })?;
         self.members[id as usize] = None;
+        self.sync_member_macs()
+    }
+
+    /// Makes `MEMBER_MACS` hold exactly the configured members' MACs (each
+    /// with the lowest id that has it), so the sprayer drops cluster traffic
+    /// a member sends back instead of spraying it again. Entries are added
+    /// before stale ones go: a MAC that stays a member's is never missing.
+    fn sync_member_macs(&mut self) -> Result<()> {
+        let map_error = |source| LoaderError::Map {
+            map: names::MAP_MEMBER_MACS,
+            source: Box::new(source),
+        };
+        let mut wanted: Vec<([u8; 6], u32)> = Vec::new();
+        for (id, member) in self.members.iter().enumerate() {
+            if let Some(m) = member {
+                if !wanted.iter().any(|(mac, _)| *mac == m.dst_mac) {
+                    wanted.push((m.dst_mac, id as u32));
+                }
+            }
+        }
+        for (mac, id) in &wanted {
+            self.member_macs.insert(mac, id, 0).map_err(map_error)?;
+        }
+        let present = self
+            .member_macs
+            .keys()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(map_error)?;
+        for mac in present {
+            if !wanted.iter().any(|(m, _)| *m == mac) {
+                self.member_macs.remove(&mac).map_err(map_error)?;
+            }
+        }
         Ok(())
     }
 

@@ -73,7 +73,7 @@ impl MapShape {
 /// (LPM keys are the 4-byte prefix length and 16 address bytes; a devmap
 /// value is `struct bpf_devmap_val`), plus the scope versions that only
 /// userspace reads.
-pub fn edge_map_shapes(buckets: u32) -> [(&'static str, MapShape); 11] {
+pub fn edge_map_shapes(buckets: u32) -> [(&'static str, MapShape); 12] {
     const KEY: usize = size_of::<u32>();
     const ADDR: usize = size_of::<[u32; 4]>();
     [
@@ -96,6 +96,10 @@ pub fn edge_map_shapes(buckets: u32) -> [(&'static str, MapShape); 11] {
         (
             names::MAP_MEMBERS,
             MapShape::new(MapType::Array, KEY, size_of::<Member>(), limits::MAX_MEMBERS),
+        ),
+        (
+            names::MAP_MEMBER_MACS,
+            MapShape::new(MapType::Hash, size_of::<[u8; 6]>(), KEY, limits::MAX_MEMBERS),
         ),
         (
             names::MAP_EGRESS,
@@ -167,7 +171,7 @@ pub fn classify(
     }
     if !missing.is_empty() {
         return Err(format!(
-            "maps {} are not pinned while others are: an earlier run stopped half-way or something removed them",
+            "maps {} are not pinned while others are: an earlier run stopped half-way, something removed them, or another version of handoff (one without these maps) pinned the others",
             missing.join(", ")
         ));
     }
@@ -369,6 +373,29 @@ mod tests {
         let e = classify(&expected, &foreign, 1024).unwrap_err();
         assert!(
             e.contains("map MEMBERS is pinned as") && e.contains("value_size: 24"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn pins_of_a_build_without_the_member_macs_are_refused_by_name() {
+        // What a build before MEMBER_MACS pinned: every other map, its
+        // reason counters shorter by the reasons added with it.
+        let expected = edge_map_shapes(1024);
+        let old: Vec<Option<MapShape>> = expected
+            .iter()
+            .map(|(name, shape)| match *name {
+                names::MAP_MEMBER_MACS => None,
+                names::MAP_REASON_STATS => Some(MapShape {
+                    max_entries: Reason::COUNT - 4,
+                    ..*shape
+                }),
+                _ => Some(*shape),
+            })
+            .collect();
+        let e = classify(&expected, &old, 1024).unwrap_err();
+        assert!(
+            e.contains("maps MEMBER_MACS are not pinned") && e.contains("another version of handoff"),
             "{e}"
         );
     }

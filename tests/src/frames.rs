@@ -72,7 +72,12 @@ macro_rules! writable {
         }
     )*};
 }
-writable!(etherparse::UdpHeader, etherparse::TcpHeader, etherparse::Icmpv4Header);
+writable!(
+    etherparse::UdpHeader,
+    etherparse::TcpHeader,
+    etherparse::Icmpv4Header,
+    etherparse::Icmpv6Header
+);
 
 /// An ARP request.
 pub fn arp() -> Vec<u8> {
@@ -168,5 +173,54 @@ pub fn with_ipv6_extensions(frame: &[u8], headers: &[(u8, u8)]) -> Vec<u8> {
     }
     let payload = u16::from_be_bytes([out[L3 + 4], out[L3 + 5]]) + added as u16;
     out[L3 + 4..L3 + 6].copy_from_slice(&payload.to_be_bytes());
+    out
+}
+
+/// An ICMP message over IPv4 of type `kind` (an error, or any other) whose
+/// payload is `quoted`: for an error, the start of the packet it reports
+/// ([`ip_quote`]).
+pub fn icmp4_message(src: Ipv4Addr, dst: Ipv4Addr, kind: etherparse::Icmpv4Type, quoted: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .icmpv4(kind);
+    write(b, quoted)
+}
+
+/// An ICMPv6 message of type `kind` whose payload is `quoted`.
+pub fn icmp6_message(src: Ipv6Addr, dst: Ipv6Addr, kind: etherparse::Icmpv6Type, quoted: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+        .ipv6(src.octets(), dst.octets(), 64)
+        .icmpv6(kind);
+    write(b, quoted)
+}
+
+/// What an ICMP error quotes of an untagged `frame`: its IP header (IPv4
+/// options included; IPv6's fixed 40 bytes, so extension headers count as
+/// `l4_bytes`) and the first `l4_bytes` bytes after it (RFC 792 asks for 8).
+pub fn ip_quote(frame: &[u8], l4_bytes: usize) -> Vec<u8> {
+    let ip_len = if frame[L3] >> 4 == 4 {
+        (frame[L3] & 0x0f) as usize * 4
+    } else {
+        40
+    };
+    frame[L3..(L3 + ip_len + l4_bytes).min(frame.len())].to_vec()
+}
+
+/// Inserts VLAN tags `(tpid, tci)` after the MAC addresses, outermost
+/// first; a TCI is PCP (3 bits), DEI (1 bit), VID (12 bits).
+pub fn with_tag_tcis(frame: &[u8], tags: &[(u16, u16)]) -> Vec<u8> {
+    let mut out = frame[..12].to_vec();
+    for (tpid, tci) in tags {
+        out.extend_from_slice(&tpid.to_be_bytes());
+        out.extend_from_slice(&tci.to_be_bytes());
+    }
+    out.extend_from_slice(&frame[12..]);
+    out
+}
+
+/// The frame with another source MAC.
+pub fn with_src_mac(frame: &[u8], mac: [u8; 6]) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[6..12].copy_from_slice(&mac);
     out
 }

@@ -3,12 +3,13 @@
 //! counter and the chosen member are checked against the shared userspace
 //! parser and hash (the same code the nodes use to find a flow's owner).
 
+use etherparse::{icmpv4, icmpv6, IcmpEchoHeader, Icmpv4Type, Icmpv6Type};
 use handoff::scope::Scope;
 use handoff_common::{
     counters::Reason,
     edge::NO_MEMBER,
     hash::HashMode,
-    parse::{parse_frame, ParseError},
+    parse::{icmp_error_key, parse_frame, ParseError},
 };
 use handoff_loader::{EdgeProgram, Prefix};
 use handoff_testbed::{frames::*, privileged};
@@ -23,6 +24,8 @@ const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 9, 0, 0, 0, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 21);
+/// A router on the path, neither client nor cluster.
+const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 0, 5, 1);
 const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const BUCKETS: u32 = 1024;
 const SEED: u32 = 0x5eed;
@@ -66,15 +69,20 @@ fn edge(mode: HashMode) -> Edge {
 }
 
 impl Edge {
-    /// The member userspace expects for a frame: shared parser, shared hash.
+    /// The member userspace expects for a frame: shared parser, shared hash;
+    /// an ICMP error by the connection it quotes, its key reversed.
     fn expected_member(&self, frame: &[u8]) -> u32 {
         let headers = parse_frame(frame).expect("valid frame");
+        let key = match icmp_error_key(frame, &headers) {
+            Ok(Some(quoted)) => quoted.key.reversed(),
+            Ok(None) | Err(_) => headers.key,
+        };
         let params = handoff::scope::HashParams {
             buckets: BUCKETS,
             symmetric: self.mode == HashMode::Symmetric,
             seed: SEED,
         };
-        self.scope.owner(params.bucket(&headers.key))
+        self.scope.owner(params.bucket(&key))
     }
 
     /// Runs one frame; returns (action, reasons counted, output frame).
@@ -119,6 +127,15 @@ fn sprayed_by_address(name: &'static str, frame: Vec<u8>) -> Case {
     }
 }
 
+fn sprayed_with(name: &'static str, frame: Vec<u8>, reasons: &[Reason]) -> Case {
+    Case {
+        name,
+        frame,
+        action: XDP_REDIRECT,
+        reasons: reasons.to_vec(),
+    }
+}
+
 fn verdict(name: &'static str, frame: Vec<u8>, action: u32, reason: Reason) -> Case {
     Case {
         name,
@@ -128,9 +145,21 @@ fn verdict(name: &'static str, frame: Vec<u8>, action: u32, reason: Reason) -> C
     }
 }
 
+fn port_unreachable() -> Icmpv4Type {
+    Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::Port)
+}
+
 fn cases() -> Vec<Case> {
     let udp = udp4(CLIENT, VIP, 40000, 7000, b"hello");
     let udp_v6 = udp6(CLIENT6, VIP6, 40000, 7000, b"hello");
+    let reply = udp4(VIP, CLIENT, 7000, 40000, b"reply");
+    let ping_reply = icmp4_message(
+        VIP,
+        CLIENT,
+        Icmpv4Type::EchoReply(IcmpEchoHeader { id: 7, seq: 1 }),
+        b"ping",
+    );
+    let from_member = |f: &[u8]| with_src_mac(f, member_mac(1));
     let mut cases = vec![
         sprayed("udp4", udp.clone()),
         sprayed("tcp4 syn", tcp4_syn(CLIENT, VIP, 40001, 80)),
@@ -166,12 +195,108 @@ fn cases() -> Vec<Case> {
             Reason::PassLocal,
         ),
         verdict("arp", arp(), XDP_PASS, Reason::PassNotIp),
+        sprayed("vid 0 priority tag", with_tag_tcis(&udp, &[(0x8100, 0xa000)])),
         verdict(
             "three vlan tags",
             with_tags(&udp, &[0x88a8, 0x8100, 0x8100]),
-            XDP_PASS,
-            Reason::PassNotIp,
+            XDP_DROP,
+            Reason::DropVlanDepth,
         ),
+        verdict(
+            "three vid 0 priority tags",
+            with_tag_tcis(&udp, &[(0x8100, 0); 3]),
+            XDP_DROP,
+            Reason::DropVlanDepth,
+        ),
+        sprayed_with(
+            "icmp4 port unreachable quoting a udp reply",
+            icmp4_message(CLIENT, VIP, port_unreachable(), &ip_quote(&reply, 8)),
+            &[Reason::Sprayed, Reason::SprayedIcmpQuoted],
+        ),
+        sprayed_with(
+            "icmp6 packet too big quoting a whole udp reply",
+            icmp6_message(
+                CLIENT6,
+                VIP6,
+                Icmpv6Type::PacketTooBig { mtu: 1280 },
+                &ip_quote(&udp6(VIP6, CLIENT6, 7000, 40000, b"reply"), 100),
+            ),
+            &[Reason::Sprayed, Reason::SprayedIcmpQuoted],
+        ),
+        sprayed_with(
+            "icmp4 time exceeded quoting an echo reply",
+            icmp4_message(
+                ROUTER,
+                VIP,
+                Icmpv4Type::TimeExceeded(icmpv4::TimeExceededCode::TtlExceededInTransit),
+                &ip_quote(&ping_reply, 8),
+            ),
+            &[Reason::Sprayed, Reason::SprayedAddressesOnly, Reason::SprayedIcmpQuoted],
+        ),
+        sprayed_with(
+            "icmp4 error quoting 4 bytes of udp",
+            icmp4_message(CLIENT, VIP, port_unreachable(), &ip_quote(&reply, 4)),
+            &[
+                Reason::Sprayed,
+                Reason::SprayedAddressesOnly,
+                Reason::SprayedIcmpBadQuote,
+            ],
+        ),
+        sprayed_with(
+            "icmp4 error quoting an ipv6 header",
+            icmp4_message(CLIENT, VIP, port_unreachable(), &ip_quote(&udp_v6, 8)),
+            &[
+                Reason::Sprayed,
+                Reason::SprayedAddressesOnly,
+                Reason::SprayedIcmpBadQuote,
+            ],
+        ),
+        sprayed_by_address(
+            "icmp6 echo request",
+            icmp6_message(
+                CLIENT6,
+                VIP6,
+                Icmpv6Type::EchoRequest(IcmpEchoHeader { id: 7, seq: 1 }),
+                b"ping",
+            ),
+        ),
+        verdict(
+            "cluster traffic from a member",
+            from_member(&udp),
+            XDP_DROP,
+            Reason::DropFromMember,
+        ),
+        verdict(
+            "a backend's reply from a member",
+            from_member(&udp4(BACKEND, CLIENT, 7000, 40000, b"reply")),
+            XDP_DROP,
+            Reason::DropFromMember,
+        ),
+        verdict(
+            "an icmp error from a member",
+            from_member(&icmp4_message(CLIENT, VIP, port_unreachable(), &ip_quote(&reply, 8))),
+            XDP_DROP,
+            Reason::DropFromMember,
+        ),
+        verdict(
+            "an echo request from a member",
+            from_member(&icmp4(CLIENT, VIP)),
+            XDP_DROP,
+            Reason::DropFromMember,
+        ),
+        verdict(
+            "an un-NATed reply from a member",
+            from_member(&reply),
+            XDP_PASS,
+            Reason::PassNotCluster,
+        ),
+        verdict(
+            "a member to the host itself",
+            from_member(&udp4(CLIENT, LOCAL, 1, 2, b"x")),
+            XDP_PASS,
+            Reason::PassLocal,
+        ),
+        verdict("arp from a member", from_member(&arp()), XDP_PASS, Reason::PassNotIp),
         verdict(
             "ethernet header only",
             udp[..14].to_vec(),
@@ -243,6 +368,174 @@ fn table_of_frames_gets_the_expected_verdict_reason_and_member() {
     }
 }
 
+/// The member of a connection's own packets: hashed by their parsed key,
+/// with no ICMP logic involved.
+fn member_of_connection(edge: &Edge, packet: &[u8]) -> u32 {
+    let key = parse_frame(packet).expect("valid frame").key;
+    let params = handoff::scope::HashParams {
+        buckets: BUCKETS,
+        symmetric: edge.mode == HashMode::Symmetric,
+        seed: SEED,
+    };
+    edge.scope.owner(params.bucket(&key))
+}
+
+#[test]
+fn icmp_errors_reach_the_member_of_the_connection_they_quote() {
+    if !privileged("icmp_errors_reach_the_member_of_the_connection_they_quote") {
+        return;
+    }
+    let edge = edge(HashMode::Directional);
+    // An error quotes a packet that went the other way; the member must be
+    // the one the connection's packets going the error's way reach.
+    struct Error {
+        name: &'static str,
+        error: Vec<u8>,
+        connection: Vec<u8>,
+    }
+    let mut errors = Vec::new();
+    for port in 40000..40032u16 {
+        let reply = udp4(VIP, CLIENT, 7000, port, b"reply payload");
+        let to_vip = udp4(CLIENT, VIP, port, 7000, b"q");
+        errors.push(Error {
+            name: "icmp4 port unreachable from the client, 8 bytes quoted",
+            error: icmp4_message(CLIENT, VIP, port_unreachable(), &ip_quote(&reply, 8)),
+            connection: to_vip.clone(),
+        });
+        errors.push(Error {
+            name: "icmp4 frag needed from a router, all quoted",
+            error: icmp4_message(
+                ROUTER,
+                VIP,
+                Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                    next_hop_mtu: 1400,
+                }),
+                &ip_quote(&reply, 1500),
+            ),
+            connection: to_vip.clone(),
+        });
+        errors.push(Error {
+            name: "icmp4 time exceeded quoting tcp, with a vlan tag",
+            error: with_tags(
+                &icmp4_message(
+                    ROUTER,
+                    VIP,
+                    Icmpv4Type::TimeExceeded(icmpv4::TimeExceededCode::TtlExceededInTransit),
+                    &ip_quote(&tcp4_syn(VIP, CLIENT, 80, port), 8),
+                ),
+                &[0x8100],
+            ),
+            connection: tcp4_syn(CLIENT, VIP, port, 80),
+        });
+        errors.push(Error {
+            name: "icmp6 packet too big from the client",
+            error: icmp6_message(
+                CLIENT6,
+                VIP6,
+                Icmpv6Type::PacketTooBig { mtu: 1280 },
+                &ip_quote(&udp6(VIP6, CLIENT6, 7000, port, b"reply"), 8),
+            ),
+            connection: udp6(CLIENT6, VIP6, port, 7000, b"q"),
+        });
+        errors.push(Error {
+            name: "icmp6 port unreachable",
+            error: icmp6_message(
+                CLIENT6,
+                VIP6,
+                Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::Port),
+                &ip_quote(&udp6(VIP6, CLIENT6, 7000, port, b"reply"), 1000),
+            ),
+            connection: udp6(CLIENT6, VIP6, port, 7000, b"q"),
+        });
+    }
+    let mut moved_by_the_quote = 0;
+    for e in &errors {
+        let (action, reasons, out) = edge.run(&e.error);
+        assert_eq!(action, XDP_REDIRECT, "{}", e.name);
+        assert_eq!(reasons, [Reason::Sprayed, Reason::SprayedIcmpQuoted], "{}", e.name);
+        let member = member_of_connection(&edge, &e.connection);
+        assert_eq!(out[..6], member_mac(member), "{}: not the connection's member", e.name);
+        // The same error hashed by its own addresses, as before.
+        let outer = parse_frame(e.error.as_slice()).unwrap().key;
+        let params = handoff::scope::HashParams {
+            buckets: BUCKETS,
+            symmetric: false,
+            seed: SEED,
+        };
+        if edge.scope.owner(params.bucket(&outer)) != member {
+            moved_by_the_quote += 1;
+        }
+    }
+    assert!(
+        moved_by_the_quote > 0,
+        "no error in {} would have gone elsewhere by its addresses: the test proves nothing",
+        errors.len()
+    );
+}
+
+#[test]
+fn priority_tags_and_pcp_or_dei_bits_never_change_the_member() {
+    if !privileged("priority_tags_and_pcp_or_dei_bits_never_change_the_member") {
+        return;
+    }
+    let edge = edge(HashMode::Directional);
+    for port in 40000..40016u16 {
+        let untagged = udp4(CLIENT, VIP, port, 7000, b"x");
+        let (_, _, plain) = edge.run(&untagged);
+        // Every PCP/DEI combination on a VID-0 tag, and on VID 100.
+        for tci in (0..16u16).flat_map(|pcp_dei| [pcp_dei << 12, (pcp_dei << 12) | 100]) {
+            for tpids in [&[0x8100u16][..], &[0x88a8, 0x8100]] {
+                let tags: Vec<(u16, u16)> = tpids.iter().map(|&t| (t, tci)).collect();
+                let tagged = with_tag_tcis(&untagged, &tags);
+                let (action, reasons, out) = edge.run(&tagged);
+                assert_eq!(
+                    (action, reasons),
+                    (XDP_REDIRECT, vec![Reason::Sprayed]),
+                    "tci {tci:#06x} {tpids:x?}"
+                );
+                assert_eq!(out[..6], plain[..6], "tci {tci:#06x} {tpids:x?}: another member");
+                assert_eq!(out[12..], tagged[12..], "tags and packet are untouched");
+            }
+        }
+    }
+}
+
+#[test]
+fn member_macs_follow_set_and_remove_member() {
+    if !privileged("member_macs_follow_set_and_remove_member") {
+        return;
+    }
+    let mut edge = edge(HashMode::Directional);
+    let frame = udp4(CLIENT, VIP, 40000, 7000, b"x");
+    let (x, y) = ([0x02, 0xbb, 0, 0, 0, 1], [0x02, 0xbb, 0, 0, 0, 2]);
+    let verdict = |edge: &Edge, mac| edge.run(&with_src_mac(&frame, mac)).1;
+    let sprayed = vec![Reason::Sprayed];
+    let dropped = vec![Reason::DropFromMember];
+    assert_eq!(verdict(&edge, x), sprayed);
+    let egress = [0x02, 0xee, 0, 0, 0, 1];
+    edge.program.set_member(5, x, egress, 1).unwrap();
+    assert_eq!(verdict(&edge, x), dropped);
+    // A member's new MAC replaces its old one.
+    edge.program.set_member(5, y, egress, 1).unwrap();
+    assert_eq!(
+        (verdict(&edge, x), verdict(&edge, y)),
+        (sprayed.clone(), dropped.clone())
+    );
+    edge.program.remove_member(5).unwrap();
+    assert_eq!(verdict(&edge, y), sprayed);
+    // Two members sharing a MAC: it stays a member's until both are gone.
+    edge.program.set_member(6, x, egress, 1).unwrap();
+    edge.program.set_member(7, x, egress, 1).unwrap();
+    edge.program.remove_member(6).unwrap();
+    assert_eq!(verdict(&edge, x), dropped);
+    edge.program.remove_member(7).unwrap();
+    assert_eq!(verdict(&edge, x), sprayed);
+    // The scope's members are still recognised.
+    for id in MEMBERS {
+        assert_eq!(verdict(&edge, member_mac(id)), dropped, "member {id}");
+    }
+}
+
 #[test]
 fn every_truncation_is_counted_and_agrees_with_the_userspace_parser() {
     if !privileged("every_truncation_is_counted_and_agrees_with_the_userspace_parser") {
@@ -264,6 +557,7 @@ fn every_truncation_is_counted_and_agrees_with_the_userspace_parser() {
                 Err(ParseError::Truncated) => Reason::DropTruncated,
                 Err(ParseError::BadHeader) => Reason::DropBadHeader,
                 Err(ParseError::NotIp) => Reason::PassNotIp,
+                Err(ParseError::VlanDepth) => Reason::DropVlanDepth,
             };
             assert_eq!(reasons.first(), Some(&expected), "cut at {cut}");
             assert_ne!(expected, Reason::Sprayed, "a truncated frame parsed as valid at {cut}");
@@ -399,6 +693,12 @@ fn a_pinned_sprayer_is_taken_over_as_published_and_refused_when_it_does_not_fit(
     let frame = udp4(CLIENT, VIP, 40000, 7000, b"x");
     let out = second.test_run(&frame).unwrap();
     assert_eq!(out.action, XDP_REDIRECT, "members, matches and scope came along");
+    let from_member = with_src_mac(&frame, member_mac(2));
+    assert_eq!(
+        second.test_run(&from_member).unwrap().action,
+        XDP_DROP,
+        "the member MACs came along too"
+    );
     let params = handoff::scope::HashParams {
         buckets: BUCKETS,
         symmetric: true,

@@ -53,25 +53,11 @@ mod icmpv6 {
     pub const CODE_PORT_UNREACHABLE: u8 = 4;
 }
 
-/// The offset of the header after the IP header (and, for IPv6, its
-/// extension headers), whatever the protocol; `None` for a non-first
-/// fragment, which carries none.
-pub fn transport_offset(frame: &[u8], headers: &Headers) -> Option<usize> {
-    if headers.has_ports() {
-        return Some(headers.l4_offset);
-    }
-    let l3 = headers.l3_offset;
-    match headers.key.ip_version {
-        IP_V4 => {
-            let ihl = usize::from(*frame.get(l3)? & 0x0f) * 4;
-            let fragment_offset = read_u16(frame, l3 + 6).ok()? & 0x1fff;
-            (fragment_offset == 0 && ihl >= IPV4_HLEN && l3 + ihl <= headers.l3_end).then_some(l3 + ihl)
-        }
-        // Only the plain case: the protocol right after the fixed header.
-        // Echo requests and the errors a node answers never need more.
-        IP_V6 => (*frame.get(l3 + 6)? == headers.key.protocol && !headers.fragment).then_some(l3 + IPV6_HLEN),
-        _ => None,
-    }
+/// The offset of the header after the IP headers
+/// ([`Headers::upper_offset`]); `None` for a non-first fragment, which
+/// carries none.
+fn transport_offset(headers: &Headers) -> Option<usize> {
+    (!headers.fragment || headers.frag.offset == 0).then_some(headers.upper_offset)
 }
 
 /// Whether the packet is an ICMP echo request (type 8) or an ICMPv6 one
@@ -82,7 +68,7 @@ pub fn is_echo_request(frame: &[u8], headers: &Headers) -> bool {
         (IP_V6, ipproto::ICMPV6) => icmpv6::ECHO_REQUEST,
         _ => return false,
     };
-    transport_offset(frame, headers).and_then(|at| frame.get(at)) == Some(&expected)
+    transport_offset(headers).and_then(|at| frame.get(at)) == Some(&expected)
 }
 
 /// Whether the packet is an ICMP or ICMPv6 error message (or a fragment of
@@ -90,11 +76,11 @@ pub fn is_echo_request(frame: &[u8], headers: &Headers) -> bool {
 /// §4.3.2.7, RFC 4443 §2.4(e)).
 fn is_icmp_error(frame: &[u8], headers: &Headers) -> bool {
     match (headers.key.ip_version, headers.key.protocol) {
-        (IP_V4, ipproto::ICMP) => transport_offset(frame, headers)
+        (IP_V4, ipproto::ICMP) => transport_offset(headers)
             .and_then(|at| frame.get(at))
             .is_none_or(|&t| !matches!(t, icmpv4::ECHO_REQUEST | icmpv4::ECHO_REPLY | 13..=18)),
         // ICMPv6 errors are types 0..=127 (RFC 4443 §2.1).
-        (IP_V6, ipproto::ICMPV6) => transport_offset(frame, headers)
+        (IP_V6, ipproto::ICMPV6) => transport_offset(headers)
             .and_then(|at| frame.get(at))
             .is_none_or(|&t| t < 128),
         _ => false,
@@ -115,7 +101,7 @@ pub fn answer_echo(frame: &mut [u8], headers: &Headers) -> Result<(), RewriteErr
             reason: "not an echo request",
         });
     }
-    let at = transport_offset(frame, headers).ok_or(RewriteError::Mismatch {
+    let at = transport_offset(headers).ok_or(RewriteError::Mismatch {
         reason: "no ICMP header",
     })?;
     let l3 = headers.l3_offset;
@@ -209,7 +195,7 @@ pub fn may_answer_with_error(frame: &[u8], headers: &Headers) -> bool {
         IpAddr::V4(a) => a.is_unspecified() || a.is_multicast() || a.is_broadcast(),
         IpAddr::V6(a) => a.is_unspecified() || a.is_multicast(),
     };
-    let first_fragment = !headers.fragment || transport_offset(frame, headers).is_some();
+    let first_fragment = !headers.fragment || transport_offset(headers).is_some();
     !bad_source && first_fragment && !is_icmp_error(frame, headers)
 }
 

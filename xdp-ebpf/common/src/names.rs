@@ -36,6 +36,10 @@ pub const MAP_DST_MATCH: &str = "DST_MATCH";
 /// `LpmTrie<[u8; 16], u32>`: sources that make a packet cluster traffic (backends
 /// whose replies come back through the edge).
 pub const MAP_SRC_MATCH: &str = "SRC_MATCH";
+/// `HashMap<[u8; 6], u32>`: each configured member's MAC address -> its
+/// member id. Cluster traffic from one of these MACs is a member's frame
+/// coming back, never sprayed again (`Reason::DropFromMember`).
+pub const MAP_MEMBER_MACS: &str = "MEMBER_MACS";
 /// `HashMap<[u8; 16], u32>`: the host's own addresses, always passed to the kernel.
 pub const MAP_LOCAL_ADDRS: &str = "LOCAL_ADDRS";
 /// `XskMap` indexed by RX queue: the node's AF_XDP sockets.
@@ -46,11 +50,12 @@ pub const MAP_BASELINE_EGRESS: &str = "BASELINE_EGRESS";
 pub const MAP_BASELINE_MEMBER: &str = "BASELINE_MEMBER";
 
 /// Every map the edge object must define.
-pub const EDGE_MAPS: [&str; 9] = [
+pub const EDGE_MAPS: [&str; 10] = [
     MAP_EDGE_SETTINGS,
     MAP_ACTIVE_GENERATION,
     MAP_SCOPE,
     MAP_MEMBERS,
+    MAP_MEMBER_MACS,
     MAP_EGRESS,
     MAP_MEMBER_STATS,
     MAP_REASON_STATS,

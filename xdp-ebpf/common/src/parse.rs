@@ -5,6 +5,16 @@
 //! verifier demands), in userspace through a byte slice. Every offset it hands
 //! out is bounded by [`MAX_PARSE_OFFSET`], which keeps the verifier's range
 //! tracking finite.
+//!
+//! [`parse_frame`] reads a frame down to its ports; [`icmp_error_key`] (module
+//! `icmp`) reads the packet an ICMP or ICMPv6 error quotes, so that errors can
+//! be sent where their connection goes.
+
+mod icmp;
+#[cfg(test)]
+mod tests;
+
+pub use icmp::{icmp_error_key, QuotedPacket, ICMP_HLEN};
 
 use crate::{
     flow_key::{FlowKey, IP_V4, IP_V6},
@@ -13,7 +23,8 @@ use crate::{
 
 /// No header the parser reads starts beyond this offset.
 pub const MAX_PARSE_OFFSET: usize = 1 << 12;
-/// VLAN tags (802.1Q / 802.1ad) skipped before giving up.
+/// VLAN tags (802.1Q / 802.1ad) skipped; a frame with more is
+/// [`ParseError::VlanDepth`].
 pub const MAX_VLAN_TAGS: usize = 2;
 /// IPv6 extension headers skipped before the packet counts as malformed.
 pub const MAX_IPV6_EXT_HEADERS: usize = 6;
@@ -22,9 +33,13 @@ pub const MAX_IPV6_EXT_HEADERS: usize = 6;
 pub const ETH_HLEN: usize = 14;
 /// Length of one 802.1Q / 802.1ad tag.
 pub const VLAN_HLEN: usize = 4;
-const IPV4_MIN_HLEN: usize = 20;
-const IPV6_HLEN: usize = 40;
-const UDP_HLEN: usize = 8;
+pub(crate) const IPV4_MIN_HLEN: usize = 20;
+pub(crate) const IPV6_HLEN: usize = 40;
+/// Every IPv6 extension header is at least this long (RFC 8200 §4: lengths
+/// count 8-octet units beyond the first 8; AH, RFC 4302 §2.2, 4-octet units
+/// beyond the first 8); the fragment header is exactly this long.
+const IPV6_EXT_MIN_HLEN: usize = 8;
+pub(crate) const UDP_HLEN: usize = 8;
 const TCP_MIN_HLEN: usize = 20;
 
 /// Read access to a frame. Implementations must return `None` for any read
@@ -63,8 +78,11 @@ pub enum ParseError {
     /// A header field is impossible (bad version, IHL < 5, lengths that do not
     /// fit the frame, too many extension headers, TCP data offset < 5, ...).
     BadHeader,
-    /// Not IPv4 or IPv6 (ARP, LLDP, more VLAN tags than supported, ...).
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...).
     NotIp,
+    /// More than [`MAX_VLAN_TAGS`] VLAN tags: the EtherType after the last
+    /// tag skipped is a VLAN TPID again (0x8100 or 0x88a8).
+    VlanDepth,
 }
 
 /// Where the Ethernet header ends and what follows it.
@@ -76,21 +94,62 @@ pub struct L2 {
     pub l3_offset: usize,
 }
 
-/// The result of parsing an IP packet.
+/// The result of parsing an IP packet. Offsets are in bytes from the start
+/// of the frame (the first byte of the destination MAC).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Headers {
     /// The flow key (ports zero for port-less protocols and fragments).
     pub key: FlowKey,
     /// Offset of the IP header.
     pub l3_offset: usize,
-    /// Offset of the TCP/UDP header, or 0 when none was parsed.
+    /// Offset of the TCP/UDP header, or 0 when none was parsed (other
+    /// protocols, fragments).
     pub l4_offset: usize,
+    /// Offset of the upper-layer header (RFC 8200 §4 calls it so): just past
+    /// the IPv4 header and its options, or past the IPv6 header and every
+    /// extension header. Set for every packet, whatever its protocol: the
+    /// ICMP header of an ICMP message, the TCP/UDP header (then equal to
+    /// `l4_offset`), the start of a later fragment's data. It may equal
+    /// `l3_end` (nothing follows the IP headers).
+    pub upper_offset: usize,
     /// Offset just past the IP packet (frames may carry padding after it).
     pub l3_end: usize,
     /// TCP flags, 0 for other protocols.
     pub tcp_flags: u8,
-    /// The packet is an IP fragment (first or later).
+    /// The packet is an IP fragment (first or later): IPv4 with MF set or a
+    /// non-zero fragment offset, or IPv6 with a fragment header (an atomic
+    /// fragment, RFC 6946, included).
     pub fragment: bool,
+    /// What a fragment says about its datagram; all zero unless `fragment`.
+    pub frag: FragmentInfo,
+}
+
+/// The fragmentation fields of an IP fragment, for the nodes (reassembly,
+/// rewriting a first fragment). The edge never uses them: all fragments of
+/// a datagram hash on addresses and protocol alone.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct FragmentInfo {
+    /// The datagram's identification, host order: IPv4's 16-bit
+    /// Identification (RFC 791 §3.1) zero-extended, or the 32-bit
+    /// Identification of the IPv6 fragment header (RFC 8200 §4.5).
+    pub id: u32,
+    /// Where this fragment's data starts in the original datagram, in bytes
+    /// (the 13-bit Fragment Offset times 8): counted from the end of the
+    /// IPv4 header (RFC 791 §3.1), or from the start of the IPv6 packet's
+    /// Fragmentable Part (RFC 8200 §4.5). At most 65,528.
+    pub offset: u16,
+    /// More fragments follow (IPv4 MF flag, IPv6 M flag).
+    pub more: bool,
+    /// First fragment (`offset` 0) of TCP or UDP only: offset in the frame of
+    /// its TCP/UDP header, where its ports are, when that header's fixed
+    /// part (8 bytes for UDP; 20 for TCP, whose data offset is not checked)
+    /// lies inside the frame and the IP packet; else 0. Never reflected in
+    /// `Headers::l4_offset` or the key's ports: a fragment has no ports for
+    /// hashing ([`Headers::has_ports`] is false).
+    pub first_l4_offset: usize,
+    /// IPv6: offset in the frame of the fragment header itself (RFC 8200
+    /// §4.5; the last one, should a malformed chain hold several). 0 for IPv4.
+    pub header_offset: usize,
 }
 
 impl Headers {
@@ -123,11 +182,13 @@ fn be16<P: PacketBytes + ?Sized>(p: &P, offset: usize) -> Result<u16, ParseError
 /// one-byte check `ptr + 1 > end` into `ptr >= end`, from which the verifier
 /// learns no range (kernel/bpf/verifier.c, find_good_pkt_pointers).
 #[inline(always)]
-fn header<P: PacketBytes + ?Sized, const N: usize>(p: &P, offset: usize) -> Result<[u8; N], ParseError> {
+pub(crate) fn header<P: PacketBytes + ?Sized, const N: usize>(p: &P, offset: usize) -> Result<[u8; N], ParseError> {
     p.load::<[u8; N]>(offset).ok_or(ParseError::Truncated)
 }
 
-/// Parses the Ethernet header and up to [`MAX_VLAN_TAGS`] VLAN tags.
+/// Parses the Ethernet header and up to [`MAX_VLAN_TAGS`] VLAN tags. A tag's
+/// TCI (PCP, DEI, VID; IEEE 802.1Q §9.6) is never read: a VID-0 priority
+/// tag is skipped like any other, and no tag bit reaches the flow key.
 #[inline(always)]
 pub fn parse_ethernet<P: PacketBytes + ?Sized>(p: &P) -> Result<L2, ParseError> {
     let mut ethertype = be16(p, 12)?;
@@ -142,7 +203,7 @@ pub fn parse_ethernet<P: PacketBytes + ?Sized>(p: &P) -> Result<L2, ParseError> 
         tags += 1;
     }
     if ethertype == ethertype::VLAN || ethertype == ethertype::QINQ {
-        return Err(ParseError::NotIp);
+        return Err(ParseError::VlanDepth);
     }
     Ok(L2 {
         ethertype,
@@ -182,8 +243,19 @@ fn parse_ipv4<P: PacketBytes + ?Sized>(p: &P, l3: usize) -> Result<Headers, Pars
     if total_len < header_len || l3_end > p.len() {
         return Err(ParseError::BadHeader);
     }
-    // More-fragments flag or a non-zero fragment offset.
-    let fragment = u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0;
+    // Flags (reserved, DF, MF) and the fragment offset in 8-byte units.
+    let flags_offset = u16::from_be_bytes([h[6], h[7]]);
+    let fragment = flags_offset & (IPV4_MF | IPV4_OFFSET_MASK) != 0;
+    let frag = if fragment {
+        FragmentInfo {
+            id: u16::from_be_bytes([h[4], h[5]]) as u32,
+            offset: (flags_offset & IPV4_OFFSET_MASK) << 3,
+            more: flags_offset & IPV4_MF != 0,
+            ..FragmentInfo::default()
+        }
+    } else {
+        FragmentInfo::default()
+    };
     let key = FlowKey {
         src_addr: [u32::from_ne_bytes([h[12], h[13], h[14], h[15]]), 0, 0, 0],
         dst_addr: [u32::from_ne_bytes([h[16], h[17], h[18], h[19]]), 0, 0, 0],
@@ -191,8 +263,13 @@ fn parse_ipv4<P: PacketBytes + ?Sized>(p: &P, l3: usize) -> Result<Headers, Pars
         ip_version: IP_V4,
         ..FlowKey::default()
     };
-    finish_l4(p, key, l3, l3 + header_len, l3_end, fragment)
+    finish_l4(p, key, l3, l3 + header_len, l3_end, fragment, frag)
 }
+
+/// IPv4 more-fragments flag in the flags/offset word (RFC 791 §3.1).
+pub(crate) const IPV4_MF: u16 = 0x2000;
+/// IPv4 fragment offset (8-byte units) in the flags/offset word.
+pub(crate) const IPV4_OFFSET_MASK: u16 = 0x1fff;
 
 #[inline(always)]
 fn parse_ipv6<P: PacketBytes + ?Sized>(p: &P, l3: usize) -> Result<Headers, ParseError> {
@@ -208,27 +285,72 @@ fn parse_ipv6<P: PacketBytes + ?Sized>(p: &P, l3: usize) -> Result<Headers, Pars
     if l3_end > p.len() {
         return Err(ParseError::BadHeader);
     }
-    let mut next = fixed[6];
-    let mut offset = l3 + IPV6_HLEN;
+    let chain = ipv6_extensions(p, fixed[6], l3 + IPV6_HLEN, l3_end)?;
+    let key = FlowKey {
+        src_addr: [addrs[0], addrs[1], addrs[2], addrs[3]],
+        dst_addr: [addrs[4], addrs[5], addrs[6], addrs[7]],
+        protocol: chain.next,
+        ip_version: IP_V6,
+        ..FlowKey::default()
+    };
+    finish_l4(p, key, l3, chain.end, l3_end, chain.fragment, chain.frag)
+}
+
+/// An IPv6 extension header chain, walked.
+#[derive(Clone, Copy)]
+pub(crate) struct Ipv6Chain {
+    /// The upper-layer protocol (the last Next Header).
+    pub(crate) next: u8,
+    /// Offset just past the last extension header.
+    pub(crate) end: usize,
+    /// A fragment header was seen.
+    pub(crate) fragment: bool,
+    /// What the fragment header said (zero without one).
+    pub(crate) frag: FragmentInfo,
+}
+
+/// Walks up to [`MAX_IPV6_EXT_HEADERS`] extension headers starting at
+/// `offset` with Next Header `next`; no header may end beyond `end` (the IP
+/// packet's end, or the end of an ICMPv6 error's quote). More headers than
+/// that, or one that crosses `end`, is [`ParseError::BadHeader`]. Each
+/// header is read whole-width (8 bytes, the shortest there is).
+#[inline(always)]
+pub(crate) fn ipv6_extensions<P: PacketBytes + ?Sized>(
+    p: &P,
+    mut next: u8,
+    mut offset: usize,
+    end: usize,
+) -> Result<Ipv6Chain, ParseError> {
     let mut fragment = false;
+    let mut frag = FragmentInfo::default();
     let mut skipped = 0;
     while skipped < MAX_IPV6_EXT_HEADERS {
         if !is_ipv6_extension(next) {
             break;
         }
         // Every extension header starts with (next header, length).
-        let [following, units]: [u8; 2] = header(p, offset)?;
+        let ext: [u8; IPV6_EXT_MIN_HLEN] = header(p, offset)?;
         let len = match next {
-            ipproto::AH => (units as usize + 2) * 4,
+            ipproto::AH => (ext[1] as usize + 2) * 4,
             ipproto::FRAGMENT => {
+                // Next Header, Reserved, Fragment Offset (13 bits, 8-byte
+                // units) + Res (2) + M (1), Identification (RFC 8200 §4.5).
+                let offset_m = u16::from_be_bytes([ext[2], ext[3]]);
                 fragment = true;
-                8
+                frag = FragmentInfo {
+                    id: u32::from_be_bytes([ext[4], ext[5], ext[6], ext[7]]),
+                    offset: offset_m & !0x7,
+                    more: offset_m & 1 != 0,
+                    first_l4_offset: 0,
+                    header_offset: offset,
+                };
+                IPV6_EXT_MIN_HLEN
             }
-            _ => (units as usize + 1) * 8,
+            _ => (ext[1] as usize + 1) * 8,
         };
-        next = following;
+        next = ext[0];
         offset += len;
-        if offset > l3_end || offset > MAX_PARSE_OFFSET {
+        if offset > end || offset > MAX_PARSE_OFFSET {
             return Err(ParseError::BadHeader);
         }
         skipped += 1;
@@ -236,14 +358,12 @@ fn parse_ipv6<P: PacketBytes + ?Sized>(p: &P, l3: usize) -> Result<Headers, Pars
     if is_ipv6_extension(next) {
         return Err(ParseError::BadHeader);
     }
-    let key = FlowKey {
-        src_addr: [addrs[0], addrs[1], addrs[2], addrs[3]],
-        dst_addr: [addrs[4], addrs[5], addrs[6], addrs[7]],
-        protocol: next,
-        ip_version: IP_V6,
-        ..FlowKey::default()
-    };
-    finish_l4(p, key, l3, offset, l3_end, fragment)
+    Ok(Ipv6Chain {
+        next,
+        end: offset,
+        fragment,
+        frag,
+    })
 }
 
 #[inline(always)]
@@ -262,16 +382,31 @@ fn finish_l4<P: PacketBytes + ?Sized>(
     l4: usize,
     l3_end: usize,
     fragment: bool,
+    mut frag: FragmentInfo,
 ) -> Result<Headers, ParseError> {
     let mut headers = Headers {
         key,
         l3_offset: l3,
         l4_offset: 0,
+        upper_offset: l4,
         l3_end,
         tcp_flags: 0,
         fragment,
+        frag,
     };
     if fragment {
+        if frag.offset == 0 {
+            let fixed = match key.protocol {
+                ipproto::UDP => UDP_HLEN,
+                ipproto::TCP => TCP_MIN_HLEN,
+                _ => return Ok(headers),
+            };
+            // l3_end lies inside the frame: both parsers checked it.
+            if l4 + fixed <= l3_end {
+                frag.first_l4_offset = l4;
+                headers.frag = frag;
+            }
+        }
         return Ok(headers);
     }
     match key.protocol {

@@ -4,6 +4,12 @@
 //! hashed on its 5-tuple into a bucket; the active generation of the scope maps
 //! the bucket to a member; the frame's MACs are rewritten and it is redirected
 //! to the member's egress interface. Everything else goes to the kernel.
+//!
+//! Cluster traffic a member sent (its source MAC is in `MEMBER_MACS`) is
+//! dropped: a node forwards what it cannot serve to its default gateway, the
+//! edge, and spraying that again would loop. An ICMP or ICMPv6 error is
+//! hashed by the connection of the packet it quotes, so it reaches the
+//! member that owns that connection.
 #![no_std]
 #![no_main]
 
@@ -14,7 +20,8 @@ use handoff_common::{
     counters::Reason,
     edge::{match_key, MEMBER_ENABLED},
     hash::{bucket_of, flow_hash, HashMode},
-    parse::{parse_frame, PacketBytes},
+    flow_key::FlowKey,
+    parse::{icmp_error_key, parse_frame, Headers, PacketBytes},
 };
 use handoff_ebpf::{action, count, parse_failure_action, XdpFrame};
 use maps::*;
@@ -53,8 +60,16 @@ fn spray(frame: &XdpFrame) -> (u32, Reason) {
     if !cluster {
         return (action::PASS, Reason::PassNotCluster);
     }
+    // The source MAC (bytes 6..12): the parser has read past it.
+    let from_member = frame
+        .load::<[u8; 6]>(6)
+        .is_some_and(|src_mac| MEMBER_MACS.get_ptr(&src_mac).is_some());
+    if from_member {
+        return (action::DROP, Reason::DropFromMember);
+    }
 
-    let hash = flow_hash(key, HashMode::from_raw(settings.hash_mode), settings.hash_seed);
+    let hashed = hash_key(frame, &headers);
+    let hash = flow_hash(&hashed.key, HashMode::from_raw(settings.hash_mode), settings.hash_seed);
     let bucket = bucket_of(hash, settings.bucket_mask);
     // One read of the generation: the whole lookup uses a single, complete scope.
     let generation = ACTIVE_GENERATION.get(0).copied().unwrap_or(0) & 1;
@@ -82,8 +97,45 @@ fn spray(frame: &XdpFrame) -> (u32, Reason) {
             (*stats).bytes += frame.len() as u64;
         }
     }
-    if !headers.has_ports() {
+    if !hashed.ports {
         count(&REASON_STATS, Reason::SprayedAddressesOnly);
     }
+    if let Some(icmp) = hashed.icmp {
+        count(&REASON_STATS, icmp);
+    }
     (verdict, Reason::Sprayed)
+}
+
+/// The key a frame is hashed by, and what the counters say about it.
+struct Hashed {
+    key: FlowKey,
+    /// The key carries ports.
+    ports: bool,
+    /// For an ICMP error: whether its quote was read.
+    icmp: Option<Reason>,
+}
+
+/// An ICMP error hashes like the connection its quoted packet belongs to:
+/// the quoted key reversed is that connection's key going the error's way.
+/// An unreadable quote leaves the error hashed by its own addresses, as any
+/// other frame.
+#[inline(always)]
+fn hash_key(frame: &XdpFrame, headers: &Headers) -> Hashed {
+    match icmp_error_key(frame, headers) {
+        Ok(None) => Hashed {
+            key: headers.key,
+            ports: headers.has_ports(),
+            icmp: None,
+        },
+        Ok(Some(quoted)) => Hashed {
+            key: quoted.key.reversed(),
+            ports: quoted.has_ports(),
+            icmp: Some(Reason::SprayedIcmpQuoted),
+        },
+        Err(_) => Hashed {
+            key: headers.key,
+            ports: false,
+            icmp: Some(Reason::SprayedIcmpBadQuote),
+        },
+    }
 }

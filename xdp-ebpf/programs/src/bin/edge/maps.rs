@@ -24,6 +24,9 @@ pub static SCOPE: Array<u32> = Array::with_max_entries(2 * limits::DEFAULT_BUCKE
 pub static MEMBERS: Array<Member> = Array::with_max_entries(limits::MAX_MEMBERS, 0);
 
 #[map]
+pub static MEMBER_MACS: HashMap<[u8; 6], u32> = HashMap::with_max_entries(limits::MAX_MEMBERS, 0);
+
+#[map]
 pub static EGRESS: DevMap = DevMap::with_max_entries(limits::MAX_MEMBERS, 0);
 
 #[map]
