@@ -19,7 +19,7 @@ use crate::{
 use handoff_common::{
     flow_key::{IP_V4, IP_V6},
     net::{ethertype, ipproto},
-    parse::{Headers, ETH_HLEN},
+    parse::{Headers, ETH_HLEN, ICMP_HLEN},
 };
 use std::net::IpAddr;
 
@@ -27,7 +27,6 @@ use std::net::IpAddr;
 pub const DEFAULT_TTL: u8 = 64;
 const IPV4_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
-const ICMP_HLEN: usize = 8;
 /// RFC 1812 §4.3.2.3: an IPv4 error is at most a 576-byte datagram.
 const IPV4_ERROR_MAX: usize = 576;
 /// RFC 4443 §2.4(c): an ICMPv6 error is at most the minimum IPv6 MTU.

@@ -32,9 +32,9 @@ use crate::{
     io::{FrameBuf, FrameError},
 };
 use handoff_common::{
-    flow_key::{IP_V4, IP_V6},
+    flow_key::{FlowKey, IP_V4, IP_V6},
     net::{ethertype, ipproto},
-    parse::{Headers, ETH_HLEN, VLAN_HLEN},
+    parse::{Headers, QuotedPacket, ETH_HLEN, VLAN_HLEN},
 };
 use std::net::IpAddr;
 
@@ -306,6 +306,110 @@ fn rewrite_endpoint(
     }
     frame[at..at + new_address.len()].copy_from_slice(new_address);
     write_u16(frame, port_at, port)
+}
+
+/// Applies a connection's [`Rewrite`] to an ICMP or ICMPv6 error about it
+/// (RFC 5508 §4.2 describes the same for NAT devices): `flow_key` is the
+/// connection's key in the direction the error travels, the reverse of the
+/// quoted packet's.
+///
+/// * A destination rewrite (DNAT: the VIP becomes the backend) changes the
+///   error's destination if it is the flow key's destination, and the
+///   quoted packet's *source* address and port (the quote went the other
+///   way).
+/// * A source rewrite (the reply's backend becomes the VIP again) changes
+///   the error's source only if the connection's endpoint sent it (a router
+///   on the path keeps its own address), and the quoted packet's
+///   destination address and port.
+///
+/// Then the quoted IPv4 header checksum and the quoted TCP/UDP checksum
+/// (when the quote holds it) are updated incrementally, the outer IPv4
+/// header checksum too, and the ICMP checksum (which covers the quote and,
+/// for ICMPv6, the outer addresses) is computed anew over the message.
+///
+/// # Errors
+/// [`RewriteError::FamilyMismatch`] for an address of the other family;
+/// [`RewriteError::Mismatch`] if the offsets do not describe the frame.
+pub fn apply_icmp_error(
+    frame: &mut [u8],
+    headers: &Headers,
+    quoted: &QuotedPacket,
+    flow_key: &FlowKey,
+    rewrite: &Rewrite,
+) -> Result<(), RewriteError> {
+    let ipv4 = headers.key.ip_version == IP_V4;
+    let (address_len, src_at, dst_at) = if ipv4 { (4, 12, 16) } else { (16, 8, 24) };
+    let octets = match (rewrite.address, ipv4) {
+        (IpAddr::V4(a), true) => a.to_ipv6_mapped().octets(),
+        (IpAddr::V6(a), false) => a.octets(),
+        _ => {
+            return Err(RewriteError::FamilyMismatch {
+                address: rewrite.address,
+                ip_version: headers.key.ip_version,
+            })
+        }
+    };
+    let new_address = &octets[16 - address_len..];
+    let (l3, icmp, end) = (headers.l3_offset, headers.upper_offset, headers.l3_end);
+    let q3 = quoted.l3_offset;
+    if end > frame.len() || icmp + 4 > end || q3 + dst_at + address_len > end || q3 < icmp {
+        return Err(RewriteError::Mismatch {
+            reason: "ICMP error offsets outside the packet",
+        });
+    }
+    // The outer and quoted fields the rewrite concerns.
+    let (outer_at, outer_matches, quoted_at, quoted_port) = match rewrite.side {
+        Side::Destination => (l3 + dst_at, flow_key.dst_addr == headers.key.dst_addr, q3 + src_at, 0),
+        Side::Source => (l3 + src_at, flow_key.src_addr == headers.key.src_addr, q3 + dst_at, 2),
+    };
+    let mut quoted_delta = ChecksumDelta::default();
+    quoted_delta.replace(&frame[quoted_at..quoted_at + address_len], new_address);
+    if ipv4 {
+        let at = q3 + IPV4_CHECKSUM;
+        let checksum = quoted_delta.apply(read_u16(frame, at)?);
+        write_u16(frame, at, checksum)?;
+    }
+    frame[quoted_at..quoted_at + address_len].copy_from_slice(new_address);
+    if quoted.has_ports() {
+        let port_at = quoted.l4_offset + quoted_port;
+        let old_port = read_u16(frame, port_at)?;
+        let mut l4_delta = quoted_delta;
+        l4_delta.replace(&old_port.to_be_bytes(), &rewrite.port.to_be_bytes());
+        write_u16(frame, port_at, rewrite.port)?;
+        let (checksum_at, udp) = match quoted.key.protocol {
+            ipproto::UDP => (quoted.l4_offset + UDP_CHECKSUM, true),
+            _ => (quoted.l4_offset + TCP_CHECKSUM, false),
+        };
+        // Only the first 8 bytes of the quoted transport header are sure
+        // to be there (RFC 792); a TCP checksum beyond the quote stays out.
+        if checksum_at + 2 <= end {
+            let old = read_u16(frame, checksum_at)?;
+            if !(udp && ipv4 && old == 0) {
+                let new = l4_delta.apply(old);
+                write_u16(frame, checksum_at, if udp && new == 0 { 0xffff } else { new })?;
+            }
+        }
+    }
+    if outer_matches {
+        let mut outer_delta = ChecksumDelta::default();
+        outer_delta.replace(&frame[outer_at..outer_at + address_len], new_address);
+        if ipv4 {
+            let at = l3 + IPV4_CHECKSUM;
+            let checksum = outer_delta.apply(read_u16(frame, at)?);
+            write_u16(frame, at, checksum)?;
+        }
+        frame[outer_at..outer_at + address_len].copy_from_slice(new_address);
+    }
+    // The ICMP checksum anew: the quote changed in several places.
+    write_u16(frame, icmp + 2, 0)?;
+    let mut sum = 0;
+    if !ipv4 {
+        // RFC 4443 §2.3: the pseudo-header of the (rewritten) outer packet.
+        sum = sum_words(sum, &frame[l3 + 8..l3 + 40]);
+        sum += (end - icmp) as u64 + u64::from(ipproto::ICMPV6);
+    }
+    let checksum = !fold(sum_words(sum, &frame[icmp..end]));
+    write_u16(frame, icmp + 2, checksum)
 }
 
 /// What [`decrement_ttl`] found.

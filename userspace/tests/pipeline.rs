@@ -1583,3 +1583,99 @@ fn a_priority_tag_is_removed_and_the_frame_handled_as_untagged() {
     assert_eq!(&sent[12..16], &[0x81, 0x00, 0x00, 0x07]);
     assert_eq!(node.counters().priority_tags_removed, 0);
 }
+
+/// An ICMP(v6) error from `src` to `dst` quoting the IP packet of `quoted`
+/// (a frame), whole.
+fn icmp_error(src: &str, dst: &str, quoted: &[u8], too_big: bool) -> Vec<u8> {
+    use etherparse::{icmpv4::DestUnreachableHeader, icmpv6::DestUnreachableCode, Icmpv4Type, Icmpv6Type};
+    let eth = PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC);
+    let mut frame = Vec::new();
+    match (ip(src), ip(dst)) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let kind = if too_big {
+                DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 }
+            } else {
+                DestUnreachableHeader::Port
+            };
+            eth.ipv4(s.octets(), d.octets(), 64)
+                .icmpv4(Icmpv4Type::DestinationUnreachable(kind))
+                .write(&mut frame, &quoted[14..])
+                .unwrap()
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let kind = if too_big {
+                Icmpv6Type::PacketTooBig { mtu: 1280 }
+            } else {
+                Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Port)
+            };
+            eth.ipv6(s.octets(), d.octets(), 64)
+                .icmpv6(kind)
+                .write(&mut frame, &quoted[14..])
+                .unwrap()
+        }
+        _ => panic!("mixed address families"),
+    }
+    frame
+}
+
+/// The packet an ICMP error quotes, as a frame of its own (for `seen`).
+fn quote_of(error: &[u8]) -> Vec<u8> {
+    let ipv4 = error[14] >> 4 == 4;
+    let start = 14 + if ipv4 { 20 } else { 40 } + 8;
+    let mut frame = error[..12].to_vec();
+    frame.extend_from_slice(if ipv4 { &[0x08, 0x00] } else { &[0x86, 0xdd] });
+    frame.extend_from_slice(&error[start..]);
+    frame
+}
+
+#[test]
+fn an_icmp_error_reaches_its_connection_rewritten_inside_and_out() {
+    for (client, vip, backend, backend_mac, router) in [
+        ("10.0.0.7", "10.0.9.1", "10.1.0.1", BACKEND4_MAC, "10.0.0.254"),
+        ("fd00::7", "fd00::9:1", "fd00::1:1", BACKEND6_MAC, "fd00::fe"),
+    ] {
+        let mut node = Node::solo();
+        let request = udp(sock(client, 4000), sock(vip, 53));
+        node.handle(&request, 0, at(1)).expect("DNATed");
+        let reply = udp(sock(backend, 5353), sock(client, 4000));
+        let answered = node.handle(&reply, 0, at(1)).expect("un-DNATed");
+        let created = node.counters().created;
+
+        // The client's kernel refuses the reply it got (from the VIP): the
+        // error goes to the backend, about the packet the backend sent.
+        let error = icmp_error(client, vip, &answered, false);
+        let sent = node.handle(&error, 0, at(2)).expect("to the backend");
+        let (t, _, src, dst) = icmp_of(&sent);
+        assert_eq!((src, dst), (ip(client), ip(backend)), "type {t}");
+        assert_eq!(&sent[..6], &backend_mac);
+        let inner = seen(&quote_of(&sent));
+        assert_eq!((inner.src, inner.dst), (sock(backend, 5353), sock(client, 4000)));
+
+        // A router on the client's side says the VIP's packets are too big:
+        // the error keeps the router's address, its quote names the backend.
+        let error = icmp_error(router, vip, &answered, true);
+        let sent = node.handle(&error, 0, at(2)).expect("to the backend");
+        let (_, _, src, dst) = icmp_of(&sent);
+        assert_eq!((src, dst), (ip(router), ip(backend)));
+        assert_eq!(seen(&quote_of(&sent)).src, sock(backend, 5353));
+
+        // The backend refuses a request (sent to it after DNAT): the error
+        // reaches the client from the VIP, about the packet the client sent.
+        let dnated = node.handle(&request, 0, at(3)).expect("DNATed");
+        let error = icmp_error(backend, client, &dnated, false);
+        let sent = node.handle(&error, 0, at(3)).expect("to the client");
+        let (_, _, src, dst) = icmp_of(&sent);
+        assert_eq!((src, dst), (ip(vip), ip(client)));
+        assert_eq!(&sent[..6], &ROUTER_MAC);
+        let inner = seen(&quote_of(&sent));
+        assert_eq!((inner.src, inner.dst), (sock(client, 4000), sock(vip, 53)));
+        assert_eq!(node.counters().created, created, "an error creates no connection");
+
+        // An error about no connection here is dropped, counted.
+        let stranger = udp(sock(vip, 53), sock(client, 4999));
+        let before = node.counters().drop_no_flow;
+        assert_eq!(node.handle(&icmp_error(client, vip, &stranger, false), 0, at(4)), None);
+        assert_eq!(node.counters().drop_no_flow, before + 1);
+        assert_eq!(node.counters().created, created);
+    }
+}

@@ -28,7 +28,7 @@ use handoff_common::{
     fabric::{kind, ANY_WORKER, FABRIC_ETHERTYPE, FABRIC_MAX_HOPS},
     flow_key::{FlowKey, IP_V4},
     net::{ethertype, ipproto},
-    parse::{parse_ethernet, parse_frame, Headers, ETH_HLEN},
+    parse::{icmp_error_key, parse_ethernet, parse_frame, Headers, QuotedPacket, ETH_HLEN},
 };
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
@@ -301,6 +301,8 @@ pub struct Pipeline {
     gateway_mac: Option<[u8; 6]>,
     /// The time of the packet being handled.
     now: Timestamp,
+    /// The packet being handled is an ICMP error quoting this packet.
+    quoted: Option<QuotedPacket>,
 }
 
 /// A previous owner whose drain this worker awaits.
@@ -408,6 +410,7 @@ impl Pipeline {
             icmp_limit,
             gateway_mac,
             now: Timestamp::from_nanos(0),
+            quoted: None,
         })
     }
 
@@ -637,13 +640,16 @@ impl Pipeline {
         let Ok(headers) = parse_frame(frame.bytes()) else {
             return self.drop(DropReason::Malformed);
         };
-        let key = headers.key;
-        if matches!(key.protocol, ipproto::ICMP | ipproto::ICMPV6)
-            && self.policy.is_vip(&key)
-            && icmp::is_echo_request(frame.bytes(), &headers)
-        {
-            return self.answer_echo(frame.bytes_mut(), &headers);
+        self.quoted = None;
+        if matches!(headers.key.protocol, ipproto::ICMP | ipproto::ICMPV6) {
+            if self.policy.is_vip(&headers.key) && icmp::is_echo_request(frame.bytes(), &headers) {
+                return self.answer_echo(frame.bytes_mut(), &headers);
+            }
+            // An error about a connection's packet belongs to that
+            // connection, found by the quote (the edge hashed it so too).
+            self.quoted = icmp_error_key(frame.bytes(), &headers).ok().flatten();
         }
+        let key = self.flow_key(&headers);
         if let Some(slot) = self.table.lookup(&key) {
             return self.apply(slot, frame, &headers, hops, now, out);
         }
@@ -675,6 +681,10 @@ impl Pipeline {
         if reply_of.is_some() {
             // The connection would be ours, and we do not have it.
             return self.lose(DropReason::NoFlow, &key, hops);
+        }
+        if self.quoted.is_some() {
+            // An error about no connection here: nothing to tell it to.
+            return self.drop(DropReason::NoFlow);
         }
         if self.table.admit(&key, headers.tcp_flags) == Admission::Drop {
             return self.drop(DropReason::NoFlow);
@@ -712,7 +722,7 @@ impl Pipeline {
                 .table
                 .entry(slot)
                 .is_some_and(|e| matches!(e.network, NetworkAction::Redirect { .. })))
-            || self.waits_for_drain(&headers.key);
+            || self.waits_for_drain(&self.flow_key(headers));
         if held && !self.holds_suspended && frame.bytes().len() <= CORE_FRAME {
             return self.hold(frame.bytes(), hops, out);
         }
@@ -734,7 +744,14 @@ impl Pipeline {
                     Ok(Ttl::Expired) => return self.ttl_expired(frame, headers),
                     Err(_) => return self.drop(DropReason::Rewrite),
                 }
-                if rewrite::apply(frame.bytes_mut(), headers, &rw).is_err() {
+                let rewritten = match self.quoted {
+                    Some(quoted) => {
+                        let flow_key = quoted.key.reversed();
+                        rewrite::apply_icmp_error(frame.bytes_mut(), headers, &quoted, &flow_key, &rw)
+                    }
+                    None => rewrite::apply(frame.bytes_mut(), headers, &rw),
+                };
+                if rewritten.is_err() {
                     return self.drop(DropReason::Rewrite);
                 }
                 self.send_to_neighbor(frame.bytes_mut(), rw.next_hop)
@@ -878,6 +895,12 @@ impl Pipeline {
             .push(CorePacket::copy_of(bytes, worker, hops + 1, self.sender));
         self.counters.forwarded_to_core += 1;
         Verdict::Drop
+    }
+
+    /// The key of the connection the packet belongs to: its own, or for an
+    /// ICMP error the reverse of the packet it quotes.
+    fn flow_key(&self, headers: &Headers) -> FlowKey {
+        self.quoted.map_or(headers.key, |q| q.key.reversed())
     }
 
     /// Answers an echo request to a VIP, or drops it, by policy.
