@@ -43,6 +43,10 @@ pub struct UdpProbeArgs {
     /// Stop (and report what is left as not tried) after this many seconds.
     #[arg(long, default_value_t = 120.0)]
     pub deadline_s: f64,
+    /// Stop (and report what is left as not tried) once this many sizes
+    /// failed; 0: never. Bounds a run against a path that drops them all.
+    #[arg(long, default_value_t = 0)]
+    pub max_failures: u64,
     /// Write the JSON report here instead of stdout.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -127,7 +131,7 @@ pub fn payload(size: usize, round: u32, attempt: u32) -> Vec<u8> {
         .collect()
 }
 
-/// Runs the probe.
+/// Runs the probe (every size, round after round; see [`UdpProbeArgs`]).
 pub fn run(args: &UdpProbeArgs) -> Result<ProbeReport> {
     let bind: SocketAddr = if args.target.is_ipv4() {
         "0.0.0.0:0".parse()?
@@ -159,7 +163,8 @@ pub fn run(args: &UdpProbeArgs) -> Result<ProbeReport> {
     let mut buf = vec![0u8; 65_536];
     for round in 0..args.rounds {
         for (i, &size) in sizes.iter().enumerate() {
-            if Instant::now() >= deadline {
+            let gave_up = args.max_failures > 0 && report.failed.len() as u64 >= args.max_failures;
+            if gave_up || Instant::now() >= deadline {
                 report.not_tried += (sizes.len() - i) as u64 + u64::from(args.rounds - round - 1) * sizes.len() as u64;
                 report.duration_s = start.elapsed().as_secs_f64();
                 return Ok(report);
@@ -273,6 +278,7 @@ mod tests {
             retries: 1,
             rounds: 2,
             deadline_s: 30.0,
+            max_failures: 0,
             json: None,
         };
         let report = run(&args).unwrap();
@@ -291,5 +297,14 @@ mod tests {
         assert!(!report.ok());
         assert_eq!(report.failed, vec![5, 6]);
         assert_eq!(report.failures.len(), 2);
+        // Giving up after the first failure leaves the rest untried.
+        let report = run(&UdpProbeArgs {
+            sizes: vec![5..=9],
+            max_failures: 1,
+            rounds: 2,
+            ..silent
+        })
+        .unwrap();
+        assert_eq!((report.failed.len(), report.not_tried), (1, 9), "{report:?}");
     }
 }

@@ -383,7 +383,7 @@ pub fn parse_wrk(stdout: &str) -> Option<WrkReport> {
 }
 
 /// The `udp-probe` arguments for `sizes` against the socat echo on the VIP
-/// of `family`, reporting to `json`.
+/// of `family`, reporting to `json`; it gives up after 16 failed sizes.
 pub fn udp_probe_args(family: Family, sizes: &str, json: &Path, rounds: u32, deadline_s: u32) -> Vec<String> {
     vec![
         arg("udp-probe"),
@@ -399,6 +399,8 @@ pub fn udp_probe_args(family: Family, sizes: &str, json: &Path, rounds: u32, dea
         arg(rounds),
         arg("--deadline-s"),
         arg(deadline_s),
+        arg("--max-failures"),
+        arg(16),
         arg("--json"),
         arg(json.display()),
     ]

@@ -77,6 +77,13 @@ fn fetch(cluster: &Cluster, objects: &HttpObjects, family: Family, size: usize, 
     Ok(elapsed)
 }
 
+/// Prints the nodes' counters, then fails with every failure if any.
+fn finish(cluster: &Cluster, failures: &[String]) {
+    let nodes = cluster.node_counters_summary();
+    println!("nodes (non-zero rx, tx, drops, kernel drops):\n{nodes}");
+    assert!(failures.is_empty(), "{}\nnodes:\n{nodes}", failures.join("\n"));
+}
+
 /// `ping -c 3` to the VIP of each family: every echo answered (by a node,
 /// by policy: a VIP has no host of its own).
 #[test]
@@ -113,12 +120,7 @@ fn ping_to_the_vip_gets_every_echo_answered_over_ipv4_and_ipv6() {
             ));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{}\nnodes:\n{}",
-        failures.join("\n"),
-        cluster.node_counters_summary()
-    );
+    finish(&cluster, &failures);
 }
 
 /// curl fetches every object through each VIP, each compared byte for
@@ -179,12 +181,7 @@ fn http_objects_of_every_size_arrive_byte_exact_and_keepalive_load_has_no_errors
             )),
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{}\nnodes:\n{}",
-        failures.join("\n"),
-        cluster.node_counters_summary()
-    );
+    finish(&cluster, &failures);
 }
 
 /// Runs iperf3 against the VIP of `family`; returns the received bitrate
@@ -257,12 +254,7 @@ fn iperf3_bulk_tcp_with_8_streams_completes_over_ipv4_and_ipv6() {
             failures.push(e);
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{}\nnodes:\n{}",
-        failures.join("\n"),
-        cluster.node_counters_summary()
-    );
+    finish(&cluster, &failures);
 }
 
 /// Runs `udp-probe` over `sizes` against the socat echo on the VIP of
@@ -291,11 +283,12 @@ fn probe(cluster: &Cluster, family: Family, sizes: &str, tag: &str) -> Result<Pr
     );
     if !report.ok() || !run.success() {
         return Err(format!(
-            "{}: sizes {sizes} to socat on {}: {} sizes not echoed (first: {:?}); failures {:?}; {}",
+            "{}: sizes {sizes} to socat on {}: {} sizes not echoed (first: {:?}), {} not tried; failures {:?}; {}",
             family.name(),
             report.target,
             report.failed.len(),
             report.failed.iter().take(20).collect::<Vec<_>>(),
+            report.not_tried,
             report.failures.iter().take(5).collect::<Vec<_>>(),
             run.describe()
         ));
@@ -323,12 +316,7 @@ fn udp_datagrams_of_every_size_up_to_the_mtu_are_echoed_whole_by_socat() {
             failures.push(e);
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{}\nnodes:\n{}",
-        failures.join("\n"),
-        cluster.node_counters_summary()
-    );
+    finish(&cluster, &failures);
 }
 
 /// Datagrams too big for one packet (1,473 to 8,972 bytes over IPv4, 1,453
@@ -349,12 +337,7 @@ fn fragmented_udp_datagrams_up_to_9000_bytes_are_echoed_whole_by_socat() {
             failures.push(e);
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{}\nnodes:\n{}",
-        failures.join("\n"),
-        cluster.node_counters_summary()
-    );
+    finish(&cluster, &failures);
 }
 
 /// Every real program across a disengage and an engage of fd-a: curl
@@ -516,10 +499,5 @@ fn real_programs_run_whole_across_a_disengage_and_engage_of_fd_a() {
             failures.push(format!("the client's Tcp {counter} rose by {delta}"));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{}\nnodes:\n{}",
-        failures.join("\n"),
-        cluster.node_counters_summary()
-    );
+    finish(&cluster, &failures);
 }
