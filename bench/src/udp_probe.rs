@@ -37,9 +37,13 @@ pub struct UdpProbeArgs {
     /// How many times a datagram with no echo is sent again.
     #[arg(long, default_value_t = 2)]
     pub retries: u32,
-    /// Probe every size this many times in a row (a longer run, e.g. across a migration).
+    /// Probe every size this many times in a row.
     #[arg(long, default_value_t = 1)]
     pub rounds: u32,
+    /// Then start more rounds until this many seconds have passed (a run
+    /// that spans an event, e.g. a migration); 0: none.
+    #[arg(long, default_value_t = 0.0)]
+    pub repeat_for_s: f64,
     /// Stop (and report what is left as not tried) after this many seconds.
     #[arg(long, default_value_t = 120.0)]
     pub deadline_s: f64,
@@ -161,11 +165,14 @@ pub fn run(args: &UdpProbeArgs) -> Result<ProbeReport> {
         duration_s: 0.0,
     };
     let mut buf = vec![0u8; 65_536];
-    for round in 0..args.rounds {
+    let repeat_for = Duration::from_secs_f64(args.repeat_for_s.max(0.0));
+    let mut round = 0;
+    while round < args.rounds || start.elapsed() < repeat_for {
         for (i, &size) in sizes.iter().enumerate() {
             let gave_up = args.max_failures > 0 && report.failed.len() as u64 >= args.max_failures;
             if gave_up || Instant::now() >= deadline {
-                report.not_tried += (sizes.len() - i) as u64 + u64::from(args.rounds - round - 1) * sizes.len() as u64;
+                let rounds_left = args.rounds.saturating_sub(round + 1);
+                report.not_tried += (sizes.len() - i) as u64 + u64::from(rounds_left) * sizes.len() as u64;
                 report.duration_s = start.elapsed().as_secs_f64();
                 return Ok(report);
             }
@@ -235,6 +242,7 @@ pub fn run(args: &UdpProbeArgs) -> Result<ProbeReport> {
                 }
             }
         }
+        round += 1;
     }
     report.duration_s = start.elapsed().as_secs_f64();
     Ok(report)
@@ -278,6 +286,7 @@ mod tests {
             retries: 1,
             rounds: 2,
             deadline_s: 30.0,
+            repeat_for_s: 0.0,
             max_failures: 0,
             json: None,
         };

@@ -383,8 +383,10 @@ pub fn parse_wrk(stdout: &str) -> Option<WrkReport> {
 }
 
 /// The `udp-probe` arguments for `sizes` against the socat echo on the VIP
-/// of `family`, reporting to `json`; it gives up after 16 failed sizes.
-pub fn udp_probe_args(family: Family, sizes: &str, json: &Path, rounds: u32, deadline_s: u32) -> Vec<String> {
+/// of `family`, reporting to `json`: one round, then more until
+/// `repeat_for_s` seconds have passed; it gives up after 16 failed sizes
+/// or `deadline_s`.
+pub fn udp_probe_args(family: Family, sizes: &str, json: &Path, repeat_for_s: u32, deadline_s: u32) -> Vec<String> {
     vec![
         arg("udp-probe"),
         arg("--target"),
@@ -395,8 +397,8 @@ pub fn udp_probe_args(family: Family, sizes: &str, json: &Path, rounds: u32, dea
         arg(500),
         arg("--retries"),
         arg(2),
-        arg("--rounds"),
-        arg(rounds),
+        arg("--repeat-for-s"),
+        arg(repeat_for_s),
         arg("--deadline-s"),
         arg(deadline_s),
         arg("--max-failures"),

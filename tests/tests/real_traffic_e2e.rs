@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 /// The cluster with the real servers up, and the objects nginx serves.
 fn real_cluster() -> (Cluster, HttpObjects) {
     let mut cluster = Cluster::service_path(1).unwrap();
-    let objects = HttpObjects::generate(&cluster.log_dir.join("www"), 0x6861_6e64_6f66_66).unwrap();
+    let objects = HttpObjects::generate(&cluster.log_dir.join("www"), 0x0068_616e_646f_6666).unwrap();
     cluster.start_real_services(&objects).unwrap();
     (cluster, objects)
 }
@@ -75,6 +75,15 @@ fn fetch(cluster: &Cluster, objects: &HttpObjects, family: Family, size: usize, 
         return Err(format!("{} {size} B: {url}: body differs: {diff}", family.name()));
     }
     Ok(elapsed)
+}
+
+/// Whether process `pid` (a child not yet reaped) still runs: a zombie
+/// has ended.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| Some(stat.rsplit_once(") ")?.1.starts_with(|c| c != 'Z' && c != 'X')))
+        .unwrap_or(false)
 }
 
 /// Prints the nodes' counters, then fails with every failure if any.
@@ -267,7 +276,7 @@ fn probe(cluster: &Cluster, family: Family, sizes: &str, tag: &str) -> Result<Pr
             NsRef::Client,
             Duration::from_secs(200),
             &bench.display().to_string(),
-            &udp_probe_args(family, sizes, &json, 1, 180),
+            &udp_probe_args(family, sizes, &json, 0, 180),
         )
         .map_err(|e| format!("{e:#}"))?;
     let report: ProbeReport = read_json(&json).map_err(|e| format!("{}: {e:#}: {}", family.name(), run.describe()))?;
@@ -385,7 +394,7 @@ fn real_programs_run_whole_across_a_disengage_and_engage_of_fd_a() {
             .unwrap();
         iperfs.push((family, idx));
     }
-    // The UDP probe, every size up to the MTU, round after round.
+    // The UDP probe, every size up to the MTU, round after round for 15 s.
     let mut probes = Vec::new();
     for family in Family::BOTH {
         let json = cluster
@@ -398,12 +407,23 @@ fn real_programs_run_whole_across_a_disengage_and_engage_of_fd_a() {
                 NsRef::Client,
                 Duration::from_secs(120),
                 &bench.display().to_string(),
-                &udp_probe_args(family, &sizes, &json, 6, 100),
+                &udp_probe_args(family, &sizes, &json, 15, 100),
             )
             .unwrap();
         probes.push((family, idx, json));
     }
 
+    let spawned: Vec<(String, u32)> = iperfs
+        .iter()
+        .map(|&(family, idx)| (format!("iperf3 {}", family.name()), idx))
+        .chain(
+            probes
+                .iter()
+                .map(|&(family, idx, _)| (format!("udp-probe {}", family.name()), idx)),
+        )
+        .map(|(name, idx)| (name, cluster.process(idx).pid()))
+        .collect();
+    let spawned = &spawned;
     let done = std::sync::atomic::AtomicBool::new(false);
     let (fetches, migration) = std::thread::scope(|s| {
         let cluster = &cluster;
@@ -427,12 +447,24 @@ fn real_programs_run_whole_across_a_disengage_and_engage_of_fd_a() {
         let disengage = cluster.migrate(&["disengage", "fd-a"]);
         std::thread::sleep(Duration::from_secs(3));
         let engage = cluster.migrate(&["engage", "fd-a"]);
+        // Every load must still be running: it spans the migration.
+        let ended: Vec<String> = spawned
+            .iter()
+            .filter(|&&(_, pid)| !alive(pid))
+            .map(|(name, _)| name.clone())
+            .collect();
         std::thread::sleep(Duration::from_secs(2));
         done.store(true, std::sync::atomic::Ordering::Relaxed);
-        (fetcher.join().unwrap(), (disengage, engage))
+        (fetcher.join().unwrap(), (disengage, engage, ended))
     });
 
     let mut failures = Vec::new();
+    if !migration.2.is_empty() {
+        failures.push(format!(
+            "{:?} ended before the engage was over: the run did not span the migration",
+            migration.2
+        ));
+    }
     match &migration.0 {
         Ok(out) if out.contains("fd-a: Disengaged after") => println!("disengage:\n{out}"),
         other => failures.push(format!("disengage of fd-a: {other:?}")),
