@@ -1,5 +1,6 @@
 //! handoff's measuring instruments: a packet generator, a loss/reorder/latency
-//! sink, and the service-node workloads (UDP echo, TCP request/response).
+//! sink, the service-node workloads (UDP echo, TCP request/response), and a
+//! UDP probe of every datagram size against a real echo server.
 //! The `handoff-bench` binary exposes them; tests use them as a library.
 
 pub mod capture;
@@ -13,3 +14,4 @@ pub mod report;
 pub mod sink;
 pub mod tcp;
 pub mod traffic;
+pub mod udp_probe;

@@ -42,6 +42,9 @@ enum Command {
     TcpServer(handoff_bench::tcp::TcpServerArgs),
     /// Open many TCP connections, each a checked request/response loop.
     TcpClient(handoff_bench::tcp::TcpClientArgs),
+    /// Send one datagram of every size in a range to a UDP echo server and
+    /// check each comes back whole (exits non-zero unless all do).
+    UdpProbe(handoff_bench::udp_probe::UdpProbeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -396,6 +399,30 @@ fn traffic_command(args: TrafficArgs) -> Result<()> {
     write_json(&sink, args.sink_json.as_ref())
 }
 
+fn udp_probe_command(args: handoff_bench::udp_probe::UdpProbeArgs) -> Result<()> {
+    let report = handoff_bench::udp_probe::run(&args)?;
+    eprintln!(
+        "udp-probe {}: {} of {} sizes echoed ({} after a retry), {} unexpected datagrams, max rtt {} us, failed sizes {:?}",
+        report.target,
+        report.echoed,
+        report.probed,
+        report.retried,
+        report.unexpected,
+        report.max_rtt_us,
+        report.failed.iter().take(20).collect::<Vec<_>>()
+    );
+    write_json(&report, args.json.as_ref())?;
+    if !report.ok() {
+        bail!(
+            "{} sizes not echoed, {} not tried (first failures: {:?})",
+            report.failed.len(),
+            report.not_tried,
+            report.failures.iter().take(5).collect::<Vec<_>>()
+        );
+    }
+    Ok(())
+}
+
 fn impair_command(args: ImpairArgs) -> Result<()> {
     let impairment = handoff_bench::impair::Impairment {
         drop: args.drop.iter().copied().collect(),
@@ -510,5 +537,6 @@ fn main() -> Result<()> {
         Command::UdpEcho(args) => udp_echo_command(args),
         Command::TcpServer(args) => tcp_server_command(args),
         Command::TcpClient(args) => tcp_client_command(args),
+        Command::UdpProbe(args) => udp_probe_command(args),
     }
 }

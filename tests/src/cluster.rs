@@ -260,7 +260,16 @@ impl Cluster {
             ip: EDGE_FABRIC_IP,
             ip6: EDGE_FABRIC_IP6,
         };
-        attach_to_bridge(&prefix, &fabric, &bridge, &edge, &edge_fabric_port, "pe", q)?;
+        attach_to_bridge(
+            &prefix,
+            &fabric,
+            &bridge,
+            &edge,
+            &edge_fabric_port,
+            "pe",
+            q,
+            BridgePort::RedirectTarget,
+        )?;
 
         addr(&client, &client_port, 24)?;
         full_checksums(&client, &client_port.ifname)?;
@@ -295,6 +304,7 @@ impl Cluster {
                 &port,
                 &format!("pn{i}"),
                 spec.node_queues,
+                BridgePort::Plain,
             )?;
             // Node to node, a full-size packet travels with a fabric
             // header in front: both ends of the node's link take it. The
@@ -319,7 +329,16 @@ impl Cluster {
                 ip: Ipv4Addr::new(10, 77, 1, 21 + i as u8),
                 ip6: Ipv6Addr::new(0xfd77, 1, 0, 0, 0, 0, 0, 0x21 + i as u16),
             };
-            attach_to_bridge(&prefix, &fabric, &bridge, &ns, &port, &format!("ps{i}"), q)?;
+            attach_to_bridge(
+                &prefix,
+                &fabric,
+                &bridge,
+                &ns,
+                &port,
+                &format!("ps{i}"),
+                q,
+                BridgePort::Plain,
+            )?;
             addr(&ns, &port, 24)?;
             ns.ip(&["route", "add", "default", "via", &EDGE_FABRIC_IP.to_string()])?;
             ns.ip(&["-6", "route", "add", "default", "via", &EDGE_FABRIC_IP6.to_string()])?;
@@ -456,10 +475,31 @@ fn addr(ns: &Netns, port: &Port, len: u8) -> Result<()> {
     .map(drop)
 }
 
+/// What the bridge end of a host's veth must accept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BridgePort {
+    /// Frames the host's kernel or its AF_XDP sockets send.
+    Plain,
+    /// Also frames an XDP program on the host's end redirects into the
+    /// pair (the edge's sprayer).
+    RedirectTarget,
+}
+
 /// Connects `port` in `ns` to the bridge through a veth whose bridge end is
-/// `<prefix><bridge_role>`. GRO on the bridge end lets XDP redirect into the
-/// pair (veth drops redirected frames when its peer has neither an XDP
-/// program nor NAPI; drivers/net/veth.c, veth_xdp_xmit).
+/// `<prefix><bridge_role>`.
+///
+/// The bridge stands for a switch, and a switch port passes frames as they
+/// come: no bridge end aggregates (GRO), because an aggregated TCP packet
+/// carries only a partial checksum (the pseudo-header's) and a sprayer in
+/// XDP forwards those bytes as they are, to a receiver that then drops
+/// them, and because an aggregate is larger than any AF_XDP frame. The
+/// veth under a [`BridgePort::RedirectTarget`] port still needs NAPI to
+/// take frames redirected into the pair (veth drops them when the peer has
+/// neither an XDP program nor NAPI; drivers/net/veth.c, veth_xdp_xmit), and
+/// veth turns NAPI on with GRO: there GRO is on with a maximum aggregate of
+/// 0 bytes (`gro_max_size`, which from kernel 6.3 also sets the IPv4
+/// limit), so nothing is ever merged.
+#[allow(clippy::too_many_arguments)]
 fn attach_to_bridge(
     prefix: &RunPrefix,
     fabric: &Netns,
@@ -468,6 +508,7 @@ fn attach_to_bridge(
     port: &Port,
     bridge_role: &str,
     queues: u32,
+    kind: BridgePort,
 ) -> Result<()> {
     let bridge_end = prefix.ifname(bridge_role);
     veth(
@@ -484,7 +525,15 @@ fn attach_to_bridge(
         queues,
     )?;
     fabric.ip(&["link", "set", &bridge_end, "master", bridge])?;
-    fabric.exec("ethtool", &["-K", &bridge_end, "gro", "on"])?;
+    match kind {
+        BridgePort::Plain => {
+            fabric.exec("ethtool", &["-K", &bridge_end, "gro", "off"])?;
+        }
+        BridgePort::RedirectTarget => {
+            fabric.ip(&["link", "set", &bridge_end, "gro_max_size", "0"])?;
+            fabric.exec("ethtool", &["-K", &bridge_end, "gro", "on"])?;
+        }
+    }
     Ok(())
 }
 

@@ -11,6 +11,7 @@ pub mod frames;
 pub mod netns;
 pub mod privilege;
 pub mod process;
+pub mod real;
 pub mod service_path;
 
 pub use cluster::{wait_until, Cluster, ClusterSpec, NsRef};

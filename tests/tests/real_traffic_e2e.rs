@@ -1,0 +1,535 @@
+//! Real, unmodified programs through the whole service path, over IPv4 and
+//! IPv6: `ping` to the VIPs, nginx serving objects of 1 B to 10 MiB to
+//! `curl` and `wrk` (keep-alive), `iperf3` bulk TCP over 8 streams, a
+//! `socat` UDP echo of every datagram size up to the MTU and beyond it
+//! (fragments), and all of them across a disengage and engage of fd-a.
+//!
+//! ```text
+//! client ─► edge ─sprays─► fd-x ─DNAT─► svc-n (nginx :80, socat :7001, iperf3 :5201 on svc-1)
+//! client ◄─ edge ◄─ fd-owner ◄─(fabric)─ fd-y ◄─sprays─ edge ◄─ svc-n
+//! ```
+//! Each test builds its own cluster (`Cluster::service_path`, one worker per
+//! node) and removes it, with every process it started, when it ends. Every
+//! client program runs under `timeout`. Throughput is printed, never
+//! asserted.
+
+use handoff_bench::udp_probe::ProbeReport;
+use handoff_testbed::{
+    cluster::{arg, read_json, Family, IP_MTU},
+    privileged,
+    real::{body_difference, fingerprint, parse_ping, parse_wrk, udp_probe_args, HttpObjects, HTTP_SIZES},
+    service_path::IPERF_PORT,
+    Cluster, NsRef,
+};
+use std::time::{Duration, Instant};
+
+/// The cluster with the real servers up, and the objects nginx serves.
+fn real_cluster() -> (Cluster, HttpObjects) {
+    let mut cluster = Cluster::service_path(1).unwrap();
+    let objects = HttpObjects::generate(&cluster.log_dir.join("www"), 0x0068_616e_646f_6666).unwrap();
+    cluster.start_real_services(&objects).unwrap();
+    (cluster, objects)
+}
+
+/// Fetches the object of `size` through the VIP of `family` with curl and
+/// compares it byte for byte; `Err` names what went wrong.
+fn fetch(cluster: &Cluster, objects: &HttpObjects, family: Family, size: usize, tag: &str) -> Result<Duration, String> {
+    let out = cluster.log_dir.join(format!("curl-{tag}-{}-{size}.bin", family.name()));
+    let _ = std::fs::remove_file(&out);
+    let url = HttpObjects::url(family, size);
+    let started = Instant::now();
+    let run = cluster
+        .run_bounded(
+            NsRef::Client,
+            Duration::from_secs(60),
+            "curl",
+            &[
+                arg("--silent"),
+                arg("--show-error"),
+                arg("--fail"),
+                arg("--connect-timeout"),
+                arg(5),
+                arg("--max-time"),
+                arg(50),
+                arg("--output"),
+                arg(out.display()),
+                arg("--write-out"),
+                arg("%{http_code} %{size_download}"),
+                arg(&url),
+            ],
+        )
+        .map_err(|e| format!("{e:#}"))?;
+    let elapsed = started.elapsed();
+    if !run.success() {
+        return Err(format!(
+            "{} {size} B: curl {url} failed: {} (stdout {:?})",
+            family.name(),
+            run.describe(),
+            run.stdout
+        ));
+    }
+    let want = objects.content(size).map_err(|e| format!("{e:#}"))?;
+    let got = std::fs::read(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let _ = std::fs::remove_file(&out);
+    if let Some(diff) = body_difference(&want, &got) {
+        return Err(format!("{} {size} B: {url}: body differs: {diff}", family.name()));
+    }
+    Ok(elapsed)
+}
+
+/// Whether process `pid` (a child not yet reaped) still runs: a zombie
+/// has ended.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| Some(stat.rsplit_once(") ")?.1.starts_with(|c| c != 'Z' && c != 'X')))
+        .unwrap_or(false)
+}
+
+/// Prints the nodes' counters, then fails with every failure if any.
+fn finish(cluster: &Cluster, failures: &[String]) {
+    let nodes = cluster.node_counters_summary();
+    println!("nodes (non-zero rx, tx, drops, kernel drops):\n{nodes}");
+    assert!(failures.is_empty(), "{}\nnodes:\n{nodes}", failures.join("\n"));
+}
+
+/// `ping -c 3` to the VIP of each family: every echo answered (by a node,
+/// by policy: a VIP has no host of its own).
+#[test]
+fn ping_to_the_vip_gets_every_echo_answered_over_ipv4_and_ipv6() {
+    if !privileged("ping_to_the_vip_gets_every_echo_answered_over_ipv4_and_ipv6") {
+        return;
+    }
+    let (cluster, _) = real_cluster();
+    let mut failures = Vec::new();
+    for family in Family::BOTH {
+        let flag = if family == Family::V4 { "-4" } else { "-6" };
+        let run = cluster
+            .run_bounded(
+                NsRef::Client,
+                Duration::from_secs(12),
+                "ping",
+                &[arg(flag), arg("-c"), arg(3), arg("-W"), arg(2), arg(family.vip())],
+            )
+            .unwrap();
+        let counts = parse_ping(&run.stdout);
+        println!(
+            "ping {} {}: {:?} (transmitted, received)",
+            family.name(),
+            family.vip(),
+            counts
+        );
+        if counts != Some((3, 3)) || !run.success() {
+            failures.push(format!(
+                "{}: ping {}: {counts:?} (transmitted, received); {}\nstdout: {}",
+                family.name(),
+                family.vip(),
+                run.describe(),
+                run.stdout.trim()
+            ));
+        }
+    }
+    finish(&cluster, &failures);
+}
+
+/// curl fetches every object through each VIP, each compared byte for
+/// byte with what nginx serves; then wrk, keep-alive, 16 connections for
+/// 5 s on the 27 KB object: no socket error, no non-2xx, requests done.
+#[test]
+fn http_objects_of_every_size_arrive_byte_exact_and_keepalive_load_has_no_errors() {
+    if !privileged("http_objects_of_every_size_arrive_byte_exact_and_keepalive_load_has_no_errors") {
+        return;
+    }
+    let (cluster, objects) = real_cluster();
+    let mut failures = Vec::new();
+    for family in Family::BOTH {
+        for size in HTTP_SIZES {
+            match fetch(&cluster, &objects, family, size, "sizes") {
+                Ok(took) => println!(
+                    "curl {} {size} B: byte-exact (fnv {:016x}) in {:.3} s",
+                    family.name(),
+                    fingerprint(&objects.content(size).unwrap()),
+                    took.as_secs_f64()
+                ),
+                Err(e) => {
+                    println!("curl FAILED: {e}");
+                    failures.push(e);
+                }
+            }
+        }
+    }
+    for family in Family::BOTH {
+        let url = HttpObjects::url(family, 27_000);
+        let run = cluster
+            .run_bounded(
+                NsRef::Client,
+                Duration::from_secs(20),
+                "wrk",
+                &[
+                    arg("--threads"),
+                    arg(2),
+                    arg("--connections"),
+                    arg(16),
+                    arg("--duration"),
+                    arg("5s"),
+                    arg("--timeout"),
+                    arg("3s"),
+                    arg(&url),
+                ],
+            )
+            .unwrap();
+        let report = parse_wrk(&run.stdout);
+        println!("wrk {} {url}: {report:?}", family.name());
+        match report {
+            Some(r) if run.success() && r.requests > 0 && r.non_2xx == 0 && r.socket_errors == [0; 4] => {}
+            other => failures.push(format!(
+                "{}: wrk keep-alive on {url}: {other:?} (want requests > 0, no socket errors, no non-2xx); {}\nstdout: {}",
+                family.name(),
+                run.describe(),
+                run.stdout.trim()
+            )),
+        }
+    }
+    finish(&cluster, &failures);
+}
+
+/// Runs iperf3 against the VIP of `family`; returns the received bitrate
+/// (bits/s) or what went wrong.
+fn iperf3(cluster: &Cluster, family: Family, extra: &[String], seconds: u32) -> Result<f64, String> {
+    let mut args = vec![
+        arg("--client"),
+        arg(family.vip()),
+        arg("--port"),
+        arg(IPERF_PORT),
+        arg("--parallel"),
+        arg(8),
+        arg("--time"),
+        arg(seconds),
+        arg("--connect-timeout"),
+        arg(5000),
+        arg("--json"),
+    ];
+    args.extend(extra.iter().cloned());
+    let run = cluster
+        .run_bounded(
+            NsRef::Client,
+            Duration::from_secs(u64::from(seconds) + 30),
+            "iperf3",
+            &args,
+        )
+        .map_err(|e| format!("{e:#}"))?;
+    interpret_iperf3(family, &run.stdout, &run.describe(), run.success())
+}
+
+fn interpret_iperf3(family: Family, stdout: &str, describe: &str, success: bool) -> Result<f64, String> {
+    let json: serde_json::Value = serde_json::from_str(stdout).map_err(|e| {
+        format!(
+            "{}: iperf3 printed no JSON ({e}): {describe}\nstdout: {stdout}",
+            family.name()
+        )
+    })?;
+    if let Some(error) = json.get("error") {
+        return Err(format!("{}: iperf3 error {error}: {describe}", family.name()));
+    }
+    if !success {
+        return Err(format!("{}: iperf3 failed: {describe}", family.name()));
+    }
+    let received = json["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
+    let retransmits = json["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
+    let bytes = json["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+    println!(
+        "iperf3 {} -P 8: {:.1} Mbit/s received, {bytes} bytes, {retransmits} retransmits",
+        family.name(),
+        received / 1e6
+    );
+    if bytes == 0 {
+        return Err(format!("{}: iperf3 moved no bytes: {describe}", family.name()));
+    }
+    Ok(received)
+}
+
+/// `iperf3 -c VIP -P 8 -t 10` over each family: exits 0 with a JSON report
+/// and no error. The rate is printed only.
+#[test]
+fn iperf3_bulk_tcp_with_8_streams_completes_over_ipv4_and_ipv6() {
+    if !privileged("iperf3_bulk_tcp_with_8_streams_completes_over_ipv4_and_ipv6") {
+        return;
+    }
+    let (cluster, _) = real_cluster();
+    let mut failures = Vec::new();
+    for family in Family::BOTH {
+        if let Err(e) = iperf3(&cluster, family, &[], 10) {
+            println!("iperf3 FAILED: {e}");
+            failures.push(e);
+        }
+    }
+    finish(&cluster, &failures);
+}
+
+/// Runs `udp-probe` over `sizes` against the socat echo on the VIP of
+/// `family`; returns its report or what went wrong.
+fn probe(cluster: &Cluster, family: Family, sizes: &str, tag: &str) -> Result<ProbeReport, String> {
+    let json = cluster.log_dir.join(format!("udp-probe-{tag}-{}.json", family.name()));
+    let bench = handoff_testbed::binaries::binary("handoff-bench").map_err(|e| format!("{e:#}"))?;
+    let run = cluster
+        .run_bounded(
+            NsRef::Client,
+            Duration::from_secs(200),
+            &bench.display().to_string(),
+            &udp_probe_args(family, sizes, &json, 0, 180),
+        )
+        .map_err(|e| format!("{e:#}"))?;
+    let report: ProbeReport = read_json(&json).map_err(|e| format!("{}: {e:#}: {}", family.name(), run.describe()))?;
+    println!(
+        "udp-probe {} sizes {sizes}: {} of {} echoed whole ({} after a retry), {} unexpected, max rtt {} us, {:.1} s",
+        family.name(),
+        report.echoed,
+        report.probed,
+        report.retried,
+        report.unexpected,
+        report.max_rtt_us,
+        report.duration_s
+    );
+    if !report.ok() || !run.success() {
+        return Err(format!(
+            "{}: sizes {sizes} to socat on {}: {} sizes not echoed (first: {:?}), {} not tried; failures {:?}; {}",
+            family.name(),
+            report.target,
+            report.failed.len(),
+            report.failed.iter().take(20).collect::<Vec<_>>(),
+            report.not_tried,
+            report.failures.iter().take(5).collect::<Vec<_>>(),
+            run.describe()
+        ));
+    }
+    Ok(report)
+}
+
+/// The largest UDP payload that fits the IP MTU unfragmented.
+fn largest_unfragmented(family: Family) -> u32 {
+    IP_MTU - family.udp_overhead()
+}
+
+/// Every UDP datagram size from 1 byte to the MTU's worth (1,472 over
+/// IPv4, 1,452 over IPv6) is echoed whole by socat through the VIP.
+#[test]
+fn udp_datagrams_of_every_size_up_to_the_mtu_are_echoed_whole_by_socat() {
+    if !privileged("udp_datagrams_of_every_size_up_to_the_mtu_are_echoed_whole_by_socat") {
+        return;
+    }
+    let (cluster, _) = real_cluster();
+    let mut failures = Vec::new();
+    for family in Family::BOTH {
+        let sizes = format!("1-{}", largest_unfragmented(family));
+        if let Err(e) = probe(&cluster, family, &sizes, "unfragmented") {
+            failures.push(e);
+        }
+    }
+    finish(&cluster, &failures);
+}
+
+/// Datagrams too big for one packet (1,473 to 8,972 bytes over IPv4, 1,453
+/// to 8,952 over IPv6: up to a 9,000-byte IP packet) leave the client in
+/// fragments; every one is echoed whole (the echo is fragmented too).
+#[test]
+fn fragmented_udp_datagrams_up_to_9000_bytes_are_echoed_whole_by_socat() {
+    if !privileged("fragmented_udp_datagrams_up_to_9000_bytes_are_echoed_whole_by_socat") {
+        return;
+    }
+    let (cluster, _) = real_cluster();
+    let mut failures = Vec::new();
+    for family in Family::BOTH {
+        let first = largest_unfragmented(family) + 1;
+        let last = 9_000 - family.udp_overhead();
+        let sizes = format!("{first}-{last}");
+        if let Err(e) = probe(&cluster, family, &sizes, "fragmented") {
+            failures.push(e);
+        }
+    }
+    finish(&cluster, &failures);
+}
+
+/// Every real program across a disengage and an engage of fd-a: curl
+/// fetches (each compared byte for byte), iperf3 over 8 streams per family
+/// and the UDP probe of every size up to the MTU, per family, all started
+/// before the disengage and ended after the engage. Every fetch complete,
+/// every iperf3 run without error, every datagram echoed, and no TCP
+/// connection of the client reset.
+#[test]
+fn real_programs_run_whole_across_a_disengage_and_engage_of_fd_a() {
+    if !privileged("real_programs_run_whole_across_a_disengage_and_engage_of_fd_a") {
+        return;
+    }
+    let (mut cluster, objects) = real_cluster();
+    let bench = handoff_testbed::binaries::binary("handoff-bench").unwrap();
+    let resets_before = cluster.client_tcp_counters().unwrap();
+
+    // iperf3, one per family (svc-1 runs a server per address), paced so
+    // that the two cores of the test machine still run the migration.
+    const IPERF_SECONDS: u32 = 20;
+    let mut iperfs = Vec::new();
+    for family in Family::BOTH {
+        let idx = cluster
+            .spawn_bounded(
+                &format!("iperf3-client-{}", family.name()),
+                NsRef::Client,
+                Duration::from_secs(u64::from(IPERF_SECONDS) + 30),
+                "iperf3",
+                &[
+                    arg("--client"),
+                    arg(family.vip()),
+                    arg("--port"),
+                    arg(IPERF_PORT),
+                    arg("--parallel"),
+                    arg(8),
+                    arg("--bitrate"),
+                    arg("25M"),
+                    arg("--time"),
+                    arg(IPERF_SECONDS),
+                    arg("--connect-timeout"),
+                    arg(5000),
+                    arg("--json"),
+                ],
+            )
+            .unwrap();
+        iperfs.push((family, idx));
+    }
+    // The UDP probe, every size up to the MTU, round after round for 15 s.
+    let mut probes = Vec::new();
+    for family in Family::BOTH {
+        let json = cluster
+            .log_dir
+            .join(format!("udp-probe-migration-{}.json", family.name()));
+        let sizes = format!("1-{}", largest_unfragmented(family));
+        let idx = cluster
+            .spawn_bounded(
+                &format!("udp-probe-{}", family.name()),
+                NsRef::Client,
+                Duration::from_secs(120),
+                &bench.display().to_string(),
+                &udp_probe_args(family, &sizes, &json, 15, 100),
+            )
+            .unwrap();
+        probes.push((family, idx, json));
+    }
+
+    let spawned: Vec<(String, u32)> = iperfs
+        .iter()
+        .map(|&(family, idx)| (format!("iperf3 {}", family.name()), idx))
+        .chain(
+            probes
+                .iter()
+                .map(|&(family, idx, _)| (format!("udp-probe {}", family.name()), idx)),
+        )
+        .map(|(name, idx)| (name, cluster.process(idx).pid()))
+        .collect();
+    let spawned = &spawned;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (fetches, migration) = std::thread::scope(|s| {
+        let cluster = &cluster;
+        let objects = &objects;
+        let done = &done;
+        // curl, both families in turn, 1 MiB and 27 KB objects, until the
+        // migration is over (at most 400 fetches).
+        let fetcher = s.spawn(move || {
+            let mut results = Vec::new();
+            for n in 0..400 {
+                if done.load(std::sync::atomic::Ordering::Relaxed) && n >= 8 {
+                    break;
+                }
+                let family = Family::BOTH[n % 2];
+                let size = if (n / 2) % 2 == 0 { 1_048_576 } else { 27_000 };
+                results.push((family, size, fetch(cluster, objects, family, size, "migration")));
+            }
+            results
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        let disengage = cluster.migrate(&["disengage", "fd-a"]);
+        std::thread::sleep(Duration::from_secs(3));
+        let engage = cluster.migrate(&["engage", "fd-a"]);
+        // Every load must still be running: it spans the migration.
+        let ended: Vec<String> = spawned
+            .iter()
+            .filter(|&&(_, pid)| !alive(pid))
+            .map(|(name, _)| name.clone())
+            .collect();
+        std::thread::sleep(Duration::from_secs(2));
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (fetcher.join().unwrap(), (disengage, engage, ended))
+    });
+
+    let mut failures = Vec::new();
+    if !migration.2.is_empty() {
+        failures.push(format!(
+            "{:?} ended before the engage was over: the run did not span the migration",
+            migration.2
+        ));
+    }
+    match &migration.0 {
+        Ok(out) if out.contains("fd-a: Disengaged after") => println!("disengage:\n{out}"),
+        other => failures.push(format!("disengage of fd-a: {other:?}")),
+    }
+    match &migration.1 {
+        Ok(out) if out.contains("fd-a: Active after") => println!("engage:\n{out}"),
+        other => failures.push(format!("engage of fd-a: {other:?}")),
+    }
+    let ok = fetches.iter().filter(|(_, _, r)| r.is_ok()).count();
+    println!(
+        "curl across the migration: {ok} of {} fetches byte-exact",
+        fetches.len()
+    );
+    for (_, _, result) in &fetches {
+        if let Err(e) = result {
+            failures.push(format!("curl across the migration: {e}"));
+        }
+    }
+    for (family, idx) in iperfs {
+        let status = cluster.process(idx).wait_timeout(Duration::from_secs(60)).unwrap();
+        let stdout = cluster.process(idx).stdout();
+        let describe = format!(
+            "iperf3 -P 8 -b 25M -t {IPERF_SECONDS} exited {status:?}\nstderr: {}",
+            cluster.process(idx).stderr().trim()
+        );
+        if let Err(e) = interpret_iperf3(family, &stdout, &describe, status.is_some_and(|s| s.success())) {
+            failures.push(format!("iperf3 across the migration: {e}"));
+        }
+    }
+    for (family, idx, json) in probes {
+        let status = cluster.process(idx).wait_timeout(Duration::from_secs(130)).unwrap();
+        match read_json::<ProbeReport>(&json) {
+            Ok(report) => {
+                println!(
+                    "udp-probe {} across the migration: {} of {} echoed whole ({} after a retry), {:.1} s",
+                    family.name(),
+                    report.echoed,
+                    report.probed,
+                    report.retried,
+                    report.duration_s
+                );
+                if !report.ok() || !status.is_some_and(|s| s.success()) {
+                    failures.push(format!(
+                        "{}: udp-probe across the migration: {} sizes not echoed (first {:?}), failures {:?}, exit {status:?}",
+                        family.name(),
+                        report.failed.len(),
+                        report.failed.iter().take(20).collect::<Vec<_>>(),
+                        report.failures.iter().take(5).collect::<Vec<_>>()
+                    ));
+                }
+            }
+            Err(e) => failures.push(format!(
+                "{}: udp-probe across the migration: {e:#}, exit {status:?}: {}",
+                family.name(),
+                cluster.process(idx).stderr()
+            )),
+        }
+    }
+    let resets_after = cluster.client_tcp_counters().unwrap();
+    for counter in ["EstabResets", "AttemptFails"] {
+        let delta = resets_after.get(counter).copied().unwrap_or(0) - resets_before.get(counter).copied().unwrap_or(0);
+        println!("client Tcp {counter}: +{delta}");
+        if delta != 0 {
+            failures.push(format!("the client's Tcp {counter} rose by {delta}"));
+        }
+    }
+    finish(&cluster, &failures);
+}
