@@ -213,6 +213,20 @@ impl std::fmt::Debug for Node {
     }
 }
 
+/// Every worker counter (rx, tx, each drop reason, ...) summed over the
+/// workers, by its name.
+fn summed_counters(workers: &[WorkerReport]) -> serde_json::Map<String, serde_json::Value> {
+    let mut totals: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for report in workers {
+        if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(report.counters) {
+            for (name, value) in fields {
+                *totals.entry(name).or_default() += value.as_u64().unwrap_or(0);
+            }
+        }
+    }
+    totals.into_iter().map(|(k, v)| (k, v.into())).collect()
+}
+
 /// Pins the calling thread to `cpu`.
 fn pin_to(cpu: usize) -> Result<()> {
     // SAFETY: cpu_set_t is plain data; zero is the empty set.
@@ -397,26 +411,26 @@ impl Node {
         let workers = self.reports()?;
         let sum = |f: &dyn Fn(&WorkerReport) -> u64| workers.iter().map(f).sum::<u64>();
         let c = &self.counters;
-        Ok(serde_json::json!({
-            "node": self.config.name,
-            "totals": {
-                "rx": sum(&|r| r.counters.rx),
-                "tx": sum(&|r| r.counters.tx),
-                "created": sum(&|r| r.counters.created),
+        let mut totals = summed_counters(&workers);
+        totals.extend(
+            serde_json::json!({
                 "active": sum(&|r| r.table.active),
                 "expired": sum(&|r| r.table.expired),
                 "evicted": sum(&|r| r.table.evicted),
-                "forwarded_to_core": sum(&|r| r.counters.forwarded_to_core),
-                "forwarded_to_node": sum(&|r| r.counters.forwarded_to_node),
-                "received_from_node": sum(&|r| r.counters.received_from_node),
                 "dropped": sum(&|r| r.counters.dropped()),
                 "kernel_rx_ring_full": sum(&|r| r.port.kernel_rx_ring_full),
                 "kernel_rx_dropped": sum(&|r| r.port.kernel_rx_dropped),
-                "markers": sum(&|r| r.counters.markers),
                 "held": sum(&|r| r.hold.held),
                 "held_released_early": sum(&|r| r.hold.released_early),
                 "hold_timeouts": sum(&|r| r.hold.timeouts),
-            },
+            })
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+        );
+        Ok(serde_json::json!({
+            "node": self.config.name,
+            "totals": totals,
             "control": {
                 "announces_sent": c.announces_sent.load(Ordering::Relaxed),
                 "flows_announced": c.flows_announced.load(Ordering::Relaxed),
