@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use std::{
     path::{Path, PathBuf},
     process::ExitStatus,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// The sizes of the HTTP objects every service serves: one byte, just
@@ -406,6 +406,54 @@ pub fn udp_probe_args(family: Family, sizes: &str, json: &Path, repeat_for_s: u3
         arg("--json"),
         arg(json.display()),
     ]
+}
+
+impl Cluster {
+    /// Fetches the object of `size` through the VIP of `family` with curl and
+    /// compares it byte for byte; `Err` names what went wrong.
+    pub fn fetch(&self, objects: &HttpObjects, family: Family, size: usize, tag: &str) -> Result<Duration, String> {
+        let out = self.log_dir.join(format!("curl-{tag}-{}-{size}.bin", family.name()));
+        let _ = std::fs::remove_file(&out);
+        let url = HttpObjects::url(family, size);
+        let started = Instant::now();
+        let run = self
+            .run_bounded(
+                NsRef::Client,
+                Duration::from_secs(60),
+                "curl",
+                &[
+                    arg("--silent"),
+                    arg("--show-error"),
+                    arg("--fail"),
+                    arg("--connect-timeout"),
+                    arg(5),
+                    arg("--max-time"),
+                    arg(50),
+                    arg("--output"),
+                    arg(out.display()),
+                    arg("--write-out"),
+                    arg("%{http_code} %{size_download}"),
+                    arg(&url),
+                ],
+            )
+            .map_err(|e| format!("{e:#}"))?;
+        let elapsed = started.elapsed();
+        if !run.success() {
+            return Err(format!(
+                "{} {size} B: curl {url} failed: {} (stdout {:?})",
+                family.name(),
+                run.describe(),
+                run.stdout
+            ));
+        }
+        let want = objects.content(size).map_err(|e| format!("{e:#}"))?;
+        let got = std::fs::read(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+        let _ = std::fs::remove_file(&out);
+        if let Some(diff) = body_difference(&want, &got) {
+            return Err(format!("{} {size} B: {url}: body differs: {diff}", family.name()));
+        }
+        Ok(elapsed)
+    }
 }
 
 #[cfg(test)]

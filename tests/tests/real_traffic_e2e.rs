@@ -17,11 +17,11 @@ use handoff_bench::udp_probe::ProbeReport;
 use handoff_testbed::{
     cluster::{arg, read_json, Family, IP_MTU},
     privileged,
-    real::{body_difference, fingerprint, parse_ping, parse_wrk, udp_probe_args, HttpObjects, HTTP_SIZES},
+    real::{fingerprint, parse_ping, parse_wrk, udp_probe_args, HttpObjects, HTTP_SIZES},
     service_path::IPERF_PORT,
     Cluster, NsRef,
 };
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The cluster with the real servers up, and the objects nginx serves.
 fn real_cluster() -> (Cluster, HttpObjects) {
@@ -29,52 +29,6 @@ fn real_cluster() -> (Cluster, HttpObjects) {
     let objects = HttpObjects::generate(&cluster.log_dir.join("www"), 0x0068_616e_646f_6666).unwrap();
     cluster.start_real_services(&objects).unwrap();
     (cluster, objects)
-}
-
-/// Fetches the object of `size` through the VIP of `family` with curl and
-/// compares it byte for byte; `Err` names what went wrong.
-fn fetch(cluster: &Cluster, objects: &HttpObjects, family: Family, size: usize, tag: &str) -> Result<Duration, String> {
-    let out = cluster.log_dir.join(format!("curl-{tag}-{}-{size}.bin", family.name()));
-    let _ = std::fs::remove_file(&out);
-    let url = HttpObjects::url(family, size);
-    let started = Instant::now();
-    let run = cluster
-        .run_bounded(
-            NsRef::Client,
-            Duration::from_secs(60),
-            "curl",
-            &[
-                arg("--silent"),
-                arg("--show-error"),
-                arg("--fail"),
-                arg("--connect-timeout"),
-                arg(5),
-                arg("--max-time"),
-                arg(50),
-                arg("--output"),
-                arg(out.display()),
-                arg("--write-out"),
-                arg("%{http_code} %{size_download}"),
-                arg(&url),
-            ],
-        )
-        .map_err(|e| format!("{e:#}"))?;
-    let elapsed = started.elapsed();
-    if !run.success() {
-        return Err(format!(
-            "{} {size} B: curl {url} failed: {} (stdout {:?})",
-            family.name(),
-            run.describe(),
-            run.stdout
-        ));
-    }
-    let want = objects.content(size).map_err(|e| format!("{e:#}"))?;
-    let got = std::fs::read(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let _ = std::fs::remove_file(&out);
-    if let Some(diff) = body_difference(&want, &got) {
-        return Err(format!("{} {size} B: {url}: body differs: {diff}", family.name()));
-    }
-    Ok(elapsed)
 }
 
 /// Whether process `pid` (a child not yet reaped) still runs: a zombie
@@ -144,7 +98,7 @@ fn http_objects_of_every_size_arrive_byte_exact_and_keepalive_load_has_no_errors
     let mut failures = Vec::new();
     for family in Family::BOTH {
         for size in HTTP_SIZES {
-            match fetch(&cluster, &objects, family, size, "sizes") {
+            match cluster.fetch(&objects, family, size, "sizes") {
                 Ok(took) => println!(
                     "curl {} {size} B: byte-exact (fnv {:016x}) in {:.3} s",
                     family.name(),
@@ -439,7 +393,7 @@ fn real_programs_run_whole_across_a_disengage_and_engage_of_fd_a() {
                 }
                 let family = Family::BOTH[n % 2];
                 let size = if (n / 2) % 2 == 0 { 1_048_576 } else { 27_000 };
-                results.push((family, size, fetch(cluster, objects, family, size, "migration")));
+                results.push((family, size, cluster.fetch(objects, family, size, "migration")));
             }
             results
         });
