@@ -17,7 +17,9 @@ use handoff_bench::udp_probe::ProbeReport;
 use handoff_testbed::{
     cluster::{arg, read_json, Family, IP_MTU},
     privileged,
-    real::{body_difference, fingerprint, parse_ping, parse_wrk, udp_probe_args, HttpObjects, HTTP_SIZES},
+    real::{
+        body_difference, fingerprint, parse_iperf3, parse_ping, parse_wrk, udp_probe_args, HttpObjects, HTTP_SIZES,
+    },
     service_path::IPERF_PORT,
     Cluster, NsRef,
 };
@@ -222,30 +224,18 @@ fn iperf3(cluster: &Cluster, family: Family, extra: &[String], seconds: u32) -> 
 }
 
 fn interpret_iperf3(family: Family, stdout: &str, describe: &str, success: bool) -> Result<f64, String> {
-    let json: serde_json::Value = serde_json::from_str(stdout).map_err(|e| {
-        format!(
-            "{}: iperf3 printed no JSON ({e}): {describe}\nstdout: {stdout}",
-            family.name()
-        )
-    })?;
-    if let Some(error) = json.get("error") {
-        return Err(format!("{}: iperf3 error {error}: {describe}", family.name()));
-    }
+    let report = parse_iperf3(stdout).map_err(|e| format!("{}: {e}: {describe}\nstdout: {stdout}", family.name()))?;
+    println!(
+        "iperf3 {} -P 8: {:.1} Mbit/s received, {} bytes, {} retransmits",
+        family.name(),
+        report.received_bps / 1e6,
+        report.bytes,
+        report.retransmits
+    );
     if !success {
         return Err(format!("{}: iperf3 failed: {describe}", family.name()));
     }
-    let received = json["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
-    let retransmits = json["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
-    let bytes = json["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
-    println!(
-        "iperf3 {} -P 8: {:.1} Mbit/s received, {bytes} bytes, {retransmits} retransmits",
-        family.name(),
-        received / 1e6
-    );
-    if bytes == 0 {
-        return Err(format!("{}: iperf3 moved no bytes: {describe}", family.name()));
-    }
-    Ok(received)
+    Ok(report.received_bps)
 }
 
 /// `iperf3 -c VIP -P 8 -t 10` over each family: exits 0 with a JSON report
