@@ -326,22 +326,18 @@ impl Cluster {
     }
 }
 
-/// The kernel's drops in a node's stats (`kernel_*` fields anywhere).
+/// The kernel's drops in a node's stats: its `kernel_*` totals.
 fn kernel_drops(stats: &serde_json::Value) -> u64 {
-    match stats {
-        serde_json::Value::Object(map) => map
-            .iter()
-            .map(|(k, v)| {
-                if k.starts_with("kernel_") {
-                    v.as_u64().unwrap_or(0)
-                } else {
-                    kernel_drops(v)
-                }
-            })
-            .sum(),
-        serde_json::Value::Array(items) => items.iter().map(kernel_drops).sum(),
-        _ => 0,
-    }
+    stats["totals"]
+        .as_object()
+        .map(|totals| {
+            totals
+                .iter()
+                .filter(|(k, _)| k.starts_with("kernel_"))
+                .map(|(_, v)| v.as_u64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// What `ping` reported: `(transmitted, received)`.
