@@ -10,6 +10,14 @@
 //! generator offers more than either node can forward, so the sink's rate is
 //! the node's forwarding rate. Rounds alternate between the two and the
 //! medians are compared: the ratio is what holds on a shared, noisy host.
+//!
+//! Then bulk TCP with real programs: `iperf3 -c VIP -P 8` from the client
+//! to `iperf3 -s` on svc-1, through each node kind in alternating rounds
+//! (`HANDOFF_BENCH_TCP_SECONDS` per run, 10 by default). Each path is the
+//! one its operator would build: through handoff the service's replies go
+//! back through the edge, which sprays them to the node (which undoes the
+//! DNAT); through nftables they are routed to fd-a, whose conntrack undoes
+//! it.
 //! Results: a table on stdout and `results/service-path.json`.
 
 use anyhow::{bail, Context, Result};
@@ -18,10 +26,11 @@ use handoff_bench::{
     report::{GenReport, SinkReport},
 };
 use handoff_testbed::{
-    cluster::{read_json, VIP},
+    cluster::{arg, read_json, CLIENT_NET, VIP},
     netns::mac_string,
     privilege::missing_privilege,
-    service_path::UDP_PORT,
+    real::parse_iperf3,
+    service_path::{IPERF_PORT, UDP_PORT},
     Cluster, ClusterSpec, NsRef,
 };
 use serde::Serialize;
@@ -48,7 +57,8 @@ struct Run {
     reordered: u64,
 }
 
-/// Turns fd-a into a kernel router that DNATs the VIP's UDP port to svc-1.
+/// Turns fd-a into a kernel router that DNATs the VIP's UDP port and its
+/// iperf3 port to svc-1.
 fn kernel_dnat(cluster: &Cluster) -> Result<()> {
     let node = &cluster.nodes[0];
     let svc = &cluster.services[0];
@@ -78,8 +88,8 @@ fn kernel_dnat(cluster: &Cluster) -> Result<()> {
         &node.port.ifname,
     ])?;
     let rules = format!(
-        "table ip handoff_bench {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    ip daddr {VIP} udp dport {UDP_PORT} dnat to {}:{UDP_PORT}\n  }}\n}}\n",
-        svc.port.ip
+        "table ip handoff_bench {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n    ip daddr {VIP} udp dport {UDP_PORT} dnat to {svc}:{UDP_PORT}\n    ip daddr {VIP} tcp dport {IPERF_PORT} dnat to {svc}:{IPERF_PORT}\n  }}\n}}\n",
+        svc = svc.port.ip
     );
     let path = cluster.write_file("dnat.nft", &rules)?;
     node.ns
@@ -123,6 +133,71 @@ fn run(node: NodeKind, count: u64) -> Result<Run> {
     })
 }
 
+/// One iperf3 run.
+#[derive(Debug, Serialize)]
+struct TcpRun {
+    node: NodeKind,
+    received_bps: f64,
+    bytes: u64,
+    retransmits: u64,
+}
+
+/// `iperf3 -c VIP -P 8 -t seconds` from the client through `node` to svc-1.
+fn run_tcp(node: NodeKind, seconds: u32) -> Result<TcpRun> {
+    let mut cluster = Cluster::create(&ClusterSpec {
+        nodes: 1,
+        services: 1,
+        ..ClusterSpec::default()
+    })?;
+    match node {
+        NodeKind::Handoff => {
+            // Replies through the edge, sprayed to the node like requests.
+            let edge = cluster.edge_config(true);
+            cluster.start_edge(&edge)?;
+            cluster.start_nodes(1)?;
+        }
+        NodeKind::Nftables => {
+            let edge = cluster.edge_config(false);
+            cluster.start_edge(&edge)?;
+            kernel_dnat(&cluster)?;
+            // Replies to fd-a, whose conntrack undoes the DNAT.
+            let via = cluster.nodes[0].port.ip.to_string();
+            cluster.services[0]
+                .ns
+                .ip(&["route", "replace", CLIENT_NET, "via", &via])?;
+        }
+    }
+    cluster.start_iperf3_servers(0)?;
+    let run = cluster.run_bounded(
+        NsRef::Client,
+        Duration::from_secs(u64::from(seconds) + 30),
+        "iperf3",
+        &[
+            arg("--client"),
+            arg(VIP),
+            arg("--port"),
+            arg(IPERF_PORT),
+            arg("--parallel"),
+            arg(8),
+            arg("--time"),
+            arg(seconds),
+            arg("--connect-timeout"),
+            arg(5000),
+            arg("--json"),
+        ],
+    )?;
+    let report = parse_iperf3(&run.stdout).map_err(|e| anyhow::anyhow!("{node:?}: {e}: {}", run.describe()))?;
+    if !run.success() {
+        bail!("{node:?}: {}", run.describe());
+    }
+    Ok(TcpRun {
+        node,
+        received_bps: report.received_bps,
+        bytes: report.bytes,
+        retransmits: report.retransmits,
+    })
+}
+
 #[derive(Debug, Serialize)]
 struct Summary {
     host_cpus: usize,
@@ -135,6 +210,12 @@ struct Summary {
     /// send: for them the generator, not the node, was the limit.
     generator_bound: Vec<NodeKind>,
     runs: Vec<Run>,
+    /// Bulk TCP (iperf3, 8 streams): seconds per run.
+    tcp_seconds: u32,
+    /// Median received bits per second per node kind.
+    tcp_median_bps: Vec<(NodeKind, f64)>,
+    tcp_handoff_over_nftables: f64,
+    tcp_runs: Vec<TcpRun>,
 }
 
 fn main() -> Result<()> {
@@ -173,6 +254,36 @@ fn main() -> Result<()> {
         measure::median(runs.iter().filter(|r| r.node == n).map(|r| r.generator_pps).collect()).unwrap_or(0.0)
     };
     let generator_bound: Vec<NodeKind> = order.iter().copied().filter(|&n| med(n) >= 0.95 * gen_med(n)).collect();
+
+    let tcp_seconds: u32 = std::env::var("HANDOFF_BENCH_TCP_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    println!("\nbulk TCP: iperf3 -P 8 -t {tcp_seconds} x {repeats} rounds per node kind");
+    let mut tcp_runs = Vec::new();
+    for round in 0..repeats {
+        for node in order {
+            let run = run_tcp(node, tcp_seconds).with_context(|| format!("TCP round {round}, {node:?}"))?;
+            println!(
+                "  round {round} {:<9} {:>9.1} Mbit/s  {} bytes  {} retransmits",
+                format!("{node:?}"),
+                run.received_bps / 1e6,
+                run.bytes,
+                run.retransmits
+            );
+            tcp_runs.push(run);
+        }
+    }
+    let tcp_med = |n: NodeKind| {
+        measure::median(
+            tcp_runs
+                .iter()
+                .filter(|r| r.node == n)
+                .map(|r| r.received_bps)
+                .collect(),
+        )
+        .unwrap_or(0.0)
+    };
     let summary = Summary {
         host_cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
         flows: FLOWS,
@@ -182,6 +293,10 @@ fn main() -> Result<()> {
         handoff_over_nftables: med(NodeKind::Handoff) / med(NodeKind::Nftables).max(1.0),
         generator_bound,
         runs,
+        tcp_seconds,
+        tcp_median_bps: order.iter().map(|&n| (n, tcp_med(n))).collect(),
+        tcp_handoff_over_nftables: tcp_med(NodeKind::Handoff) / tcp_med(NodeKind::Nftables).max(1.0),
+        tcp_runs,
     };
     println!("\n{:<10} {:>14}", "node", "median pps");
     for (n, v) in &summary.median_pps {
@@ -194,6 +309,11 @@ fn main() -> Result<()> {
             summary.generator_bound
         );
     }
+    println!("\n{:<10} {:>14}", "node", "TCP Mbit/s");
+    for (n, v) in &summary.tcp_median_bps {
+        println!("{:<10} {:>14.1}", format!("{n:?}"), v / 1e6);
+    }
+    println!("bulk TCP handoff / nftables = {:.2}", summary.tcp_handoff_over_nftables);
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../results");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(

@@ -8,6 +8,7 @@ pub mod echo;
 pub mod flows;
 pub mod gen;
 pub mod impair;
+pub mod link_sender;
 pub mod measure;
 pub mod payload;
 pub mod report;

@@ -56,7 +56,7 @@ struct BaselineArgs {
     #[arg(long, requires = "dst_mac")]
     out: Option<String>,
     /// Destination MAC of redirected frames.
-    #[arg(long, value_parser = parse_mac)]
+    #[arg(long, value_parser = handoff_bench::link_sender::parse_mac)]
     dst_mac: Option<[u8; 6]>,
     /// XDP attach mode.
     #[arg(long, default_value = "driver")]
@@ -94,7 +94,7 @@ struct ImpairArgs {
     #[arg(long)]
     tx: String,
     /// Destination MAC of relayed frames.
-    #[arg(long, value_parser = parse_mac)]
+    #[arg(long, value_parser = handoff_bench::link_sender::parse_mac)]
     dst_mac: [u8; 6],
     /// Bench packet indices to drop, comma separated.
     #[arg(long, value_delimiter = ',')]
@@ -185,7 +185,7 @@ struct GenArgs {
     #[arg(long)]
     rate: Option<u64>,
     /// Destination MAC (the next hop). Resolved from --next-hop if omitted.
-    #[arg(long, value_parser = parse_mac)]
+    #[arg(long, value_parser = handoff_bench::link_sender::parse_mac)]
     dst_mac: Option<[u8; 6]>,
     /// Next-hop address whose MAC to resolve (AF_XDP backend).
     #[arg(long)]
@@ -234,18 +234,6 @@ struct SinkArgs {
     json: Option<PathBuf>,
 }
 
-fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        return Err(format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"));
-    }
-    let mut mac = [0u8; 6];
-    for (b, p) in mac.iter_mut().zip(parts) {
-        *b = u8::from_str_radix(p, 16).map_err(|_| format!("{s:?} is not a MAC address"))?;
-    }
-    Ok(mac)
-}
-
 fn parse_bind_mode(s: &str) -> Result<BindMode, String> {
     match s {
         "auto" => Ok(BindMode::Auto),
@@ -263,7 +251,7 @@ fn resolve_mac(next_hop: Ipv4Addr) -> Result<[u8; 6]> {
         table.lines().skip(1).find_map(|line| {
             let cols: Vec<&str> = line.split_whitespace().collect();
             (cols.first() == Some(&next_hop.to_string().as_str()) && cols.get(2) != Some(&"0x0"))
-                .then(|| cols.get(3).and_then(|m| parse_mac(m).ok()))
+                .then(|| cols.get(3).and_then(|m| handoff_bench::link_sender::parse_mac(m).ok()))
                 .flatten()
         })
     };

@@ -9,6 +9,7 @@
 //! run is bounded by the number of sizes times (1 + retries) times the
 //! timeout, and by `--deadline-s`.
 
+use crate::link_sender::LinkSender;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::{Deserialize, Serialize};
@@ -51,6 +52,17 @@ pub struct UdpProbeArgs {
     /// failed; 0: never. Bounds a run against a path that drops them all.
     #[arg(long, default_value_t = 0)]
     pub max_failures: u64,
+    /// Send every datagram as a raw frame on this interface with an
+    /// 802.1Q priority tag (VID 0, PCP `--pcp`) instead of through the
+    /// socket; echoes still arrive on the socket. Needs `--dst-mac`.
+    #[arg(long, requires = "dst_mac")]
+    pub priority_tag_on: Option<String>,
+    /// The next hop's MAC for `--priority-tag-on`.
+    #[arg(long, value_parser = crate::link_sender::parse_mac)]
+    pub dst_mac: Option<[u8; 6]>,
+    /// The priority (PCP, 0..=7) of the tag.
+    #[arg(long, default_value_t = 5)]
+    pub pcp: u8,
     /// Write the JSON report here instead of stdout.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -146,6 +158,11 @@ pub fn run(args: &UdpProbeArgs) -> Result<ProbeReport> {
     socket
         .connect(args.target)
         .with_context(|| format!("connecting to {}", args.target))?;
+    let link = match (&args.priority_tag_on, args.dst_mac) {
+        (Some(interface), Some(mac)) => Some(LinkSender::priority_tagged(interface, mac, args.pcp)?),
+        _ => None,
+    };
+    let local = socket.local_addr().context("the probe's own address")?;
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
     let deadline = Instant::now() + Duration::from_secs_f64(args.deadline_s.max(0.0));
     let sizes: Vec<usize> = args.sizes.iter().flat_map(|r| r.clone()).collect();
@@ -182,7 +199,14 @@ pub fn run(args: &UdpProbeArgs) -> Result<ProbeReport> {
             for attempt in 0..=args.retries {
                 let data = payload(size, round, attempt);
                 let sent_at = Instant::now();
-                match socket.send(&data) {
+                let sent = match &link {
+                    Some(link) => link
+                        .send(local, args.target, &data)
+                        .map(|()| size)
+                        .map_err(std::io::Error::other),
+                    None => socket.send(&data),
+                };
+                match sent {
                     Ok(n) if n == size => {}
                     Ok(n) => bail!("sent {n} bytes of a {size}-byte datagram"),
                     // An ICMP error of an earlier try (port unreachable)
@@ -288,6 +312,9 @@ mod tests {
             deadline_s: 30.0,
             repeat_for_s: 0.0,
             max_failures: 0,
+            priority_tag_on: None,
+            dst_mac: None,
+            pcp: 5,
             json: None,
         };
         let report = run(&args).unwrap();

@@ -239,14 +239,7 @@ impl Cluster {
                 )?;
             }
             if i == IPERF_SERVICE {
-                for address in [ip.to_string(), ip6.to_string()] {
-                    self.spawn(
-                        &format!("{name}-iperf3-{address}"),
-                        NsRef::Service(i),
-                        Path::new("iperf3"),
-                        &[arg("-s"), arg("-B"), arg(&address), arg("-p"), arg(IPERF_PORT)],
-                    )?;
-                }
+                self.start_iperf3_servers(i)?;
             }
         }
         for i in 0..self.services.len() {
@@ -256,11 +249,30 @@ impl Cluster {
             self.wait_listening(ns, "tcp", HTTP_PORT, &both)
                 .with_context(|| format!("nginx: {}", self.log_tail(&format!("{}-nginx", self.services[i].name))))?;
             self.wait_listening(ns, "udp", SOCAT_UDP_PORT, &both)?;
-            if i == IPERF_SERVICE {
-                self.wait_listening(ns, "tcp", IPERF_PORT, &both)?;
-            }
         }
         Ok(())
+    }
+
+    /// Starts `iperf3 -s` on service `i`, one per address family (each
+    /// bound to the service's address of that family, so a v4 and a v6
+    /// test may run at once), and waits until both listen.
+    pub fn start_iperf3_servers(&mut self, i: usize) -> Result<()> {
+        let name = self.services[i].name.clone();
+        let (ip, ip6) = (self.services[i].port.ip, self.services[i].port.ip6);
+        for address in [ip.to_string(), ip6.to_string()] {
+            self.spawn(
+                &format!("{name}-iperf3-{address}"),
+                NsRef::Service(i),
+                Path::new("iperf3"),
+                &[arg("-s"), arg("-B"), arg(&address), arg("-p"), arg(IPERF_PORT)],
+            )?;
+        }
+        self.wait_listening(
+            NsRef::Service(i),
+            "tcp",
+            IPERF_PORT,
+            &[ip.to_string(), format!("[{ip6}]")],
+        )
     }
 
     /// The last lines of the stderr of the process named `name`.
@@ -314,22 +326,18 @@ impl Cluster {
     }
 }
 
-/// The kernel's drops in a node's stats (`kernel_*` fields anywhere).
+/// The kernel's drops in a node's stats: its `kernel_*` totals.
 fn kernel_drops(stats: &serde_json::Value) -> u64 {
-    match stats {
-        serde_json::Value::Object(map) => map
-            .iter()
-            .map(|(k, v)| {
-                if k.starts_with("kernel_") {
-                    v.as_u64().unwrap_or(0)
-                } else {
-                    kernel_drops(v)
-                }
-            })
-            .sum(),
-        serde_json::Value::Array(items) => items.iter().map(kernel_drops).sum(),
-        _ => 0,
-    }
+    stats["totals"]
+        .as_object()
+        .map(|totals| {
+            totals
+                .iter()
+                .filter(|(k, _)| k.starts_with("kernel_"))
+                .map(|(_, v)| v.as_u64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// What `ping` reported: `(transmitted, received)`.
@@ -380,6 +388,36 @@ pub fn parse_wrk(stdout: &str) -> Option<WrkReport> {
         }
     }
     seen_requests.then_some(report)
+}
+
+/// What `iperf3 --json` reported at the end of a test.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Iperf3Report {
+    /// Bits per second the server received, all streams.
+    pub received_bps: f64,
+    /// Bytes the server received.
+    pub bytes: u64,
+    /// The sender's retransmitted segments.
+    pub retransmits: u64,
+}
+
+/// Reads `iperf3 --json` output; `Err` when it is no JSON, carries an
+/// `error`, or moved no bytes.
+pub fn parse_iperf3(stdout: &str) -> Result<Iperf3Report, String> {
+    let json: serde_json::Value = serde_json::from_str(stdout).map_err(|e| format!("iperf3 printed no JSON ({e})"))?;
+    if let Some(error) = json.get("error") {
+        return Err(format!("iperf3 reported an error: {error}"));
+    }
+    let end = &json["end"];
+    let report = Iperf3Report {
+        received_bps: end["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0),
+        bytes: end["sum_received"]["bytes"].as_u64().unwrap_or(0),
+        retransmits: end["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+    };
+    if report.bytes == 0 {
+        return Err("iperf3 moved no bytes".into());
+    }
+    Ok(report)
 }
 
 /// The `udp-probe` arguments for `sizes` against the socat echo on the VIP
@@ -478,6 +516,22 @@ mod tests {
         assert_eq!(r.non_2xx, 3);
         assert!((r.requests_per_s - 2469.0).abs() < 0.1);
         assert_eq!(parse_wrk("unable to connect"), None);
+    }
+
+    #[test]
+    fn iperf3_json_parses_and_errors_are_named() {
+        let ok = r#"{"start":{},"end":{"sum_sent":{"bytes":100,"retransmits":3},"sum_received":{"bytes":90,"bits_per_second":1.5e9}}}"#;
+        assert_eq!(
+            parse_iperf3(ok),
+            Ok(Iperf3Report {
+                received_bps: 1.5e9,
+                bytes: 90,
+                retransmits: 3
+            })
+        );
+        let failed = r#"{"start":{},"end":{},"error":"unable to connect to server: Connection refused"}"#;
+        assert!(parse_iperf3(failed).unwrap_err().contains("Connection refused"));
+        assert!(parse_iperf3("iperf3: error").is_err());
     }
 
     #[test]

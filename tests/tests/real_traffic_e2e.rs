@@ -17,7 +17,7 @@ use handoff_bench::udp_probe::ProbeReport;
 use handoff_testbed::{
     cluster::{arg, read_json, Family, IP_MTU},
     privileged,
-    real::{fingerprint, parse_ping, parse_wrk, udp_probe_args, HttpObjects, HTTP_SIZES},
+    real::{fingerprint, parse_iperf3, parse_ping, parse_wrk, udp_probe_args, HttpObjects, HTTP_SIZES},
     service_path::IPERF_PORT,
     Cluster, NsRef,
 };
@@ -176,30 +176,18 @@ fn iperf3(cluster: &Cluster, family: Family, extra: &[String], seconds: u32) -> 
 }
 
 fn interpret_iperf3(family: Family, stdout: &str, describe: &str, success: bool) -> Result<f64, String> {
-    let json: serde_json::Value = serde_json::from_str(stdout).map_err(|e| {
-        format!(
-            "{}: iperf3 printed no JSON ({e}): {describe}\nstdout: {stdout}",
-            family.name()
-        )
-    })?;
-    if let Some(error) = json.get("error") {
-        return Err(format!("{}: iperf3 error {error}: {describe}", family.name()));
-    }
+    let report = parse_iperf3(stdout).map_err(|e| format!("{}: {e}: {describe}\nstdout: {stdout}", family.name()))?;
+    println!(
+        "iperf3 {} -P 8: {:.1} Mbit/s received, {} bytes, {} retransmits",
+        family.name(),
+        report.received_bps / 1e6,
+        report.bytes,
+        report.retransmits
+    );
     if !success {
         return Err(format!("{}: iperf3 failed: {describe}", family.name()));
     }
-    let received = json["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
-    let retransmits = json["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
-    let bytes = json["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
-    println!(
-        "iperf3 {} -P 8: {:.1} Mbit/s received, {bytes} bytes, {retransmits} retransmits",
-        family.name(),
-        received / 1e6
-    );
-    if bytes == 0 {
-        return Err(format!("{}: iperf3 moved no bytes: {describe}", family.name()));
-    }
-    Ok(received)
+    Ok(report.received_bps)
 }
 
 /// `iperf3 -c VIP -P 8 -t 10` over each family: exits 0 with a JSON report
@@ -223,6 +211,17 @@ fn iperf3_bulk_tcp_with_8_streams_completes_over_ipv4_and_ipv6() {
 /// Runs `udp-probe` over `sizes` against the socat echo on the VIP of
 /// `family`; returns its report or what went wrong.
 fn probe(cluster: &Cluster, family: Family, sizes: &str, tag: &str) -> Result<ProbeReport, String> {
+    probe_with(cluster, family, sizes, tag, &[])
+}
+
+/// [`probe`] with more arguments for `udp-probe`.
+fn probe_with(
+    cluster: &Cluster,
+    family: Family,
+    sizes: &str,
+    tag: &str,
+    extra: &[String],
+) -> Result<ProbeReport, String> {
     let json = cluster.log_dir.join(format!("udp-probe-{tag}-{}.json", family.name()));
     let bench = handoff_testbed::binaries::binary("handoff-bench").map_err(|e| format!("{e:#}"))?;
     let run = cluster
@@ -230,7 +229,7 @@ fn probe(cluster: &Cluster, family: Family, sizes: &str, tag: &str) -> Result<Pr
             NsRef::Client,
             Duration::from_secs(200),
             &bench.display().to_string(),
-            &udp_probe_args(family, sizes, &json, 0, 180),
+            &[udp_probe_args(family, sizes, &json, 0, 180), extra.to_vec()].concat(),
         )
         .map_err(|e| format!("{e:#}"))?;
     let report: ProbeReport = read_json(&json).map_err(|e| format!("{}: {e:#}: {}", family.name(), run.describe()))?;
@@ -278,6 +277,43 @@ fn udp_datagrams_of_every_size_up_to_the_mtu_are_echoed_whole_by_socat() {
         if let Err(e) = probe(&cluster, family, &sizes, "unfragmented") {
             failures.push(e);
         }
+    }
+    finish(&cluster, &failures);
+}
+
+/// Datagrams sent as frames with an 802.1Q priority tag (VID 0, PCP 5),
+/// which carries only a priority: the edge sprays them like untagged ones,
+/// the node removes the tag, and socat's echo (untagged) comes back whole.
+#[test]
+fn priority_tagged_datagrams_are_echoed_like_untagged_ones() {
+    if !privileged("priority_tagged_datagrams_are_echoed_like_untagged_ones") {
+        return;
+    }
+    let (cluster, _) = real_cluster();
+    let edge_mac = handoff_testbed::netns::mac_string(cluster.edge_client_port.mac);
+    let tagged = [
+        arg("--priority-tag-on"),
+        cluster.client_port.ifname.clone(),
+        arg("--dst-mac"),
+        edge_mac,
+    ];
+    let mut failures = Vec::new();
+    for family in Family::BOTH {
+        if let Err(e) = probe_with(&cluster, family, "1-64,1000-1024,1400", "vid0", &tagged) {
+            failures.push(e);
+        }
+    }
+    let removed: u64 = (0..cluster.nodes.len())
+        .map(|i| {
+            cluster.node_stats(i).unwrap()["totals"]["priority_tags_removed"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    if removed < 2 * 89 {
+        failures.push(format!(
+            "the nodes removed {removed} priority tags, at least 178 expected"
+        ));
     }
     finish(&cluster, &failures);
 }
