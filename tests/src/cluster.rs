@@ -342,23 +342,6 @@ impl Cluster {
             addr(&ns, &port, 24)?;
             ns.ip(&["route", "add", "default", "via", &EDGE_FABRIC_IP.to_string()])?;
             ns.ip(&["-6", "route", "add", "default", "via", &EDGE_FABRIC_IP6.to_string()])?;
-            // The edge sprays every packet from a service's address, and a
-            // neighbor solicitation for the edge's address carries that
-            // source: it would go to a node rather than to the edge. The
-            // services know the edge's fabric MAC statically instead (ARP
-            // is not IP and never sprayed).
-            ns.ip(&[
-                "-6",
-                "neigh",
-                "replace",
-                &EDGE_FABRIC_IP6.to_string(),
-                "lladdr",
-                &crate::netns::mac_string(edge_fabric_port.mac),
-                "dev",
-                &port.ifname,
-                "nud",
-                "permanent",
-            ])?;
             full_checksums(&ns, &port.ifname)?;
             services.push(Host { name, port, ns });
         }

@@ -24,6 +24,7 @@ const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 9, 0, 0, 0, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
 const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 21);
+const BACKEND6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 0x21);
 /// A router on the path, neither client nor cluster.
 const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 0, 5, 1);
 const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -60,6 +61,12 @@ fn edge(mode: HashMode) -> Edge {
         .add_source_match(Prefix {
             addr: BACKEND.into(),
             len: 32,
+        })
+        .unwrap();
+    program
+        .add_source_match(Prefix {
+            addr: BACKEND6.into(),
+            len: 128,
         })
         .unwrap();
     program.add_local_address(LOCAL.into()).unwrap();
@@ -160,7 +167,47 @@ fn cases() -> Vec<Case> {
         b"ping",
     );
     let from_member = |f: &[u8]| with_src_mac(f, member_mac(1));
+    let solicited_node: Ipv6Addr = "ff02::1:ff00:1".parse().unwrap();
+    let neighbor_solicitation = icmp6_message(
+        BACKEND6,
+        solicited_node,
+        Icmpv6Type::Unknown {
+            type_u8: 135,
+            code_u8: 0,
+            bytes5to8: [0; 4],
+        },
+        &[0xfd, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1],
+    );
     let mut cases = vec![
+        // A backend's own link traffic belongs to the edge host, never sprayed.
+        verdict(
+            "neighbor solicitation from a backend",
+            neighbor_solicitation,
+            XDP_PASS,
+            Reason::PassNotCluster,
+        ),
+        verdict(
+            "udp6 from a backend to a link-local address",
+            udp6(BACKEND6, "fe80::1".parse().unwrap(), 5353, 5353, b"x"),
+            XDP_PASS,
+            Reason::PassNotCluster,
+        ),
+        verdict(
+            "udp4 from a backend to multicast",
+            udp4(BACKEND, Ipv4Addr::new(224, 0, 0, 251), 5353, 5353, b"x"),
+            XDP_PASS,
+            Reason::PassNotCluster,
+        ),
+        verdict(
+            "udp4 from a backend to the limited broadcast",
+            udp4(BACKEND, Ipv4Addr::BROADCAST, 68, 67, b"x"),
+            XDP_PASS,
+            Reason::PassNotCluster,
+        ),
+        sprayed(
+            "udp6 from a backend to a client",
+            udp6(BACKEND6, CLIENT6, 7000, 40000, b"reply"),
+        ),
         sprayed("udp4", udp.clone()),
         sprayed("tcp4 syn", tcp4_syn(CLIENT, VIP, 40001, 80)),
         sprayed("udp6", udp_v6.clone()),

@@ -282,8 +282,11 @@ fn udp_datagrams_of_every_size_up_to_the_mtu_are_echoed_whole_by_socat() {
 }
 
 /// Datagrams sent as frames with an 802.1Q priority tag (VID 0, PCP 5),
-/// which carries only a priority: the edge sprays them like untagged ones,
-/// the node removes the tag, and socat's echo (untagged) comes back whole.
+/// which carries only a priority: the edge sprays them like untagged ones
+/// and socat's echo (untagged) comes back whole. (On this bed the fabric
+/// bridge's kernel takes the tag off into the skb's metadata before the
+/// node's generic XDP sees the frame; a node that does see one removes it,
+/// see `a_priority_tag_is_removed_and_the_frame_handled_as_untagged`.)
 #[test]
 fn priority_tagged_datagrams_are_echoed_like_untagged_ones() {
     if !privileged("priority_tagged_datagrams_are_echoed_like_untagged_ones") {
@@ -302,18 +305,6 @@ fn priority_tagged_datagrams_are_echoed_like_untagged_ones() {
         if let Err(e) = probe_with(&cluster, family, "1-64,1000-1024,1400", "vid0", &tagged) {
             failures.push(e);
         }
-    }
-    let removed: u64 = (0..cluster.nodes.len())
-        .map(|i| {
-            cluster.node_stats(i).unwrap()["totals"]["priority_tags_removed"]
-                .as_u64()
-                .unwrap_or(0)
-        })
-        .sum();
-    if removed < 2 * 89 {
-        failures.push(format!(
-            "the nodes removed {removed} priority tags, at least 178 expected"
-        ));
     }
     finish(&cluster, &failures);
 }

@@ -47,6 +47,25 @@ impl FlowKey {
         }
     }
 
+    /// Whether the packet belongs to its link rather than to any cluster
+    /// flow: a multicast or limited-broadcast destination (IPv4 224.0.0.0/4
+    /// and above, RFC 5771 / RFC 919; IPv6 ff00::/8, RFC 4291 §2.7), or an
+    /// IPv6 link-local address (fe80::/10, RFC 4291 §2.5.6) at either end.
+    /// IPv6 neighbor discovery (RFC 4861) is always such a packet: a
+    /// solicitation goes to a solicited-node multicast address, an
+    /// advertisement to the soliciting (local or link-local) address.
+    #[inline(always)]
+    pub fn is_link_scoped(&self) -> bool {
+        // Words hold the wire bytes in memory order: byte 0 is the first.
+        let dst = self.dst_addr[0].to_ne_bytes();
+        let src = self.src_addr[0].to_ne_bytes();
+        if self.ip_version == IP_V4 {
+            return dst[0] >= 224;
+        }
+        let link_local = |b: [u8; 4]| b[0] == 0xfe && b[1] & 0xc0 == 0x80;
+        dst[0] == 0xff || link_local(dst) || link_local(src)
+    }
+
     /// The key as the ten 32-bit words the hash consumes.
     #[inline(always)]
     pub fn words(&self) -> [u32; 10] {
@@ -144,3 +163,56 @@ mod user {
 }
 #[cfg(feature = "user")]
 pub use user::addr_words;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(src: [u8; 4], dst: [u8; 4]) -> FlowKey {
+        FlowKey {
+            src_addr: [u32::from_ne_bytes(src), 0, 0, 0],
+            dst_addr: [u32::from_ne_bytes(dst), 0, 0, 0],
+            ip_version: IP_V4,
+            ..FlowKey::default()
+        }
+    }
+
+    fn v6(src: [u8; 16], dst: [u8; 16]) -> FlowKey {
+        let words = |a: [u8; 16]| {
+            core::array::from_fn(|i| u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]]))
+        };
+        FlowKey {
+            src_addr: words(src),
+            dst_addr: words(dst),
+            ip_version: IP_V6,
+            ..FlowKey::default()
+        }
+    }
+
+    #[test]
+    fn link_scoped_packets_are_told_from_cluster_ones() {
+        let host = [10, 0, 1, 21];
+        assert!(v4(host, [224, 0, 0, 251]).is_link_scoped(), "mDNS");
+        assert!(v4(host, [255, 255, 255, 255]).is_link_scoped(), "broadcast");
+        assert!(!v4(host, [10, 0, 0, 2]).is_link_scoped());
+        assert!(
+            !v4([224, 0, 0, 1], [10, 0, 0, 2]).is_link_scoped(),
+            "only the destination counts in IPv4"
+        );
+        let global = [0xfd, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0x21];
+        let client = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        let mut solicited = [0u8; 16];
+        solicited[..2].copy_from_slice(&[0xff, 0x02]);
+        solicited[11..].copy_from_slice(&[1, 0xff, 0, 0, 1]);
+        let mut link_local = [0u8; 16];
+        link_local[..2].copy_from_slice(&[0xfe, 0x80]);
+        link_local[15] = 1;
+        assert!(v6(global, solicited).is_link_scoped(), "neighbor solicitation");
+        assert!(v6(global, link_local).is_link_scoped(), "to a link-local address");
+        assert!(v6(link_local, global).is_link_scoped(), "from a link-local address");
+        assert!(!v6(global, client).is_link_scoped());
+        let mut site = link_local;
+        site[1] = 0xc0;
+        assert!(!v6(global, site).is_link_scoped(), "fec0::/10 is not link-local");
+    }
+}

@@ -54,6 +54,10 @@ fn spray(frame: &XdpFrame) -> (u32, Reason) {
     if LOCAL_ADDRS.get_ptr(&dst).is_some() {
         return (action::PASS, Reason::PassLocal);
     }
+    if key.is_link_scoped() {
+        // Neighbor discovery, multicast, link-local: the edge host's own.
+        return (action::PASS, Reason::PassNotCluster);
+    }
     let src = match_key(&key.src_addr, key.ip_version);
     let cluster =
         DST_MATCH.get(Key::new(128, dst)).is_some() || SRC_MATCH.get(Key::new(128, src)).is_some();
