@@ -208,20 +208,9 @@ fn iperf3_bulk_tcp_with_8_streams_completes_over_ipv4_and_ipv6() {
     finish(&cluster, &failures);
 }
 
-/// Runs `udp-probe` over `sizes` against the socat echo on the VIP of
-/// `family`; returns its report or what went wrong.
-fn probe(cluster: &Cluster, family: Family, sizes: &str, tag: &str) -> Result<ProbeReport, String> {
-    probe_with(cluster, family, sizes, tag, &[])
-}
-
-/// [`probe`] with more arguments for `udp-probe`.
-fn probe_with(
-    cluster: &Cluster,
-    family: Family,
-    sizes: &str,
-    tag: &str,
-    extra: &[String],
-) -> Result<ProbeReport, String> {
+/// Runs `udp-probe` over `sizes` (with `extra` arguments) against the
+/// socat echo on the VIP of `family`; returns its report or what went wrong.
+fn probe(cluster: &Cluster, family: Family, sizes: &str, tag: &str, extra: &[String]) -> Result<ProbeReport, String> {
     let json = cluster.log_dir.join(format!("udp-probe-{tag}-{}.json", family.name()));
     let bench = handoff_testbed::binaries::binary("handoff-bench").map_err(|e| format!("{e:#}"))?;
     let run = cluster
@@ -258,6 +247,16 @@ fn probe_with(
     Ok(report)
 }
 
+/// Probes the VIP of each family with the sizes `sizes` gives it, then
+/// fails with every family's failure, if any.
+fn probe_every_family(cluster: &Cluster, tag: &str, extra: &[String], sizes: impl Fn(Family) -> String) {
+    let failures: Vec<String> = Family::BOTH
+        .into_iter()
+        .filter_map(|family| probe(cluster, family, &sizes(family), tag, extra).err())
+        .collect();
+    finish(cluster, &failures);
+}
+
 /// The largest UDP payload that fits the IP MTU unfragmented.
 fn largest_unfragmented(family: Family) -> u32 {
     IP_MTU - family.udp_overhead()
@@ -271,14 +270,9 @@ fn udp_datagrams_of_every_size_up_to_the_mtu_are_echoed_whole_by_socat() {
         return;
     }
     let (cluster, _) = real_cluster();
-    let mut failures = Vec::new();
-    for family in Family::BOTH {
-        let sizes = format!("1-{}", largest_unfragmented(family));
-        if let Err(e) = probe(&cluster, family, &sizes, "unfragmented") {
-            failures.push(e);
-        }
-    }
-    finish(&cluster, &failures);
+    probe_every_family(&cluster, "unfragmented", &[], |family| {
+        format!("1-{}", largest_unfragmented(family))
+    });
 }
 
 /// Datagrams sent as frames with an 802.1Q priority tag (VID 0, PCP 5),
@@ -300,35 +294,21 @@ fn priority_tagged_datagrams_are_echoed_like_untagged_ones() {
         arg("--dst-mac"),
         edge_mac,
     ];
-    let mut failures = Vec::new();
-    for family in Family::BOTH {
-        if let Err(e) = probe_with(&cluster, family, "1-64,1000-1024,1400", "vid0", &tagged) {
-            failures.push(e);
-        }
-    }
-    finish(&cluster, &failures);
+    probe_every_family(&cluster, "vid0", &tagged, |_| "1-64,1000-1024,1400".into());
 }
 
 /// Datagrams too big for one packet (1,473 to 8,972 bytes over IPv4, 1,453
 /// to 8,952 over IPv6: up to a 9,000-byte IP packet) leave the client in
 /// fragments; every one is echoed whole (the echo is fragmented too).
 #[test]
-#[ignore = "IP fragments do not reach their connection yet (issue 10, item 5): a node drops them, counted (drop_no_service)"]
 fn fragmented_udp_datagrams_up_to_9000_bytes_are_echoed_whole_by_socat() {
     if !privileged("fragmented_udp_datagrams_up_to_9000_bytes_are_echoed_whole_by_socat") {
         return;
     }
     let (cluster, _) = real_cluster();
-    let mut failures = Vec::new();
-    for family in Family::BOTH {
-        let first = largest_unfragmented(family) + 1;
-        let last = 9_000 - family.udp_overhead();
-        let sizes = format!("{first}-{last}");
-        if let Err(e) = probe(&cluster, family, &sizes, "fragmented") {
-            failures.push(e);
-        }
-    }
-    finish(&cluster, &failures);
+    probe_every_family(&cluster, "fragmented", &[], |family| {
+        format!("{}-{}", largest_unfragmented(family) + 1, 9_000 - family.udp_overhead())
+    });
 }
 
 /// Every real program across a disengage and an engage of fd-a: curl

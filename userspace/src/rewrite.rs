@@ -412,6 +412,83 @@ pub fn apply_icmp_error(
     write_u16(frame, icmp + 2, checksum)
 }
 
+/// Applies a flow's [`Rewrite`] to an IP fragment (`headers.fragment`):
+/// the address in every fragment, with the IPv4 header checksum; in the
+/// first one (`headers.frag.first_l4_offset` set) also the port and the
+/// TCP/UDP checksum. That checksum covers the whole datagram, and only the
+/// first fragment holds it, so the same incremental update (RFC 1624) the
+/// unfragmented packet would get is exact. An IPv4 UDP checksum of 0
+/// stays 0 (RFC 768).
+///
+/// # Errors
+/// [`RewriteError::Mismatch`] for a packet that is no fragment or whose
+/// offsets do not fit it; [`RewriteError::FamilyMismatch`] for an address
+/// of the other family.
+pub fn apply_fragment(frame: &mut [u8], headers: &Headers, rewrite: &Rewrite) -> Result<(), RewriteError> {
+    let ipv4 = headers.key.ip_version == IP_V4;
+    let (address_len, at) = match (ipv4, rewrite.side) {
+        (true, Side::Source) => (4, 12),
+        (true, Side::Destination) => (4, 16),
+        (false, Side::Source) => (16, 8),
+        (false, Side::Destination) => (16, 24),
+    };
+    let octets = match (rewrite.address, ipv4) {
+        (IpAddr::V4(a), true) => a.to_ipv6_mapped().octets(),
+        (IpAddr::V6(a), false) => a.octets(),
+        _ => {
+            return Err(RewriteError::FamilyMismatch {
+                address: rewrite.address,
+                ip_version: headers.key.ip_version,
+            })
+        }
+    };
+    let new_address = &octets[16 - address_len..];
+    let (l3, end) = (headers.l3_offset, headers.l3_end);
+    let at = l3 + at;
+    if !headers.fragment || end > frame.len() || at + address_len > end {
+        return Err(RewriteError::Mismatch {
+            reason: "no fragment, or offsets outside it",
+        });
+    }
+    let mut delta = ChecksumDelta::default();
+    delta.replace(&frame[at..at + address_len], new_address);
+    let l4 = headers.frag.first_l4_offset;
+    let transport = if l4 == 0 {
+        None
+    } else {
+        let (checksum_at, udp) = match headers.key.protocol {
+            ipproto::UDP => (l4 + UDP_CHECKSUM, true),
+            ipproto::TCP => (l4 + TCP_CHECKSUM, false),
+            protocol => return Err(RewriteError::NoPorts { protocol }),
+        };
+        if checksum_at + 2 > end {
+            return Err(RewriteError::Mismatch {
+                reason: "transport header beyond the first fragment",
+            });
+        }
+        let port_at = l4 + if rewrite.side == Side::Source { 0 } else { 2 };
+        Some((port_at, checksum_at, udp))
+    };
+    // Everything below is in bounds (checked above).
+    if ipv4 {
+        let checksum_at = l3 + IPV4_CHECKSUM;
+        write_u16(frame, checksum_at, delta.apply(read_u16(frame, checksum_at)?))?;
+    }
+    if let Some((port_at, checksum_at, udp)) = transport {
+        let old_port = read_u16(frame, port_at)?;
+        let mut l4_delta = delta;
+        l4_delta.replace(&old_port.to_be_bytes(), &rewrite.port.to_be_bytes());
+        let old = read_u16(frame, checksum_at)?;
+        if !(udp && ipv4 && old == 0) {
+            let new = l4_delta.apply(old);
+            write_u16(frame, checksum_at, if udp && new == 0 { 0xffff } else { new })?;
+        }
+        write_u16(frame, port_at, rewrite.port)?;
+    }
+    frame[at..at + address_len].copy_from_slice(new_address);
+    Ok(())
+}
+
 /// What [`decrement_ttl`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ttl {

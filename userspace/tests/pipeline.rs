@@ -192,7 +192,7 @@ impl Node {
 fn assert_balanced(c: &WorkerCounters) {
     assert_eq!(
         c.rx,
-        c.tx + c.dropped() + c.forwarded_to_core + c.markers + c.held,
+        c.tx + c.dropped() + c.forwarded_to_core + c.markers + c.held + c.fragments_parked,
         "{c:?}"
     );
 }
@@ -1678,4 +1678,155 @@ fn an_icmp_error_reaches_its_connection_rewritten_inside_and_out() {
         assert_eq!(node.counters().drop_no_flow, before + 1);
         assert_eq!(node.counters().created, created);
     }
+}
+
+/// Splits the IP packet of `frame` into fragments of `chunk` payload bytes
+/// (a multiple of 8), identification `id`: IPv4 headers with MF and the
+/// offset, or IPv6 fragment headers (RFC 8200 §4.5, written by hand).
+fn fragments_of(frame: &[u8], chunk: usize, id: u32) -> Vec<Vec<u8>> {
+    let ipv4 = frame[14] >> 4 == 4;
+    let ip_len = if ipv4 { 20 } else { 40 };
+    let payload = &frame[14 + ip_len..];
+    let pieces: Vec<&[u8]> = payload.chunks(chunk).collect();
+    pieces
+        .iter()
+        .enumerate()
+        .map(|(i, piece)| {
+            let offset = i * chunk;
+            let more = i + 1 < pieces.len();
+            let mut out = frame[..14].to_vec();
+            if ipv4 {
+                let (mut h, _) = etherparse::Ipv4Header::from_slice(&frame[14..]).unwrap();
+                h.identification = id as u16;
+                h.more_fragments = more;
+                h.dont_fragment = false;
+                h.fragment_offset = etherparse::IpFragOffset::try_new((offset / 8) as u16).unwrap();
+                h.set_payload_len(piece.len()).unwrap();
+                h.header_checksum = h.calc_header_checksum();
+                out.extend_from_slice(&h.to_bytes());
+            } else {
+                let mut h = frame[14..54].to_vec();
+                let next = h[6];
+                h[6] = 44;
+                h[4..6].copy_from_slice(&((8 + piece.len()) as u16).to_be_bytes());
+                out.extend_from_slice(&h);
+                let field = ((offset / 8) as u16) << 3 | u16::from(more);
+                out.extend_from_slice(&[next, 0]);
+                out.extend_from_slice(&field.to_be_bytes());
+                out.extend_from_slice(&id.to_be_bytes());
+            }
+            out.extend_from_slice(piece);
+            out
+        })
+        .collect()
+}
+
+/// The datagram the fragments (as sent, in any order) carry, put back
+/// together as one frame with the first fragment's headers.
+fn reassembled(fragments: &[Vec<u8>]) -> Vec<u8> {
+    let ipv4 = fragments[0][14] >> 4 == 4;
+    let mut pieces: Vec<(usize, &[u8])> = fragments
+        .iter()
+        .map(|f| {
+            let h = parse_frame(f.as_slice()).unwrap();
+            assert!(h.fragment);
+            (h.frag.offset as usize, &f[h.upper_offset..h.l3_end])
+        })
+        .collect();
+    pieces.sort_by_key(|p| p.0);
+    let payload: Vec<u8> = pieces.iter().flat_map(|p| p.1.iter().copied()).collect();
+    let first = fragments
+        .iter()
+        .find(|f| parse_frame(f.as_slice()).unwrap().frag.offset == 0)
+        .unwrap();
+    let mut out = first[..14].to_vec();
+    if ipv4 {
+        let (mut h, _) = etherparse::Ipv4Header::from_slice(&first[14..]).unwrap();
+        h.more_fragments = false;
+        h.fragment_offset = etherparse::IpFragOffset::ZERO;
+        h.set_payload_len(payload.len()).unwrap();
+        h.header_checksum = h.calc_header_checksum();
+        out.extend_from_slice(&h.to_bytes());
+    } else {
+        let mut h = first[14..54].to_vec();
+        h[6] = first[54];
+        h[4..6].copy_from_slice(&(payload.len() as u16).to_be_bytes());
+        out.extend_from_slice(&h);
+    }
+    out.extend_from_slice(&payload);
+    out
+}
+
+#[test]
+fn every_fragment_of_a_datagram_follows_its_connection_and_is_rewritten() {
+    for (client, vip, backend, backend_mac) in [
+        ("10.0.0.7", "10.0.9.1", "10.1.0.1", BACKEND4_MAC),
+        ("fd00::7", "fd00::9:1", "fd00::1:1", BACKEND6_MAC),
+    ] {
+        for (size, reversed) in [(3000, false), (3000, true), (8900, false), (8900, true)] {
+            let payload: Vec<u8> = (0..size).map(|i| (i * 7) as u8).collect();
+            let datagram = packet(sock(client, 4000), sock(vip, 53), L4::Udp, &payload);
+            let mut fragments = fragments_of(&datagram, 1448, 0x0abc_0001);
+            if reversed {
+                fragments.reverse();
+            }
+            let mut node = Node::solo();
+            let mut sent = Vec::new();
+            for f in &fragments {
+                if let Some(out) = node.handle(f, 0, at(1)) {
+                    sent.push(out);
+                }
+            }
+            // Parked fragments run again once their first came.
+            for released in std::mem::take(&mut node.out.released) {
+                if let Some(out) = node.handle(&released.data[..released.len as usize], released.hops, at(1)) {
+                    sent.push(out);
+                }
+            }
+            assert_eq!(sent.len(), fragments.len(), "{client} {size} reversed {reversed}");
+            for f in &sent {
+                assert_eq!(&f[..6], &backend_mac, "every fragment to the backend");
+                let h = parse_frame(f.as_slice()).unwrap();
+                assert_eq!(h.key.dst_ip(), ip(backend));
+            }
+            let whole = seen(&reassembled(&sent));
+            assert_eq!((whole.src, whole.dst), (sock(client, 4000), sock(backend, 5353)));
+            let c = node.counters();
+            assert_eq!(c.created, 1, "one connection for the datagram");
+            assert_eq!(
+                c.fragments_parked,
+                if reversed { fragments.len() as u64 - 1 } else { 0 },
+                "{c:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_fragmented_reply_is_undone_by_its_connection_and_strays_are_bounded() {
+    let mut node = Node::solo();
+    node.handle(&udp(sock("10.0.0.7", 4000), sock("10.0.9.1", 53)), 0, at(1))
+        .expect("DNATed");
+    let reply = packet(sock("10.1.0.1", 5353), sock("10.0.0.7", 4000), L4::Udp, &[9; 4000]);
+    let fragments = fragments_of(&reply, 1480, 77);
+    let sent: Vec<Vec<u8>> = fragments.iter().filter_map(|f| node.handle(f, 0, at(1))).collect();
+    assert_eq!(sent.len(), fragments.len());
+    let whole = seen(&reassembled(&sent));
+    assert_eq!((whole.src, whole.dst), (sock("10.0.9.1", 53), sock("10.0.0.7", 4000)));
+    assert!(sent.iter().all(|f| f[..6] == ROUTER_MAC));
+
+    // Later fragments whose first never comes wait, then are dropped, counted.
+    let stray = fragments_of(
+        &packet(sock("10.0.0.8", 1), sock("10.0.9.1", 53), L4::Udp, &[1; 3000]),
+        1480,
+        78,
+    );
+    for f in &stray[1..] {
+        assert_eq!(node.handle(f, 0, at(2)), None);
+    }
+    assert_eq!(node.counters().fragments_parked, 2);
+    node.pipeline.expire(at(2), 16);
+    assert_eq!(node.counters().drop_fragment_timeout, 0);
+    node.pipeline.expire(at(8), 16);
+    assert_eq!(node.counters().drop_fragment_timeout, 2);
 }

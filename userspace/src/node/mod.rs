@@ -4,6 +4,7 @@
 pub mod config;
 pub mod daemon;
 pub mod fabric;
+pub mod fragments;
 pub mod handover;
 pub mod hold;
 pub mod manager_link;

@@ -10,6 +10,7 @@
 
 use super::{
     fabric::{self, decapsulate, encapsulate, FabricError, Hop, Marker},
+    fragments::{DatagramId, FragmentTracker, Parked},
     ownership::OwnershipTable,
     view::NodeView,
 };
@@ -27,7 +28,7 @@ use crate::{
 use handoff_common::{
     fabric::{kind, ANY_WORKER, FABRIC_ETHERTYPE, FABRIC_MAX_HOPS},
     flow_key::{FlowKey, IP_V4},
-    net::{ethertype, ipproto},
+    net::{ethertype, ipproto, NetU16},
     parse::{icmp_error_key, parse_ethernet, parse_frame, Headers, QuotedPacket, ETH_HLEN},
 };
 use serde::{Deserialize, Serialize};
@@ -64,6 +65,10 @@ pub enum DropReason {
     TtlExpired,
     /// Larger than the fabric or a core handoff takes.
     TooBig,
+    /// A fragment whose first fragment did not come in time.
+    FragmentTimeout,
+    /// A fragment that found the fragment pen full.
+    FragmentsFull,
 }
 
 /// Per-worker counters.
@@ -120,6 +125,15 @@ pub struct WorkerCounters {
     pub icmp_errors_sent: u64,
     /// VID-0 priority tags removed (the frame is then untagged).
     pub priority_tags_removed: u64,
+    /// IP fragments handled (each time one runs).
+    pub fragments: u64,
+    /// Fragments parked until their datagram's first fragment came (each
+    /// runs again once it did).
+    pub fragments_parked: u64,
+    /// Dropped: a parked fragment's first fragment did not come in time.
+    pub drop_fragment_timeout: u64,
+    /// Dropped: the fragment pen was full.
+    pub drop_fragments_full: u64,
 }
 
 impl WorkerCounters {
@@ -138,6 +152,8 @@ impl WorkerCounters {
             DropReason::NoService => &mut self.drop_no_service,
             DropReason::TtlExpired => &mut self.drop_ttl_expired,
             DropReason::TooBig => &mut self.drop_too_big,
+            DropReason::FragmentTimeout => &mut self.drop_fragment_timeout,
+            DropReason::FragmentsFull => &mut self.drop_fragments_full,
         };
         *c += 1;
     }
@@ -157,6 +173,8 @@ impl WorkerCounters {
             + self.drop_no_service
             + self.drop_ttl_expired
             + self.drop_too_big
+            + self.drop_fragment_timeout
+            + self.drop_fragments_full
     }
 }
 
@@ -225,6 +243,8 @@ pub struct Outbox {
     /// Frames of redirected connections held back (see
     /// [`Pipeline::hold_redirects`]), unchanged, in arrival order.
     pub held: Vec<CorePacket>,
+    /// Parked fragments whose first fragment came: to run again, in order.
+    pub released: Vec<CorePacket>,
 }
 
 impl Outbox {
@@ -234,6 +254,7 @@ impl Outbox {
             to_cores: Vec::with_capacity(burst),
             installed: Vec::with_capacity(burst),
             held: Vec::with_capacity(burst),
+            released: Vec::with_capacity(burst),
         }
     }
 }
@@ -303,6 +324,9 @@ pub struct Pipeline {
     now: Timestamp,
     /// The packet being handled is an ICMP error quoting this packet.
     quoted: Option<QuotedPacket>,
+    /// The packet being handled is a fragment of a datagram with these ports.
+    fragment_ports: Option<(NetU16, NetU16)>,
+    fragments: FragmentTracker,
 }
 
 /// A previous owner whose drain this worker awaits.
@@ -411,6 +435,8 @@ impl Pipeline {
             gateway_mac,
             now: Timestamp::from_nanos(0),
             quoted: None,
+            fragment_ports: None,
+            fragments: FragmentTracker::new(),
         })
     }
 
@@ -641,7 +667,15 @@ impl Pipeline {
             return self.drop(DropReason::Malformed);
         };
         self.quoted = None;
-        if matches!(headers.key.protocol, ipproto::ICMP | ipproto::ICMPV6) {
+        self.fragment_ports = None;
+        if headers.fragment {
+            self.counters.fragments += 1;
+            let Some(ports) = self.fragment_ports_of(frame.bytes(), &headers, hops, out) else {
+                return Verdict::Drop;
+            };
+            self.fragment_ports = Some(ports);
+        }
+        if matches!(headers.key.protocol, ipproto::ICMP | ipproto::ICMPV6) && !headers.fragment {
             if self.policy.is_vip(&headers.key) && icmp::is_echo_request(frame.bytes(), &headers) {
                 return self.answer_echo(frame.bytes_mut(), &headers);
             }
@@ -749,6 +783,7 @@ impl Pipeline {
                         let flow_key = quoted.key.reversed();
                         rewrite::apply_icmp_error(frame.bytes_mut(), headers, &quoted, &flow_key, &rw)
                     }
+                    None if headers.fragment => rewrite::apply_fragment(frame.bytes_mut(), headers, &rw),
                     None => rewrite::apply(frame.bytes_mut(), headers, &rw),
                 };
                 if rewritten.is_err() {
@@ -900,7 +935,61 @@ impl Pipeline {
     /// The key of the connection the packet belongs to: its own, or for an
     /// ICMP error the reverse of the packet it quotes.
     fn flow_key(&self, headers: &Headers) -> FlowKey {
-        self.quoted.map_or(headers.key, |q| q.key.reversed())
+        match (self.quoted, self.fragment_ports) {
+            (Some(quoted), _) => quoted.key.reversed(),
+            (None, Some((src_port, dst_port))) => FlowKey {
+                src_port,
+                dst_port,
+                ..headers.key
+            },
+            (None, None) => headers.key,
+        }
+    }
+
+    /// The ports of the datagram a fragment belongs to: read from its first
+    /// fragment (zero for a protocol without ports), or learnt from it
+    /// before. A later fragment that comes first is parked until then
+    /// (`None`: parked or dropped, counted).
+    fn fragment_ports_of(
+        &mut self,
+        bytes: &[u8],
+        headers: &Headers,
+        hops: u8,
+        out: &mut Outbox,
+    ) -> Option<(NetU16, NetU16)> {
+        let datagram = DatagramId {
+            key: headers.key,
+            id: headers.frag.id,
+        };
+        if headers.frag.offset == 0 {
+            let l4 = headers.frag.first_l4_offset;
+            let port = |at: usize| bytes.get(at..at + 2).map(|b| NetU16(u16::from_ne_bytes([b[0], b[1]])));
+            let ports = match (l4, port(l4), port(l4 + 2)) {
+                (0, _, _) => (NetU16(0), NetU16(0)),
+                (_, Some(src), Some(dst)) => (src, dst),
+                _ => {
+                    self.drop(DropReason::Malformed);
+                    return None;
+                }
+            };
+            self.fragments.learn(datagram, ports, self.now, &mut out.released);
+            return Some(ports);
+        }
+        if let Some(ports) = self.fragments.ports(&datagram) {
+            return Some(ports);
+        }
+        if bytes.len() > CORE_FRAME {
+            self.drop(DropReason::TooBig);
+            return None;
+        }
+        let copy = CorePacket::copy_of(bytes, self.me.worker, hops, self.sender);
+        match self.fragments.park(datagram, copy, self.now) {
+            Parked::Waiting => self.counters.fragments_parked += 1,
+            Parked::Full => {
+                self.drop(DropReason::FragmentsFull);
+            }
+        }
+        None
     }
 
     /// Answers an echo request to a VIP, or drops it, by policy.
@@ -983,6 +1072,9 @@ impl Pipeline {
 
     /// Runs the expiry sweep over at most `budget` slots.
     pub fn expire(&mut self, now: Timestamp, budget: usize) -> usize {
+        for _ in 0..self.fragments.expire(now) {
+            self.counters.count(DropReason::FragmentTimeout);
+        }
         self.table.expire(now, budget)
     }
 }

@@ -355,6 +355,7 @@ impl<P: PacketIo> Worker<P> {
         } = self;
         let mut handled = port.poll_rx(|frame| pipeline.process(frame, 0, now, outbox));
         handled += self.drain_inbox(now);
+        self.run_released(now);
         self.pen_held(now);
         if self.pen.timed_out(now) {
             tracing::warn!(
@@ -461,6 +462,22 @@ impl<P: PacketIo> Worker<P> {
             .process_from(&mut self.scratch, packet.hops, sender, now, &mut self.outbox);
         if verdict == Verdict::Transmit && self.port.send(crate::io::FrameBuf::bytes(&self.scratch)).is_err() {
             self.pipeline.count_drop(DropReason::RingFull);
+        }
+    }
+
+    /// Runs the parked fragments whose first fragment came, in order; they
+    /// may release others in turn (never more than were parked).
+    fn run_released(&mut self, now: Timestamp) {
+        while !self.outbox.released.is_empty() {
+            let released = std::mem::take(&mut self.outbox.released);
+            for packet in &released {
+                self.run_copy(packet, now);
+            }
+            // Hand the buffer back when nothing new came meanwhile.
+            if self.outbox.released.is_empty() {
+                self.outbox.released = released;
+                self.outbox.released.clear();
+            }
         }
     }
 
