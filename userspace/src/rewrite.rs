@@ -153,13 +153,7 @@ impl Layout {
 
     /// Offset of the source or destination address.
     fn address(&self, side: Side) -> usize {
-        self.l3
-            + match (self.ipv4, side) {
-                (true, Side::Source) => 12,
-                (true, Side::Destination) => 16,
-                (false, Side::Source) => 8,
-                (false, Side::Destination) => 24,
-            }
+        self.l3 + address_offset(self.ipv4, side)
     }
 
     fn address_len(&self) -> usize {
@@ -177,6 +171,30 @@ impl Layout {
                 Side::Source => 0,
                 Side::Destination => 2,
             }
+    }
+}
+
+/// Where the source or destination address starts in an IPv4 or IPv6
+/// header (RFC 791 §3.1, RFC 8200 §3).
+fn address_offset(ipv4: bool, side: Side) -> usize {
+    match (ipv4, side) {
+        (true, Side::Source) => 12,
+        (true, Side::Destination) => 16,
+        (false, Side::Source) => 8,
+        (false, Side::Destination) => 24,
+    }
+}
+
+/// `address` as the packet's header holds it: 16 bytes of which the last
+/// 4 (IPv4) or all 16 (IPv6) count, and that count.
+fn wire_address(address: IpAddr, headers: &Headers) -> Result<([u8; 16], usize), RewriteError> {
+    match (address, headers.key.ip_version) {
+        (IpAddr::V4(a), IP_V4) => Ok((a.to_ipv6_mapped().octets(), 4)),
+        (IpAddr::V6(a), IP_V6) => Ok((a.octets(), 16)),
+        _ => Err(RewriteError::FamilyMismatch {
+            address,
+            ip_version: headers.key.ip_version,
+        }),
     }
 }
 
@@ -269,17 +287,9 @@ fn rewrite_endpoint(
     port: u16,
 ) -> Result<(), RewriteError> {
     let layout = Layout::of(frame, headers)?;
-    let octets = match (address, layout.ipv4) {
-        (IpAddr::V4(a), true) => a.to_ipv6_mapped().octets(),
-        (IpAddr::V6(a), false) => a.octets(),
-        _ => {
-            return Err(RewriteError::FamilyMismatch {
-                address,
-                ip_version: headers.key.ip_version,
-            })
-        }
-    };
-    let new_address = &octets[16 - layout.address_len()..];
+    // Layout::of checked that the header's version is the key's.
+    let (octets, address_len) = wire_address(address, headers)?;
+    let new_address = &octets[16 - address_len..];
     let at = layout.address(side);
     let old_address = frame.get(at..at + new_address.len()).ok_or(RewriteError::Truncated {
         needed: at + new_address.len(),
@@ -338,17 +348,11 @@ pub fn apply_icmp_error(
     rewrite: &Rewrite,
 ) -> Result<(), RewriteError> {
     let ipv4 = headers.key.ip_version == IP_V4;
-    let (address_len, src_at, dst_at) = if ipv4 { (4, 12, 16) } else { (16, 8, 24) };
-    let octets = match (rewrite.address, ipv4) {
-        (IpAddr::V4(a), true) => a.to_ipv6_mapped().octets(),
-        (IpAddr::V6(a), false) => a.octets(),
-        _ => {
-            return Err(RewriteError::FamilyMismatch {
-                address: rewrite.address,
-                ip_version: headers.key.ip_version,
-            })
-        }
-    };
+    let (src_at, dst_at) = (
+        address_offset(ipv4, Side::Source),
+        address_offset(ipv4, Side::Destination),
+    );
+    let (octets, address_len) = wire_address(rewrite.address, headers)?;
     let new_address = &octets[16 - address_len..];
     let (l3, icmp, end) = (headers.l3_offset, headers.upper_offset, headers.l3_end);
     let q3 = quoted.l3_offset;
@@ -426,22 +430,8 @@ pub fn apply_icmp_error(
 /// of the other family.
 pub fn apply_fragment(frame: &mut [u8], headers: &Headers, rewrite: &Rewrite) -> Result<(), RewriteError> {
     let ipv4 = headers.key.ip_version == IP_V4;
-    let (address_len, at) = match (ipv4, rewrite.side) {
-        (true, Side::Source) => (4, 12),
-        (true, Side::Destination) => (4, 16),
-        (false, Side::Source) => (16, 8),
-        (false, Side::Destination) => (16, 24),
-    };
-    let octets = match (rewrite.address, ipv4) {
-        (IpAddr::V4(a), true) => a.to_ipv6_mapped().octets(),
-        (IpAddr::V6(a), false) => a.octets(),
-        _ => {
-            return Err(RewriteError::FamilyMismatch {
-                address: rewrite.address,
-                ip_version: headers.key.ip_version,
-            })
-        }
-    };
+    let at = address_offset(ipv4, rewrite.side);
+    let (octets, address_len) = wire_address(rewrite.address, headers)?;
     let new_address = &octets[16 - address_len..];
     let (l3, end) = (headers.l3_offset, headers.l3_end);
     let at = l3 + at;
