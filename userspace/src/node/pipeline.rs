@@ -1011,7 +1011,8 @@ impl Pipeline {
     /// from its destination if the policy rejects.
     fn refuse<F: FrameBuf>(&mut self, frame: &mut F, headers: &Headers) -> Verdict {
         if self.policy.config().unmatched_vip == UnmatchedVip::Reject && self.policy.is_vip(&headers.key) {
-            let kind = if headers.has_ports() {
+            // A fragment's ports come from its first fragment.
+            let kind = if matches!(headers.key.protocol, ipproto::TCP | ipproto::UDP) {
                 icmp::ErrorKind::PortUnreachable
             } else {
                 icmp::ErrorKind::ProtocolUnreachable
