@@ -294,6 +294,10 @@ fn priority_tagged_datagrams_are_echoed_like_untagged_ones() {
         arg("--dst-mac"),
         edge_mac,
     ];
+    // Frames sent on a packet socket skip the client's neighbor discovery,
+    // which is what teaches the edge the client's MAC: one datagram
+    // through the client's own stack first, as any client talks before.
+    probe_every_family(&cluster, "untagged-first", &[], |_| "1".into());
     probe_every_family(&cluster, "vid0", &tagged, |_| "1-64,1000-1024,1400".into());
 }
 
