@@ -26,10 +26,10 @@ use handoff_bench::{
     report::{GenReport, SinkReport},
 };
 use handoff_testbed::{
-    cluster::{arg, read_json, CLIENT_NET, VIP},
+    cluster::{read_json, CLIENT_NET, VIP},
     netns::mac_string,
     privilege::missing_privilege,
-    real::parse_iperf3,
+    real::{iperf3_client_args, parse_iperf3},
     service_path::{IPERF_PORT, UDP_PORT},
     Cluster, ClusterSpec, NsRef,
 };
@@ -172,19 +172,7 @@ fn run_tcp(node: NodeKind, seconds: u32) -> Result<TcpRun> {
         NsRef::Client,
         Duration::from_secs(u64::from(seconds) + 30),
         "iperf3",
-        &[
-            arg("--client"),
-            arg(VIP),
-            arg("--port"),
-            arg(IPERF_PORT),
-            arg("--parallel"),
-            arg(8),
-            arg("--time"),
-            arg(seconds),
-            arg("--connect-timeout"),
-            arg(5000),
-            arg("--json"),
-        ],
+        &iperf3_client_args(VIP.into(), seconds),
     )?;
     let report = parse_iperf3(&run.stdout).map_err(|e| anyhow::anyhow!("{node:?}: {e}: {}", run.describe()))?;
     if !run.success() {

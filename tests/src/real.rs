@@ -401,6 +401,24 @@ pub struct Iperf3Report {
     pub retransmits: u64,
 }
 
+/// The arguments of `iperf3` as a client of the server at `server`:
+/// 8 parallel streams for `seconds`, a 5 s connect timeout, a JSON report.
+pub fn iperf3_client_args(server: std::net::IpAddr, seconds: u32) -> Vec<String> {
+    vec![
+        arg("--client"),
+        arg(server),
+        arg("--port"),
+        arg(IPERF_PORT),
+        arg("--parallel"),
+        arg(8),
+        arg("--time"),
+        arg(seconds),
+        arg("--connect-timeout"),
+        arg(5000),
+        arg("--json"),
+    ]
+}
+
 /// Reads `iperf3 --json` output; `Err` when it is no JSON, carries an
 /// `error`, or moved no bytes.
 pub fn parse_iperf3(stdout: &str) -> Result<Iperf3Report, String> {

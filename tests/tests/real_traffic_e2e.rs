@@ -17,7 +17,9 @@ use handoff_bench::udp_probe::ProbeReport;
 use handoff_testbed::{
     cluster::{arg, read_json, Family, IP_MTU},
     privileged,
-    real::{fingerprint, parse_iperf3, parse_ping, parse_wrk, udp_probe_args, HttpObjects, HTTP_SIZES},
+    real::{
+        fingerprint, iperf3_client_args, parse_iperf3, parse_ping, parse_wrk, udp_probe_args, HttpObjects, HTTP_SIZES,
+    },
     service_path::IPERF_PORT,
     Cluster, NsRef,
 };
@@ -150,19 +152,7 @@ fn http_objects_of_every_size_arrive_byte_exact_and_keepalive_load_has_no_errors
 /// Runs iperf3 against the VIP of `family`; returns the received bitrate
 /// (bits/s) or what went wrong.
 fn iperf3(cluster: &Cluster, family: Family, extra: &[String], seconds: u32) -> Result<f64, String> {
-    let mut args = vec![
-        arg("--client"),
-        arg(family.vip()),
-        arg("--port"),
-        arg(IPERF_PORT),
-        arg("--parallel"),
-        arg(8),
-        arg("--time"),
-        arg(seconds),
-        arg("--connect-timeout"),
-        arg(5000),
-        arg("--json"),
-    ];
+    let mut args = iperf3_client_args(family.vip(), seconds);
     args.extend(extra.iter().cloned());
     let run = cluster
         .run_bounded(
