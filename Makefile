@@ -12,9 +12,14 @@ bootstrap:
 build: bootstrap
 	$(CARGO) build --release --workspace --bins
 
+# The eBPF crate builds apart (bpfel, Debian's rustc); clippy checks it for the
+# host target, where aya-ebpf also compiles, with the same lint table.
 lint: bootstrap
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	cd xdp-ebpf/programs && $(CARGO) fmt -- --check
+	cd xdp-ebpf/programs && $(CARGO) clippy --release --locked --target x86_64-unknown-linux-gnu \
+		--target-dir ../../target/ebpf-clippy -- -D warnings
 
 unit-test: build
 	$(CARGO) test --release --workspace --exclude handoff-testbed

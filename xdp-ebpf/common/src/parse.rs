@@ -14,6 +14,8 @@ mod icmp;
 #[cfg(test)]
 mod tests;
 
+/// The bound of [`PacketBytes::load`], re-exported so implementors name the same trait.
+pub use bytemuck::AnyBitPattern;
 pub use icmp::{icmp_error_key, QuotedPacket, ICMP_HLEN};
 
 use crate::{
@@ -52,7 +54,11 @@ pub trait PacketBytes {
         self.len() == 0
     }
     /// Reads a `T` at `offset` without alignment requirements.
-    fn load<T: Copy>(&self, offset: usize) -> Option<T>;
+    ///
+    /// `T` is plain old data ([`AnyBitPattern`]: integers and arrays of them),
+    /// so any bytes a peer sends are a valid `T`; a `bool` or a reference
+    /// cannot be read this way.
+    fn load<T: AnyBitPattern>(&self, offset: usize) -> Option<T>;
 }
 
 impl PacketBytes for [u8] {
@@ -61,12 +67,9 @@ impl PacketBytes for [u8] {
         <[u8]>::len(self)
     }
     #[inline]
-    fn load<T: Copy>(&self, offset: usize) -> Option<T> {
+    fn load<T: AnyBitPattern>(&self, offset: usize) -> Option<T> {
         let end = offset.checked_add(core::mem::size_of::<T>())?;
-        let bytes = self.get(offset..end)?;
-        // SAFETY: `bytes` is exactly `size_of::<T>()` readable bytes; `T: Copy` is
-        // only instantiated with plain integer/array header types, valid for any bits.
-        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+        self.get(offset..end).map(bytemuck::pod_read_unaligned)
     }
 }
 

@@ -6,18 +6,18 @@
 use aya_ebpf::{maps::PerCpuArray, programs::XdpContext};
 use handoff_common::{
     counters::Reason,
-    parse::{PacketBytes, MAX_PARSE_OFFSET},
+    parse::{AnyBitPattern, PacketBytes, MAX_PARSE_OFFSET},
 };
 
 /// `bpf_xdp_action` values (include/uapi/linux/bpf.h).
 pub mod action {
     pub use aya_ebpf::bindings::xdp_action::{
-        XDP_ABORTED as ABORTED, XDP_DROP as DROP, XDP_PASS as PASS, XDP_REDIRECT as REDIRECT,
-        XDP_TX as TX,
+        XDP_ABORTED as ABORTED, XDP_DROP as DROP, XDP_PASS as PASS, XDP_REDIRECT as REDIRECT, XDP_TX as TX,
     };
 }
 
 /// The frame of one XDP invocation, read and written through `data`/`data_end`.
+#[derive(Debug)]
 pub struct XdpFrame {
     start: usize,
     end: usize,
@@ -66,10 +66,10 @@ impl PacketBytes for XdpFrame {
     }
 
     #[inline(always)]
-    fn load<T: Copy>(&self, offset: usize) -> Option<T> {
+    fn load<T: AnyBitPattern>(&self, offset: usize) -> Option<T> {
         let ptr = self.checked(offset, core::mem::size_of::<T>())?;
-        // SAFETY: `checked` proved the read lies inside the frame; header types
-        // are plain integers and byte arrays, valid for any bit pattern.
+        // SAFETY: `checked` proved the read lies inside the frame, and
+        // `T: AnyBitPattern` is valid for whatever bytes are there.
         Some(unsafe { core::ptr::read_unaligned(ptr as *const T) })
     }
 }
@@ -98,7 +98,10 @@ pub fn parse_failure_action(reason: Reason) -> u32 {
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // SAFETY: eBPF programs cannot unwind; the verifier rejects any program in
-    // which this is reachable, so it never runs.
-    unsafe { core::hint::unreachable_unchecked() }
+    // A reachable panic becomes a reachable infinite loop, which the verifier
+    // rejects at load time (kernel/bpf/verifier.c: back-edges must be bounded);
+    // `unreachable_unchecked` would instead let the optimiser assume the panic
+    // path away and hide a real bounds failure.
+    #[allow(clippy::empty_loop)]
+    loop {}
 }

@@ -19,8 +19,8 @@ use aya_ebpf::{macros::xdp, maps::lpm_trie::Key, programs::XdpContext};
 use handoff_common::{
     counters::Reason,
     edge::{match_key, MEMBER_ENABLED},
-    hash::{bucket_of, flow_hash, HashMode},
     flow_key::FlowKey,
+    hash::{bucket_of, flow_hash, HashMode},
     parse::{icmp_error_key, parse_frame, Headers, PacketBytes},
 };
 use handoff_ebpf::{action, count, parse_failure_action, XdpFrame};
@@ -51,7 +51,7 @@ fn spray(frame: &XdpFrame) -> (u32, Reason) {
     };
     let key = &headers.key;
     let dst = match_key(&key.dst_addr, key.ip_version);
-    if LOCAL_ADDRS.get_ptr(&dst).is_some() {
+    if LOCAL_ADDRS.get_ptr(dst).is_some() {
         return (action::PASS, Reason::PassLocal);
     }
     if key.is_link_scoped() {
@@ -59,15 +59,14 @@ fn spray(frame: &XdpFrame) -> (u32, Reason) {
         return (action::PASS, Reason::PassNotCluster);
     }
     let src = match_key(&key.src_addr, key.ip_version);
-    let cluster =
-        DST_MATCH.get(Key::new(128, dst)).is_some() || SRC_MATCH.get(Key::new(128, src)).is_some();
+    let cluster = DST_MATCH.get(Key::new(128, dst)).is_some() || SRC_MATCH.get(Key::new(128, src)).is_some();
     if !cluster {
         return (action::PASS, Reason::PassNotCluster);
     }
     // The source MAC (bytes 6..12): the parser has read past it.
     let from_member = frame
         .load::<[u8; 6]>(6)
-        .is_some_and(|src_mac| MEMBER_MACS.get_ptr(&src_mac).is_some());
+        .is_some_and(|src_mac| MEMBER_MACS.get_ptr(src_mac).is_some());
     if from_member {
         return (action::DROP, Reason::DropFromMember);
     }

@@ -30,20 +30,16 @@ pub static MEMBER_MACS: HashMap<[u8; 6], u32> = HashMap::with_max_entries(limits
 pub static EGRESS: DevMap = DevMap::with_max_entries(limits::MAX_MEMBERS, 0);
 
 #[map]
-pub static MEMBER_STATS: PerCpuArray<TrafficCounter> =
-    PerCpuArray::with_max_entries(limits::MAX_MEMBERS, 0);
+pub static MEMBER_STATS: PerCpuArray<TrafficCounter> = PerCpuArray::with_max_entries(limits::MAX_MEMBERS, 0);
 
 #[map]
 pub static REASON_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
 
 #[map]
-pub static DST_MATCH: LpmTrie<[u32; 4], u32> =
-    LpmTrie::with_max_entries(limits::MAX_MATCH_PREFIXES, 0);
+pub static DST_MATCH: LpmTrie<[u32; 4], u32> = LpmTrie::with_max_entries(limits::MAX_MATCH_PREFIXES, 0);
 
 #[map]
-pub static SRC_MATCH: LpmTrie<[u32; 4], u32> =
-    LpmTrie::with_max_entries(limits::MAX_MATCH_PREFIXES, 0);
+pub static SRC_MATCH: LpmTrie<[u32; 4], u32> = LpmTrie::with_max_entries(limits::MAX_MATCH_PREFIXES, 0);
 
 #[map]
-pub static LOCAL_ADDRS: HashMap<[u32; 4], u32> =
-    HashMap::with_max_entries(limits::MAX_LOCAL_ADDRS, 0);
+pub static LOCAL_ADDRS: HashMap<[u32; 4], u32> = HashMap::with_max_entries(limits::MAX_LOCAL_ADDRS, 0);

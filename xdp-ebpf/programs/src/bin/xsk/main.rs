@@ -47,7 +47,7 @@ fn steer(ctx: &XdpContext, frame: &XdpFrame) -> (u32, Reason) {
             }
         };
         let dst = match_key(&headers.key.dst_addr, headers.key.ip_version);
-        if LOCAL_ADDRS.get_ptr(&dst).is_some() {
+        if LOCAL_ADDRS.get_ptr(dst).is_some() {
             return (action::PASS, Reason::PassLocal);
         }
     }

@@ -13,5 +13,4 @@ pub static XSKS: XskMap = XskMap::with_max_entries(limits::MAX_XSKS, 0);
 pub static REASON_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
 
 #[map]
-pub static LOCAL_ADDRS: HashMap<[u32; 4], u32> =
-    HashMap::with_max_entries(limits::MAX_LOCAL_ADDRS, 0);
+pub static LOCAL_ADDRS: HashMap<[u32; 4], u32> = HashMap::with_max_entries(limits::MAX_LOCAL_ADDRS, 0);
