@@ -39,6 +39,7 @@ use handoff::{
 use handoff_common::{fabric::FABRIC_ETHERTYPE, parse::parse_frame};
 use libfuzzer_sys::fuzz_target;
 use std::{
+    collections::VecDeque,
     path::Path,
     sync::{Arc, OnceLock},
 };
@@ -193,16 +194,19 @@ impl Node {
         let handled = port.poll_rx(|f| workers[0].process(f, hops, now, out));
         assert_eq!(handled, 1);
         self.check_sent(valid);
+        // In the order the worker loop runs them: what each run handed on
+        // goes after what was already waiting.
+        let mut queue: VecDeque<(CorePacket, bool)> = VecDeque::new();
         let mut follow_ups = 0;
         loop {
-            let next = if let Some(p) = self.out.to_cores.pop() {
-                p
-            } else if let Some(p) = self.out.released.pop() {
-                self.released_runs += 1;
-                p
-            } else {
+            queue.extend(self.out.to_cores.drain(..).map(|p| (p, false)));
+            queue.extend(self.out.released.drain(..).map(|p| (p, true)));
+            let Some((next, released)) = queue.pop_front() else {
                 break;
             };
+            if released {
+                self.released_runs += 1;
+            }
             follow_ups += 1;
             assert!(follow_ups <= MAX_FOLLOW_UPS, "a frame keeps causing work");
             self.run_copy(&next);
