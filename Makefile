@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all bootstrap build test unit-test netns-test lint demo bench clean
+.PHONY: all bootstrap build test unit-test netns-test lint demo bench clean fuzz fuzz-smoke fuzz-seeds
 
 all: build
 
@@ -29,7 +29,25 @@ unit-test: build
 netns-test: build
 	$(CARGO) test --release -p handoff-testbed -- --test-threads=1
 
-test: lint unit-test netns-test
+# Coverage-guided fuzzing (fuzz/: cargo-fuzz, libFuzzer, the nightly
+# toolchain): every target FUZZ_SECONDS long, from the committed seeds. Without
+# the nightly toolchain it says so and runs nothing.
+FUZZ_SECONDS ?= 600
+fuzz: bootstrap
+	scripts/fuzz run $(FUZZ_SECONDS)
+
+# make test's share: the committed regression inputs (fuzz/regressions), then
+# every target FUZZ_SMOKE_SECONDS long.
+FUZZ_SMOKE_SECONDS ?= 15
+fuzz-smoke: bootstrap
+	scripts/fuzz smoke $(FUZZ_SMOKE_SECONDS)
+
+# Writes the seed corpora again (packet frames and bursts; control messages).
+fuzz-seeds: build
+	target/release/handoff-fuzz-seeds fuzz
+	$(CARGO) test --release -p handoff --lib write_fuzz_seeds -- --ignored
+
+test: lint unit-test fuzz-smoke netns-test
 
 demo: build
 	target/release/handoff-demo

@@ -28,6 +28,15 @@ pub fn tcp4_syn(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8>
     write(b, &[])
 }
 
+/// TCP over IPv4 with the ACK flag (acknowledging sequence number 1).
+pub fn tcp4_ack(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .tcp(sport, dport, 1001, 65535)
+        .ack(1);
+    write(b, &[])
+}
+
 /// ICMP echo request over IPv4.
 pub fn icmp4(src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)

@@ -1113,6 +1113,36 @@ fn bogus_fabric_headers_are_counted_drops() {
     assert!(node.handle(&good, 0, at(1)).is_some());
 }
 
+/// Found by fuzzing (`fuzz/regressions/pipeline/fabric-frame-for-core-40`):
+/// a fabric frame naming a core this node does not have went into the
+/// outbox for it, where the worker loop found no ring and counted a second
+/// outcome (a ring-full drop) for the one frame. The same for an announced
+/// owner naming such a core.
+#[test]
+fn a_frame_for_a_core_this_node_does_not_have_is_a_counted_drop() {
+    let view = pair_view();
+    let mut node = Node::new(POLICY, view.clone(), 0);
+    let plain = first_owned_by(&view, Owner { node: 0, worker: 1 });
+    for worker in [2, 40, ANY_WORKER - 1] {
+        assert_eq!(node.handle(&encapsulated(&plain, 1, worker), 0, at(1)), None);
+    }
+    assert!(node.out.to_cores.is_empty());
+    let c = node.counters();
+    assert_eq!((c.drop_bad_fabric, c.forwarded_to_core), (3, 0), "{c:?}");
+
+    let missing_core = Owner { node: 0, worker: 7 };
+    assert!(node.pipeline.ownership_mut().set(key_of(&plain), missing_core, 1));
+    assert_eq!(node.handle(&plain, 0, at(1)), None);
+    assert!(node.out.to_cores.is_empty());
+    let c = node.counters();
+    assert_eq!((c.drop_unknown_owner, c.forwarded_to_core), (1, 0), "{c:?}");
+
+    // The core it names, when this node has it, still gets it.
+    assert_eq!(node.handle(&encapsulated(&plain, 1, 1), 0, at(1)), None);
+    assert_eq!(node.out.to_cores.len(), 1);
+    assert_eq!(node.out.to_cores[0].worker, 1);
+}
+
 /// xorshift64: deterministic, so a failure replays.
 struct Rng(u64);
 

@@ -252,3 +252,26 @@ pub(super) fn every_body() -> Vec<Body> {
         Accepted { migration: serial }.into(),
     ]
 }
+
+/// Writes the control decoders' fuzz seed corpus: one frame of every
+/// message kind, and every sample flow record in postcard form (the bytes
+/// `fuzz/fuzz_targets/control_decode.rs` tries as records).
+#[test]
+#[ignore = "writes fuzz/corpus/control_decode; `make fuzz-seeds` runs it"]
+fn write_fuzz_seeds() {
+    use super::{codec::encode, ids::Sender, Envelope};
+    use std::{fs, num::NonZeroU64, path::Path};
+
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/control_decode");
+    fs::create_dir_all(&dir).expect("creating the corpus directory");
+    for (i, body) in every_body().into_iter().enumerate() {
+        let name = format!("frame_{:?}", body.kind());
+        let serial = NonZeroU64::new(i as u64 + 1).expect("nonzero");
+        let envelope = Envelope::new(Sender::Node(node(1)), Incarnation(7), serial, body);
+        fs::write(dir.join(name), encode(&envelope).expect("encodes")).expect("writing a seed");
+    }
+    for (i, record) in records().into_iter().enumerate() {
+        let bytes = postcard::to_allocvec(&record).expect("encodes");
+        fs::write(dir.join(format!("record_{i}_{}", record.version())), bytes).expect("writing a seed");
+    }
+}

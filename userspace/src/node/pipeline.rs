@@ -48,9 +48,11 @@ pub enum DropReason {
     App,
     /// It crossed the fabric too often (a forwarding loop).
     LoopGuard,
-    /// A fabric header that is not ours.
+    /// A fabric header that is not ours, or names a core this node does
+    /// not have.
     BadFabric,
-    /// The owner is a node we have no address for.
+    /// The owner is a node we have no address for, or a core this node
+    /// does not have.
     UnknownOwner,
     /// The table could not take the flow.
     TableFull,
@@ -102,7 +104,8 @@ pub struct WorkerCounters {
     pub drop_loop_guard: u64,
     /// Dropped: bad fabric header.
     pub drop_bad_fabric: u64,
-    /// Dropped: owner without a known address.
+    /// Dropped: owner without a known address, or a core this node does
+    /// not have.
     pub drop_unknown_owner: u64,
     /// Dropped: flow table refused the flow.
     pub drop_table_full: u64,
@@ -654,6 +657,10 @@ impl Pipeline {
                     hops = hops.max(h.hops);
                     self.sender = Some(h.sender.get());
                     if h.target_worker != ANY_WORKER && h.target_worker != self.me.worker {
+                        if h.target_worker >= self.view.workers {
+                            // No core here has it: no ring to hand it to.
+                            return self.drop(DropReason::BadFabric);
+                        }
                         // The sender named the owning core; another core's
                         // table or scope would only send it away again.
                         return self.hand_to_core(frame.bytes(), h.target_worker, hops, out);
@@ -925,6 +932,10 @@ impl Pipeline {
         }
         if worker == self.me.worker || hops >= FABRIC_MAX_HOPS {
             return self.drop(DropReason::LoopGuard);
+        }
+        if worker >= self.view.workers {
+            // An announced owner naming a core this node does not have.
+            return self.drop(DropReason::UnknownOwner);
         }
         out.to_cores
             .push(CorePacket::copy_of(bytes, worker, hops + 1, self.sender));
