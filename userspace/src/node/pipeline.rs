@@ -51,7 +51,8 @@ pub enum DropReason {
     App,
     /// It crossed the fabric too often (a forwarding loop).
     LoopGuard,
-    /// A fabric header that is not ours.
+    /// A fabric header that is not ours, or a fabric frame whose source
+    /// MAC is not the fabric MAC of the member its header names.
     BadFabric,
     /// The owner is a node we have no address for.
     UnknownOwner,
@@ -103,7 +104,8 @@ pub struct WorkerCounters {
     pub drop_app: u64,
     /// Dropped by the loop guard.
     pub drop_loop_guard: u64,
-    /// Dropped: bad fabric header.
+    /// Dropped: bad fabric header, or a fabric frame from a MAC that is
+    /// not the one of the member it names.
     pub drop_bad_fabric: u64,
     /// Dropped: owner without a known address.
     pub drop_unknown_owner: u64,
