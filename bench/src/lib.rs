@@ -6,6 +6,7 @@
 pub mod capture;
 pub mod echo;
 pub mod flows;
+pub mod frames;
 pub mod gen;
 pub mod impair;
 pub mod link_sender;
@@ -13,6 +14,7 @@ pub mod measure;
 pub mod payload;
 pub mod report;
 pub mod sink;
+pub mod storm;
 pub mod tcp;
 pub mod traffic;
 pub mod udp_probe;

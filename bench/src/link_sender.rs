@@ -1,8 +1,8 @@
-//! Sends UDP datagrams as whole Ethernet frames on one interface through an
-//! `AF_PACKET` socket (packet(7)), so a probe can put on the wire what a
-//! kernel socket never sends: here, an 802.1Q priority tag (VID 0, IEEE
-//! 802.1Q §6.9) in front of an ordinary datagram. Replies still come back
-//! to an ordinary UDP socket bound to the same port.
+//! Sends whole Ethernet frames on one interface through an `AF_PACKET`
+//! socket (packet(7)), so a probe can put on the wire what a kernel socket
+//! never sends: an 802.1Q priority tag (VID 0, IEEE 802.1Q §6.9) in front
+//! of an ordinary datagram (replies still come back to an ordinary UDP
+//! socket bound to the same port), or the malformed frames of the storm.
 
 use anyhow::{bail, Context, Result};
 use etherparse::{PacketBuilder, SingleVlanHeader, VlanId, VlanPcp};
@@ -11,12 +11,72 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
-/// A frame sender on one interface, to one next hop.
+/// An `AF_PACKET` socket (packet(7)) that sends whole Ethernet frames, as
+/// given, on one interface; it receives nothing (protocol 0).
 #[derive(Debug)]
-pub struct LinkSender {
+pub struct PacketSocket {
     socket: OwnedFd,
     ifindex: i32,
-    src_mac: [u8; 6],
+    mac: [u8; 6],
+}
+
+impl PacketSocket {
+    /// Opens the socket on `interface`. Needs CAP_NET_RAW.
+    pub fn open(interface: &str) -> Result<Self> {
+        let ifindex = handoff_loader::interface_index(interface)? as i32;
+        let mac = handoff_loader::interface_mac(interface)?;
+        // SAFETY: plain socket(2) call; the result is checked below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("opening an AF_PACKET socket (needs CAP_NET_RAW)");
+        }
+        // SAFETY: `fd` is a socket just opened and owned by nothing else.
+        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { socket, ifindex, mac })
+    }
+
+    /// The interface's MAC address.
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// Sends `frame` (Ethernet header included, as it is) to `dst_mac`.
+    /// A frame shorter than an Ethernet header is padded with zeros to one
+    /// by the kernel (net/packet/af_packet.c, dev_validate_header).
+    pub fn send(&self, frame: &[u8], dst_mac: [u8; 6]) -> Result<()> {
+        // SAFETY: sockaddr_ll is plain data; zero is a valid value of it.
+        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        to.sll_family = libc::AF_PACKET as u16;
+        to.sll_ifindex = self.ifindex;
+        to.sll_halen = 6;
+        to.sll_addr[..6].copy_from_slice(&dst_mac);
+        // SAFETY: `frame` is a live buffer of the length passed, `to` a valid
+        // sockaddr_ll whose size is passed; the socket is open.
+        let sent = unsafe {
+            libc::sendto(
+                self.socket.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&to as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if sent < 0 {
+            return Err(std::io::Error::last_os_error()).context("sending a frame");
+        }
+        if sent as usize != frame.len() {
+            bail!("sent {sent} of {} bytes", frame.len());
+        }
+        Ok(())
+    }
+}
+
+/// A sender of priority-tagged UDP datagrams on one interface, to one
+/// next hop.
+#[derive(Debug)]
+pub struct LinkSender {
+    socket: PacketSocket,
     dst_mac: [u8; 6],
     /// PCP of the VID-0 tag put on every frame.
     pcp: u8,
@@ -29,19 +89,8 @@ impl LinkSender {
         if pcp > 7 {
             bail!("PCP {pcp} is not in 0..=7");
         }
-        let ifindex = handoff_loader::interface_index(interface)? as i32;
-        let src_mac = handoff_loader::interface_mac(interface)?;
-        // SAFETY: plain socket(2) call; the result is checked below.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error()).context("opening an AF_PACKET socket (needs CAP_NET_RAW)");
-        }
-        // SAFETY: `fd` is a socket just opened and owned by nothing else.
-        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(Self {
-            socket,
-            ifindex,
-            src_mac,
+            socket: PacketSocket::open(interface)?,
             dst_mac,
             pcp,
         })
@@ -56,7 +105,7 @@ impl LinkSender {
             vlan_id: VlanId::try_new(0)?,
             ether_type: 0.into(),
         };
-        let vlan = PacketBuilder::ethernet2(self.src_mac, self.dst_mac).vlan(etherparse::VlanHeader::Single(tag));
+        let vlan = PacketBuilder::ethernet2(self.socket.mac(), self.dst_mac).vlan(etherparse::VlanHeader::Single(tag));
         let ip = match (src.ip(), dst.ip()) {
             (IpAddr::V4(s), IpAddr::V4(d)) => vlan.ipv4(s.octets(), d.octets(), 64),
             (IpAddr::V6(s), IpAddr::V6(d)) => vlan.ipv6(s.octets(), d.octets(), 64),
@@ -64,31 +113,7 @@ impl LinkSender {
         };
         let mut frame = Vec::with_capacity(payload.len() + 70);
         ip.udp(src.port(), dst.port()).write(&mut frame, payload)?;
-        // SAFETY: sockaddr_ll is plain data; zero is a valid value of it.
-        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        to.sll_family = libc::AF_PACKET as u16;
-        to.sll_ifindex = self.ifindex;
-        to.sll_halen = 6;
-        to.sll_addr[..6].copy_from_slice(&self.dst_mac);
-        // SAFETY: `frame` is a live buffer of the length passed, `to` a valid
-        // sockaddr_ll whose size is passed; the socket is open.
-        let sent = unsafe {
-            libc::sendto(
-                self.socket.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&to as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if sent < 0 {
-            return Err(std::io::Error::last_os_error()).context("sending a tagged frame");
-        }
-        if sent as usize != frame.len() {
-            bail!("sent {sent} of {} bytes", frame.len());
-        }
-        Ok(())
+        self.socket.send(&frame, self.dst_mac).context("sending a tagged frame")
     }
 }
 

@@ -45,6 +45,11 @@ enum Command {
     /// Send one datagram of every size in a range to a UDP echo server and
     /// check each comes back whole (exits non-zero unless all do).
     UdpProbe(handoff_bench::udp_probe::UdpProbeArgs),
+    /// Send malformed frames of every class (cut headers, lying lengths,
+    /// deep VLAN stacks, long IPv6 extension chains, bad fragments, forged
+    /// fabric frames, random bytes) and report, per class, what they must
+    /// move in `handoff stats`.
+    Storm(handoff_bench::storm::StormArgs),
 }
 
 #[derive(Args, Debug)]
@@ -387,6 +392,27 @@ fn traffic_command(args: TrafficArgs) -> Result<()> {
     write_json(&sink, args.sink_json.as_ref())
 }
 
+fn storm_command(args: handoff_bench::storm::StormArgs) -> Result<()> {
+    let report = handoff_bench::storm::run(&args)?;
+    let failed: u64 = report.classes.iter().map(|c| c.send_failed).sum();
+    eprintln!(
+        "storm at the {} on {}: {} frames in {} classes, {} rounds of {} in {:.1} s, {failed} failed to send{}",
+        report.aim,
+        report.interface,
+        report.sent,
+        report.classes.len(),
+        report.rounds,
+        report.frames_per_round,
+        report.elapsed_s,
+        if report.complete {
+            ""
+        } else {
+            ", stopped at the deadline"
+        }
+    );
+    write_json(&report, args.json.as_ref())
+}
+
 fn udp_probe_command(args: handoff_bench::udp_probe::UdpProbeArgs) -> Result<()> {
     let report = handoff_bench::udp_probe::run(&args)?;
     eprintln!(
@@ -526,5 +552,6 @@ fn main() -> Result<()> {
         Command::TcpServer(args) => tcp_server_command(args),
         Command::TcpClient(args) => tcp_client_command(args),
         Command::UdpProbe(args) => udp_probe_command(args),
+        Command::Storm(args) => storm_command(args),
     }
 }

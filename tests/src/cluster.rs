@@ -208,6 +208,11 @@ fn mac(kind: u8, index: u8) -> [u8; 6] {
     [0x02, 0x68, 0x6f, 0x00, kind, index]
 }
 
+/// The role name of the bridge end of node `i`'s veth (before the run prefix).
+fn node_bridge_role(i: usize) -> String {
+    format!("pn{i}")
+}
+
 /// The name of the i-th node: fd-a, fd-b, ...
 pub fn node_name(i: usize) -> String {
     format!("fd-{}", (b'a' + i as u8) as char)
@@ -302,7 +307,7 @@ impl Cluster {
                 &bridge,
                 &ns,
                 &port,
-                &format!("pn{i}"),
+                &node_bridge_role(i),
                 spec.node_queues,
                 BridgePort::Plain,
             )?;
@@ -313,7 +318,7 @@ impl Cluster {
             // bridge.
             let mtu = FABRIC_MTU.to_string();
             ns.ip(&["link", "set", &port.ifname, "mtu", &mtu])?;
-            fabric.ip(&["link", "set", &prefix.ifname(&format!("pn{i}")), "mtu", &mtu])?;
+            fabric.ip(&["link", "set", &prefix.ifname(&node_bridge_role(i)), "mtu", &mtu])?;
             addr(&ns, &port, 24)?;
             ns.ip(&["route", "add", CLIENT_NET, "via", &EDGE_FABRIC_IP.to_string()])?;
             ns.ip(&["-6", "route", "add", CLIENT_NET6, "via", &EDGE_FABRIC_IP6.to_string()])?;
@@ -372,6 +377,21 @@ impl Cluster {
         Ok(self.processes.len() - 1)
     }
 
+    /// The processes started with [`Self::spawn`] that are no longer
+    /// running, as `name (pid N)`.
+    pub fn not_running(&mut self) -> Vec<String> {
+        self.processes
+            .iter_mut()
+            .filter_map(|p| (!p.running()).then(|| format!("{} (pid {})", p.name(), p.pid())))
+            .collect()
+    }
+
+    /// The bridge end (in [`NsRef::Fabric`]) of node `i`'s veth: a frame
+    /// sent on it arrives on the node's interface and nowhere else.
+    pub fn node_bridge_port(&self, i: usize) -> String {
+        self.prefix.ifname(&node_bridge_role(i))
+    }
+
     /// The process started with [`Self::spawn`] under `name`, if any.
     pub fn process_named(&mut self, name: &str) -> Option<&mut Spawned> {
         self.processes.iter_mut().find(|p| p.name() == name)
@@ -403,6 +423,7 @@ impl Cluster {
             NsRef::Edge => &self.edge,
             NsRef::Node(i) => &self.nodes[i].ns,
             NsRef::Service(i) => &self.services[i].ns,
+            NsRef::Fabric => &self.fabric,
         }
     }
 
@@ -430,6 +451,9 @@ pub enum NsRef {
     Node(usize),
     /// A service node.
     Service(usize),
+    /// The namespace holding the fabric bridge and the bridge ends of the
+    /// fabric's veths (`pn<i>` faces node i).
+    Fabric,
 }
 
 /// Makes the kernel write complete checksums (no offload) and segment

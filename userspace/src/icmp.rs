@@ -109,8 +109,9 @@ pub fn answer_echo(frame: &mut [u8], headers: &Headers) -> Result<(), RewriteErr
         _ => (icmpv6::ECHO_REPLY, l3 + 8, 16),
     };
     let checksum_at = at + 2;
+    // Type and code: the read fails on a frame that ends inside them.
     let old_type = read_u16(frame, at)?;
-    let new_type = u16::from_be_bytes([reply, frame[at + 1]]);
+    let new_type = u16::from_be_bytes([reply, old_type as u8]);
     let mut delta = ChecksumDelta::default();
     delta.replace(&old_type.to_be_bytes(), &new_type.to_be_bytes());
     let checksum = delta.apply(read_u16(frame, checksum_at)?);
@@ -466,6 +467,23 @@ mod tests {
         let headers = parse_frame(frame.as_slice()).unwrap();
         assert!(!is_echo_request(&frame, &headers));
         assert!(answer_echo(&mut frame, &headers).is_err());
+    }
+
+    #[test]
+    fn an_echo_request_cut_inside_its_icmp_header_is_refused_not_a_panic() {
+        for full in [echo_v4(b""), echo_v6(b"")] {
+            let at = parse_frame(full.as_slice()).unwrap().upper_offset;
+            // The frame ends after the type byte, or inside the checksum.
+            for len in [at + 1, at + 3] {
+                let mut frame = full[..len].to_vec();
+                let headers = parse_frame(full.as_slice()).unwrap();
+                assert!(is_echo_request(&frame, &headers), "{len}");
+                assert!(
+                    matches!(answer_echo(&mut frame, &headers), Err(RewriteError::Truncated { .. })),
+                    "{len}"
+                );
+            }
+        }
     }
 
     fn error_of(frame: &[u8], kind: ErrorKind, source: IpAddr) -> Vec<u8> {

@@ -30,6 +30,8 @@ use std::{
 
 const NODE_MAC: [u8; 6] = [2, 0, 0, 0, 0xfd, 0];
 const PEER_MAC: [u8; 6] = [2, 0, 0, 0, 0xfd, 1];
+/// Node 2's, in the views that have one.
+const THIRD_MAC: [u8; 6] = [2, 0, 0, 0, 0xfd, 2];
 const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 7];
 const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
 const BACKEND4_MAC: [u8; 6] = [2, 0, 0, 0, 1, 4];
@@ -1267,7 +1269,8 @@ fn right_after_a_flip_a_taken_over_bucket_asks_its_previous_owner_first() {
     // Node 0 takes over node 1's buckets; the view remembers who had them.
     let before = Scope::initial(BUCKETS, &[0, 1]).unwrap();
     let after = before.rebuilt(&[0]).unwrap();
-    let old = NodeView::new(0, hash(), before, 1, vec![Some(NODE_MAC), Some(PEER_MAC)]);
+    let macs = vec![Some(NODE_MAC), Some(PEER_MAC), Some(THIRD_MAC)];
+    let old = NodeView::new(0, hash(), before, 1, macs);
     let view = Arc::new(old.flipped_to(after.clone(), &[]));
     let mut node = Node::new(POLICY, Arc::clone(&view), 0);
     let frame = first_owned_by(&old, Owner { node: 1, worker: 0 });
@@ -1287,6 +1290,7 @@ fn right_after_a_flip_a_taken_over_bucket_asks_its_previous_owner_first() {
     // the previous owner too.
     let fourth = clients_owned_by(&old, Owner { node: 1, worker: 0 }).nth(3).unwrap();
     let mut relayed = encapsulated(&fourth, 1, ANY_WORKER);
+    relayed[6..12].copy_from_slice(&THIRD_MAC);
     relayed[14 + 4..14 + 6].copy_from_slice(&2u16.to_be_bytes());
     let sent = node.handle(&relayed, 0, at(1)).expect("sent to the previous owner");
     assert_eq!((fabric_of(&sent).dst_mac, fabric_of(&sent).hops), (PEER_MAC, 2));
@@ -1859,4 +1863,111 @@ fn a_fragmented_reply_is_undone_by_its_connection_and_strays_are_bounded() {
     assert_eq!(node.counters().drop_fragment_timeout, 0);
     node.pipeline.expire(at(8), 16);
     assert_eq!(node.counters().drop_fragment_timeout, 2);
+}
+
+/// `frame` with its IP length field (IPv4 Total Length, header checksum
+/// computed anew; IPv6 Payload Length) saying the packet ends where the
+/// frame does.
+fn with_ip_len(frame: &[u8]) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    let ip_len = out.len() - 14;
+    if out[14] >> 4 == 4 {
+        let (mut h, _) = etherparse::Ipv4Header::from_slice(&out[14..]).unwrap();
+        h.total_len = ip_len as u16;
+        h.header_checksum = h.calc_header_checksum();
+        out[14..34].copy_from_slice(&h.to_bytes());
+    } else {
+        out[18..20].copy_from_slice(&((ip_len - 40) as u16).to_be_bytes());
+    }
+    out
+}
+
+/// An untagged fragment from [`fragments_of`] moved to `offset` bytes.
+fn at_offset(fragment: &[u8], offset: u16) -> Vec<u8> {
+    let mut out = fragment.to_vec();
+    if out[14] >> 4 == 4 {
+        let (mut h, _) = etherparse::Ipv4Header::from_slice(&out[14..]).unwrap();
+        h.fragment_offset = etherparse::IpFragOffset::try_new(offset / 8).unwrap();
+        h.header_checksum = h.calc_header_checksum();
+        out[14..34].copy_from_slice(&h.to_bytes());
+    } else {
+        let more = u16::from_be_bytes([out[56], out[57]]) & 1;
+        out[56..58].copy_from_slice(&(offset | more).to_be_bytes());
+    }
+    out
+}
+
+/// What the malformed-frame storm (`handoff-bench storm`) brings a node
+/// that its parser lets through: each one a counted drop, nothing sent,
+/// nothing parked, nothing installed, and no panic.
+#[test]
+fn cut_icmp_headers_tiny_and_oversized_fragments_are_malformed() {
+    let mut node = Node::solo();
+    let mut malformed = 0;
+    for (client, vip) in [("10.0.0.7", "10.0.9.1"), ("fd00::7", "fd00::9:1")] {
+        // An echo request to a VIP that ends inside its ICMP header (the
+        // IP length agrees): the node used to index past the frame's end.
+        let echo = echo_request(client, vip);
+        let icmp = parse_frame(echo.as_slice()).unwrap().upper_offset;
+        for len in [icmp, icmp + 1, icmp + 4, icmp + 7] {
+            assert_eq!(node.handle(&with_ip_len(&echo[..len]), 0, at(1)), None, "{vip} {len}");
+            malformed += 1;
+        }
+        // First fragments holding half a UDP header, 8 bytes of a TCP one
+        // (RFC 1858 §3): their ports would come from a later fragment.
+        let udp_first = &fragments_of(&udp(sock(client, 40000), sock(vip, 53)), 8, 7)[0];
+        let tcp_first = &fragments_of(&tcp(sock(client, 40000), sock(vip, 80), SYN), 8, 8)[0];
+        for tiny in [with_ip_len(&udp_first[..udp_first.len() - 4]), tcp_first.clone()] {
+            assert_eq!(node.handle(&tiny, 0, at(1)), None, "{vip}");
+            malformed += 1;
+        }
+        // A last fragment ending past 65,535 bytes; and its first
+        // fragment, whole, is still forwarded.
+        let pieces = fragments_of(&udp(sock(client, 40001), sock(vip, 53)), 8, 9);
+        assert_eq!(node.handle(&at_offset(&pieces[1], 65_528), 0, at(1)), None, "{vip}");
+        malformed += 1;
+        assert!(node.handle(&pieces[0], 0, at(1)).is_some(), "{vip}");
+    }
+    let c = node.counters();
+    assert_eq!(
+        (c.drop_malformed, c.dropped(), c.tx),
+        (malformed, malformed, 2),
+        "{c:?}"
+    );
+    assert_eq!((c.fragments_parked, c.echo_replies, c.created), (0, 0, 2), "{c:?}");
+}
+
+#[test]
+fn a_fabric_frame_not_from_the_member_it_names_is_a_bad_fabric_drop() {
+    let view = pair_view();
+    let mut node = Node::new(POLICY, view.clone(), 0);
+    let plain = first_owned_by(&view, Owner { node: 0, worker: 0 });
+    let genuine = encapsulated(&plain, 1, 0);
+    // From a MAC no member has; from node 1's MAC but naming node 0.
+    let mut stranger = genuine.clone();
+    stranger[6..12].copy_from_slice(&CLIENT_MAC);
+    let mut impostor = genuine.clone();
+    impostor[18..20].copy_from_slice(&0u16.to_be_bytes());
+    // A drain marker from a stranger would end node 1's drain path.
+    let mut marker = [0u8; INNER_OFFSET];
+    let claimed = Marker {
+        sender: 1,
+        lane: 0,
+        lanes: 1,
+        serial: 42,
+    };
+    fabric::write_marker(&mut marker, CLIENT_MAC, NODE_MAC, &claimed, ANY_WORKER);
+    for forged in [stranger, impostor, marker.to_vec()] {
+        assert_eq!(node.handle(&forged, 0, at(1)), None);
+    }
+    let c = node.counters();
+    assert_eq!(
+        (c.drop_bad_fabric, c.markers, c.received_from_node, c.tx),
+        (3, 0, 0, 0),
+        "{c:?}"
+    );
+    assert!(node.out.to_cores.is_empty());
+    // The member's own frame is still handled.
+    assert!(node.handle(&genuine, 0, at(1)).is_some());
+    assert_eq!(node.counters().received_from_node, 1);
 }

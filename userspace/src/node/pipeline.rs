@@ -29,7 +29,10 @@ use handoff_common::{
     fabric::{kind, ANY_WORKER, FABRIC_ETHERTYPE, FABRIC_MAX_HOPS},
     flow_key::{FlowKey, IP_V4},
     net::{ethertype, ipproto, NetU16},
-    parse::{icmp_error_key, parse_ethernet, parse_frame, Headers, QuotedPacket, ETH_HLEN},
+    parse::{
+        icmp_error_key, parse_ethernet, parse_frame, Headers, QuotedPacket, ETH_HLEN, ICMP_HLEN, IPV6_FRAGMENT_HLEN,
+        IPV6_HLEN,
+    },
 };
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
@@ -48,8 +51,9 @@ pub enum DropReason {
     App,
     /// It crossed the fabric too often (a forwarding loop).
     LoopGuard,
-    /// A fabric header that is not ours, or names a core this node does
-    /// not have.
+    /// A fabric header that is not ours, names a core this node does not
+    /// have, or comes from a MAC that is not the fabric MAC of the member
+    /// it names.
     BadFabric,
     /// The owner is a node we have no address for, or a core this node
     /// does not have.
@@ -102,7 +106,8 @@ pub struct WorkerCounters {
     pub drop_app: u64,
     /// Dropped by the loop guard.
     pub drop_loop_guard: u64,
-    /// Dropped: bad fabric header.
+    /// Dropped: bad fabric header, or a fabric frame from a MAC that is
+    /// not the one of the member it names.
     pub drop_bad_fabric: u64,
     /// Dropped: owner without a known address, or a core this node does
     /// not have.
@@ -602,7 +607,7 @@ impl Pipeline {
 
     /// Handles one frame that arrived with `hops` fabric/core crossings.
     pub fn process<F: FrameBuf>(&mut self, frame: &mut F, hops: u8, now: Timestamp, out: &mut Outbox) -> Verdict {
-        self.process_from(frame, hops, None, now, out)
+        self.run(frame, hops, None, Arrival::Port, now, out)
     }
 
     /// [`Pipeline::process`] for a frame another core handed over, which
@@ -612,6 +617,18 @@ impl Pipeline {
         frame: &mut F,
         hops: u8,
         sender: Option<u16>,
+        now: Timestamp,
+        out: &mut Outbox,
+    ) -> Verdict {
+        self.run(frame, hops, sender, Arrival::Core, now, out)
+    }
+
+    fn run<F: FrameBuf>(
+        &mut self,
+        frame: &mut F,
+        hops: u8,
+        sender: Option<u16>,
+        arrival: Arrival,
         now: Timestamp,
         out: &mut Outbox,
     ) -> Verdict {
@@ -632,6 +649,13 @@ impl Pipeline {
         let mut hops = hops;
         if l2.ethertype == FABRIC_ETHERTYPE {
             match decapsulate(frame, self.own_mac) {
+                // Only a member sends on the fabric, from its own MAC: a
+                // fabric frame from anyone else could claim any sender,
+                // end a drain early or put packets in any flow. Copies
+                // from this node's other cores carry this node's MAC.
+                Ok(h) if arrival == Arrival::Port && !self.sent_by_member(frame.bytes(), h.sender.get()) => {
+                    return self.drop(DropReason::BadFabric)
+                }
                 Ok(h) if h.kind == kind::MARKER => {
                     self.counters.markers += 1;
                     let marker = Marker {
@@ -683,6 +707,11 @@ impl Pipeline {
             self.fragment_ports = Some(ports);
         }
         if matches!(headers.key.protocol, ipproto::ICMP | ipproto::ICMPV6) && !headers.fragment {
+            if headers.upper_offset + ICMP_HLEN > headers.l3_end {
+                // No whole ICMP header (RFC 792, RFC 4443 §2.1): nothing
+                // to answer, to quote or to forward.
+                return self.drop(DropReason::Malformed);
+            }
             if self.policy.is_vip(&headers.key) && icmp::is_echo_request(frame.bytes(), &headers) {
                 return self.answer_echo(frame.bytes_mut(), &headers);
             }
@@ -961,6 +990,9 @@ impl Pipeline {
     /// fragment (zero for a protocol without ports), or learnt from it
     /// before. A later fragment that comes first is parked until then
     /// (`None`: parked or dropped, counted).
+    ///
+    /// A fragment its datagram could not hold, or a first fragment of TCP
+    /// or UDP without the whole header, is dropped as malformed.
     fn fragment_ports_of(
         &mut self,
         bytes: &[u8],
@@ -972,8 +1004,21 @@ impl Pipeline {
             key: headers.key,
             id: headers.frag.id,
         };
+        if reassembled_len(headers) > MAX_DATAGRAM_LEN {
+            // Its datagram could never be put together (the "ping of
+            // death"); a receiver discards it (RFC 8200 §4.5).
+            self.drop(DropReason::Malformed);
+            return None;
+        }
         if headers.frag.offset == 0 {
             let l4 = headers.frag.first_l4_offset;
+            if l4 == 0 && matches!(headers.key.protocol, ipproto::TCP | ipproto::UDP) {
+                // A tiny first fragment: its TCP or UDP header does not
+                // fit, so its ports (and TCP's flags) would come from a
+                // later fragment, past any filter (RFC 1858 §3).
+                self.drop(DropReason::Malformed);
+                return None;
+            }
             let port = |at: usize| bytes.get(at..at + 2).map(|b| NetU16(u16::from_ne_bytes([b[0], b[1]])));
             let ports = match (l4, port(l4), port(l4 + 2)) {
                 (0, _, _) => (NetU16(0), NetU16(0)),
@@ -1001,6 +1046,14 @@ impl Pipeline {
             }
         }
         None
+    }
+
+    /// Whether `frame`'s source MAC is the fabric MAC of `sender`, the
+    /// member its fabric header names.
+    fn sent_by_member(&self, frame: &[u8], sender: u16) -> bool {
+        self.view
+            .peer_mac(sender)
+            .is_some_and(|mac| frame.get(6..12) == Some(&mac[..]))
     }
 
     /// Answers an echo request to a VIP, or drops it, by policy.
@@ -1093,3 +1146,32 @@ impl Pipeline {
 
 /// Marker frames are this long.
 pub const MARKER_LEN: usize = fabric::INNER_OFFSET;
+
+/// Where a frame came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Arrival {
+    /// This worker's port: from the wire.
+    Port,
+    /// Another core of this node (a copy it handed over, or a parked
+    /// fragment released).
+    Core,
+}
+
+/// The longest datagram IP can carry: IPv4's Total Length and IPv6's
+/// Payload Length are 16-bit fields (RFC 791 §3.1, RFC 8200 §3).
+const MAX_DATAGRAM_LEN: usize = u16::MAX as usize;
+
+/// What the length field of the datagram `headers` (a fragment) belongs
+/// to would say once it is reassembled, in bytes: for IPv4 the Total
+/// Length (header, the fragment's offset, its data); for IPv6 the Payload
+/// Length (the unfragmentable extension headers, the offset, the data: the
+/// fragment's packet without its fixed header and its fragment header).
+fn reassembled_len(headers: &Headers) -> usize {
+    let packet = headers.l3_end - headers.l3_offset;
+    let without = if headers.key.ip_version == IP_V4 {
+        0
+    } else {
+        IPV6_HLEN + IPV6_FRAGMENT_HLEN
+    };
+    usize::from(headers.frag.offset) + packet.saturating_sub(without)
+}

@@ -36,11 +36,14 @@ pub const ETH_HLEN: usize = 14;
 /// Length of one 802.1Q / 802.1ad tag.
 pub const VLAN_HLEN: usize = 4;
 pub(crate) const IPV4_MIN_HLEN: usize = 20;
-pub(crate) const IPV6_HLEN: usize = 40;
+/// Length of the IPv6 header without extension headers (RFC 8200 §3).
+pub const IPV6_HLEN: usize = 40;
 /// Every IPv6 extension header is at least this long (RFC 8200 §4: lengths
 /// count 8-octet units beyond the first 8; AH, RFC 4302 §2.2, 4-octet units
 /// beyond the first 8); the fragment header is exactly this long.
 const IPV6_EXT_MIN_HLEN: usize = 8;
+/// Length of the IPv6 fragment header (RFC 8200 §4.5).
+pub const IPV6_FRAGMENT_HLEN: usize = IPV6_EXT_MIN_HLEN;
 pub(crate) const UDP_HLEN: usize = 8;
 const TCP_MIN_HLEN: usize = 20;
 
