@@ -21,7 +21,7 @@
 //! max_connections = 64              # concurrent control connections at most
 //! max_connections_per_source = 4    # ... from one address
 //!
-//! [tls]                             # required: mutual TLS under the cluster CA
+//! [tls]                             # required with control_listen: mutual TLS under the cluster CA
 //! ca = "keys/ca.pem"                # relative to this file
 //! cert = "keys/manager.pem"         # `handoff keys issue --dir keys --manager`
 //! key = "keys/manager.key"
@@ -311,7 +311,7 @@ pub struct EdgeConfig {
     /// The `[tls]` files as the file names them (relative to it).
     pub tls_files: Option<TlsPaths>,
     /// The manager's TLS identity: set by [`EdgeConfig::load`], which
-    /// refuses a file without a valid `[tls]` section.
+    /// refuses a file with a `control_listen` and no valid `[tls]` section.
     pub tls: Option<TlsIdentity>,
 }
 
@@ -399,13 +399,15 @@ impl EdgeConfig {
             source,
         })?;
         let mut config = Self::parse(&text, path)?;
-        config.tls = Some(load_tls(
-            config.tls_files.as_ref(),
-            path,
-            &text,
-            MANAGER_NAME,
-            "--manager",
-        )?);
+        if config.control_listen.is_some() || config.tls_files.is_some() {
+            config.tls = Some(load_tls(
+                config.tls_files.as_ref(),
+                path,
+                &text,
+                MANAGER_NAME,
+                "--manager",
+            )?);
+        }
         Ok(config)
     }
 
