@@ -254,6 +254,25 @@ struct Session {
     closed: bool,
 }
 
+impl Session {
+    /// Moves the plaintext rustls holds into `plaintext`.
+    fn take_plaintext(&mut self) -> io::Result<()> {
+        let mut chunk = [0u8; 4096];
+        let mut reader = self.conn.reader();
+        loop {
+            match reader.read(&mut chunk) {
+                Ok(0) => {
+                    self.closed = true;
+                    return Ok(());
+                }
+                Ok(n) => self.plaintext.extend(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -341,13 +360,16 @@ impl SecureStream {
         }
         socket.set_read_timeout(saved.0)?;
         socket.set_write_timeout(saved.1)?;
+        let mut session = Session {
+            conn,
+            plaintext: VecDeque::new(),
+            closed: false,
+        };
+        // Data that came with the peer's last handshake flight.
+        session.take_plaintext()?;
         Ok(Self {
             socket,
-            session: Arc::new(Mutex::new(Session {
-                conn,
-                plaintext: VecDeque::new(),
-                closed: false,
-            })),
+            session: Arc::new(Mutex::new(session)),
             sending: Arc::new(Mutex::new(())),
             inbound: Vec::new(),
         })
@@ -399,34 +421,18 @@ impl SecureStream {
     /// plaintext. Returns whether the session has TLS bytes to send.
     fn absorb(&self, mut bytes: &[u8]) -> io::Result<bool> {
         let mut session = lock(&self.session);
-        let Session {
-            conn,
-            plaintext,
-            closed,
-        } = &mut *session;
-        let mut chunk = [0u8; 4096];
         while !bytes.is_empty() {
-            conn.read_tls(&mut bytes)?;
-            let state = conn
+            session.conn.read_tls(&mut bytes)?;
+            let state = session
+                .conn
                 .process_new_packets()
                 .map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
-            let mut reader = conn.reader();
-            loop {
-                match reader.read(&mut chunk) {
-                    Ok(0) => {
-                        *closed = true;
-                        break;
-                    }
-                    Ok(n) => plaintext.extend(&chunk[..n]),
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e),
-                }
-            }
+            session.take_plaintext()?;
             if state.peer_has_closed() {
-                *closed = true;
+                session.closed = true;
             }
         }
-        Ok(conn.wants_write())
+        Ok(session.conn.wants_write())
     }
 }
 
