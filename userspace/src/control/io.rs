@@ -139,6 +139,52 @@ pub fn read_frame_within<S: TimedRead>(stream: &mut S, limit: Duration) -> Resul
     result
 }
 
+/// Reads from a stream that may idle until `idle_until` before a frame
+/// begins, and then has `limit` to finish it.
+struct PacedReader<'a, S> {
+    stream: &'a mut S,
+    idle_until: Instant,
+    limit: Duration,
+    deadline: Option<Instant>,
+}
+
+impl<S: TimedRead> Read for PacedReader<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let until = self.deadline.unwrap_or(self.idle_until);
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        let n = self.stream.read(buf)?;
+        if n > 0 && self.deadline.is_none() {
+            self.deadline = Some(Instant::now() + self.limit);
+        }
+        Ok(n)
+    }
+}
+
+/// Reads one frame: waits up to `idle` for it to begin (then
+/// [`FrameIoError::Timeout`] with `received == 0`: the peer is idle), and
+/// from its first byte gives it `limit` to complete, however the peer paces
+/// its bytes. The stream's own read timeout is restored afterwards.
+pub fn read_frame_paced<S: TimedRead>(
+    stream: &mut S,
+    idle: Duration,
+    limit: Duration,
+) -> Result<Envelope, FrameIoError> {
+    let saved = stream.read_timeout()?;
+    let mut reader = PacedReader {
+        stream,
+        idle_until: Instant::now() + idle,
+        limit,
+        deadline: None,
+    };
+    let result = read_frame(&mut reader);
+    reader.stream.set_read_timeout(saved)?;
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use std::{
@@ -264,6 +310,26 @@ mod tests {
         assert_eq!(server.read_timeout().expect("timeout"), per_read);
         drop(server);
         trickler.join().expect("trickler thread");
+    }
+
+    #[test]
+    fn a_paced_read_waits_idle_then_bounds_the_frame_from_its_first_byte() {
+        let (mut client, mut server) = tcp_pair();
+        assert!(matches!(
+            read_frame_paced(&mut server, Duration::from_millis(50), Duration::from_secs(5)),
+            Err(FrameIoError::Timeout { received: 0 })
+        ));
+        let frame = encode(&envelope(1)).expect("encodes");
+        client.write_all(&frame[..5]).expect("write the start");
+        let err = read_frame_paced(&mut server, Duration::from_secs(5), Duration::from_millis(100))
+            .expect_err("the frame stalls");
+        assert!(matches!(err, FrameIoError::Timeout { received: 5 }), "{err:?}");
+        let (mut client, mut server) = tcp_pair();
+        write_frame(&mut client, &envelope(2)).expect("write");
+        assert_eq!(
+            read_frame_paced(&mut server, Duration::from_secs(5), Duration::from_secs(5)).expect("read"),
+            envelope(2)
+        );
     }
 
     #[test]

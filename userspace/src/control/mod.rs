@@ -36,6 +36,6 @@ pub use codec::{
     SUPPORTED_VERSIONS,
 };
 pub use ids::{Capabilities, Incarnation, MigrationSerial, NodeId, Sender, VersionRange};
-pub use io::{read_frame, read_frame_within, write_frame, FrameIoError};
+pub use io::{read_frame, read_frame_paced, read_frame_within, write_frame, FrameIoError};
 pub use message::{Body, MessageKind};
 pub use stale::{Freshness, StalenessFilter};

@@ -25,7 +25,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 4;
 /// A frame that has started must be complete within this, however its
 /// sender paces its bytes; a sender that stalls mid-frame is cut off.
-pub const FRAME_DEADLINE: Duration = Duration::from_secs(2);
+pub const FRAME_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The caps on a control port's concurrent connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

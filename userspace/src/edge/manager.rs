@@ -23,7 +23,7 @@ use crate::{
     control::{
         codec::Envelope,
         ids::{Capabilities, Incarnation, MacAddr, NodeId, Sender as WireSender},
-        io::{read_frame_within, write_frame, FrameIoError},
+        io::{read_frame_paced, read_frame_within, write_frame, FrameIoError},
         message::{
             Body, ErrorCode, ErrorReply, MemberInfo, MemberStatus, MemberUpdate, Register, RegisterAck, ScopeUpdate,
         },
@@ -360,7 +360,7 @@ fn read_member(
     let id = node.get();
     let mut filter = StalenessFilter::new(member_incarnation);
     while !stop.load(Ordering::Relaxed) {
-        let envelope = match read_frame_within(stream, FRAME_DEADLINE) {
+        let envelope = match read_frame_paced(stream, HEARTBEAT_INTERVAL, FRAME_DEADLINE) {
             Ok(envelope) => envelope,
             Err(FrameIoError::Timeout { received: 0 }) => continue,
             Err(FrameIoError::Timeout { .. }) => {

@@ -13,8 +13,9 @@ use super::{
 };
 use crate::{
     control::{
-        io::{read_frame_within, write_frame, FrameIoError},
+        io::{read_frame_paced, read_frame_within, write_frame, FrameIoError},
         message::{Abort, Body, Flipped, Heartbeat, MemberStatus, MigrateStart, Register, WorkerLoad},
+        session::FRAME_DEADLINE,
         stale::{Freshness, StalenessFilter},
         tls::{SecureStream, MANAGER_NAME},
     },
@@ -34,8 +35,7 @@ use std::{
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 const RECONNECT_AFTER: Duration = Duration::from_millis(500);
-/// How often the reader checks the stop flag; also how long one frame from
-/// the manager may take once it has begun.
+/// How often the reader checks the stop flag.
 const READ_POLL: Duration = Duration::from_millis(500);
 /// Answers queued for the manager at most.
 const OUTBOX: usize = 256;
@@ -187,9 +187,8 @@ fn read_loop(
 ) -> Result<()> {
     let mut filter = StalenessFilter::new(manager);
     while !stop.load(Ordering::Relaxed) {
-        // A frame that has begun must end within the poll: a manager that
-        // stalls mid-frame ends the session.
-        let envelope = match read_frame_within(stream, READ_POLL) {
+        // A manager that stalls mid-frame ends the session.
+        let envelope = match read_frame_paced(stream, READ_POLL, FRAME_DEADLINE) {
             Ok(envelope) => envelope,
             Err(FrameIoError::Timeout { received: 0 }) => continue,
             Err(e) => return Err(e).context("reading from the manager"),

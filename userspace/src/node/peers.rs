@@ -19,7 +19,7 @@ use crate::control::{
     codec::{Envelope, SUPPORTED_VERSIONS},
     flow::{Owner as WireOwner, WireFlowKey},
     ids::{Capabilities, Incarnation, NodeId, Sender as WireSender},
-    io::{read_frame, read_frame_within, write_frame, FrameIoError},
+    io::{read_frame, read_frame_paced, write_frame, FrameIoError},
     message::{Body, FlowOwner, OwnerAnnounce, PeerHello, PeerHelloAck, RefusalReason},
     negotiate::answer_peer_hello,
     session::{Gate, SessionCounters, FRAME_DEADLINE},
@@ -46,6 +46,8 @@ pub const ANNOUNCE_BATCH: usize = 1024;
 pub const ANNOUNCE_INTERVAL: Duration = Duration::from_millis(2);
 /// How long a connect or a write to a peer may take.
 const PEER_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often a peer's session checks the stop flag while the peer is idle.
+const STOP_POLL: Duration = Duration::from_millis(200);
 /// Wait before reconnecting to a peer that failed.
 const RECONNECT_AFTER: Duration = Duration::from_millis(200);
 
@@ -320,7 +322,7 @@ fn serve_peer(
     let mut serial = 0u64;
     let mut greeted: Option<WireSender> = None;
     while !stop.load(Ordering::Relaxed) {
-        let envelope = match read_frame_within(&mut stream, FRAME_DEADLINE) {
+        let envelope = match read_frame_paced(&mut stream, STOP_POLL, FRAME_DEADLINE) {
             Ok(e) => e,
             Err(FrameIoError::Timeout { received: 0 }) => continue,
             Err(FrameIoError::Closed) => return,
