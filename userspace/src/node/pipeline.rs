@@ -50,6 +50,8 @@ pub enum DropReason {
     LoopGuard,
     /// A fabric header that is not ours.
     BadFabric,
+    /// A fabric frame whose source MAC is no cluster member's.
+    FabricNonMember,
     /// The owner is a node we have no address for.
     UnknownOwner,
     /// The table could not take the flow.
@@ -102,6 +104,8 @@ pub struct WorkerCounters {
     pub drop_loop_guard: u64,
     /// Dropped: bad fabric header.
     pub drop_bad_fabric: u64,
+    /// Dropped: a fabric frame from a MAC that is no member's.
+    pub drop_fabric_non_member: u64,
     /// Dropped: owner without a known address.
     pub drop_unknown_owner: u64,
     /// Dropped: flow table refused the flow.
@@ -145,6 +149,7 @@ impl WorkerCounters {
             DropReason::App => &mut self.drop_app,
             DropReason::LoopGuard => &mut self.drop_loop_guard,
             DropReason::BadFabric => &mut self.drop_bad_fabric,
+            DropReason::FabricNonMember => &mut self.drop_fabric_non_member,
             DropReason::UnknownOwner => &mut self.drop_unknown_owner,
             DropReason::TableFull => &mut self.drop_table_full,
             DropReason::Rewrite => &mut self.drop_rewrite,
@@ -166,6 +171,7 @@ impl WorkerCounters {
             + self.drop_app
             + self.drop_loop_guard
             + self.drop_bad_fabric
+            + self.drop_fabric_non_member
             + self.drop_unknown_owner
             + self.drop_table_full
             + self.drop_rewrite
@@ -628,6 +634,12 @@ impl Pipeline {
         }
         let mut hops = hops;
         if l2.ethertype == FABRIC_ETHERTYPE {
+            // Only members speak the fabric: anyone else could inject
+            // flows, ownership hops or drain markers.
+            let source = &frame.bytes()[6..12];
+            if !self.view.peer_macs.iter().flatten().any(|mac| mac[..] == *source) {
+                return self.drop(DropReason::FabricNonMember);
+            }
             match decapsulate(frame, self.own_mac) {
                 Ok(h) if h.kind == kind::MARKER => {
                     self.counters.markers += 1;
