@@ -468,7 +468,7 @@ pub fn storm_frames(e: &Endpoints, random: u32, rng: &mut fastrand::Rng) -> Vec<
             fabric_frame(e.fabric_sender, kind::DATA, ethertype::IPV4, &inner[L3..]),
             fabric_frame(e.fabric_sender, kind::MARKER, 0, &[]),
         ],
-        Outcome::Fabric("drop_bad_fabric"),
+        Outcome::Fabric("drop_fabric_non_member"),
     );
 
     // Random bytes after an Ethernet header of an IP or VLAN EtherType.

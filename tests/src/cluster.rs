@@ -20,6 +20,7 @@ use crate::{
     process::Spawned,
 };
 use anyhow::{Context, Result};
+use handoff::control::keys::Party;
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
@@ -226,6 +227,7 @@ impl Cluster {
         let prefix = RunPrefix::new();
         let log_dir = std::env::temp_dir().join(format!("handoff-{prefix}"));
         std::fs::create_dir_all(&log_dir)?;
+        create_keys(&log_dir.join(KEYS_DIR), spec.nodes)?;
         let client = Netns::create(&prefix, "client")?;
         let edge = Netns::create(&prefix, "edge")?;
         let fabric = Netns::create(&prefix, "fabric")?;
@@ -544,7 +546,48 @@ fn attach_to_bridge(
     Ok(())
 }
 
+/// The run's key directory, under its log directory.
+const KEYS_DIR: &str = "keys";
+
+/// Creates a cluster CA in `dir` and certificates for the manager and
+/// `nodes` nodes (ids 0..nodes) with the built `handoff keys` commands.
+fn create_keys(dir: &Path, nodes: usize) -> Result<()> {
+    let handoff = crate::binaries::binary("handoff")?;
+    let dir_arg = dir.display().to_string();
+    let mut runs = vec![
+        vec!["keys", "init", "--dir", &dir_arg],
+        vec!["keys", "issue", "--dir", &dir_arg, "--manager"],
+    ];
+    let ids: Vec<String> = (0..nodes).map(|i| i.to_string()).collect();
+    for id in &ids {
+        runs.push(vec!["keys", "issue", "--dir", &dir_arg, "--node", id]);
+    }
+    for args in runs {
+        let out = std::process::Command::new(&handoff).args(&args).output()?;
+        if !out.status.success() {
+            anyhow::bail!("handoff {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    Ok(())
+}
+
 impl Cluster {
+    /// The run's key directory (its cluster CA and every party's certificate).
+    pub fn keys_dir(&self) -> PathBuf {
+        self.log_dir.join(KEYS_DIR)
+    }
+
+    /// The `[tls]` section of `party`'s configuration.
+    pub fn tls_section(&self, party: Party) -> String {
+        let paths = party.paths(&self.keys_dir());
+        format!(
+            "\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+            paths.ca.display().to_string(),
+            paths.cert.display().to_string(),
+            paths.key.display().to_string()
+        )
+    }
+
     /// The admin socket path of this run's edge daemon.
     pub fn admin_socket(&self) -> PathBuf {
         self.log_dir.join("edge.sock")
@@ -582,6 +625,7 @@ impl Cluster {
                 &format!("[edge]\npin_dir = {:?}\n", dir.display().to_string()),
             );
         }
+        text.push_str(&self.tls_section(Party::Manager));
         for (i, node) in self.nodes.iter().enumerate() {
             text.push_str(&format!(
                 "\n[[members]]\nname = {:?}\nid = {i}\nmac = {:?}\ninterface = {:?}\n",

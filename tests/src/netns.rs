@@ -189,6 +189,25 @@ impl Netns {
         cmd
     }
 
+    /// Runs `f` on a thread of its own that has entered this namespace
+    /// (sockets it opens live there); the calling thread stays where it is.
+    pub fn run_inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let path = format!("/run/netns/{}", self.name);
+        let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        let thread = std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on an open namespace file moves only this
+            // thread, which is ours and ends with `f`.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(anyhow::anyhow!("setns: {}", std::io::Error::last_os_error()));
+            }
+            Ok(f())
+        });
+        thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread in {} panicked", self.name))?
+    }
+
     /// Runs `ip <args>` inside this namespace.
     pub fn ip(&self, args: &[&str]) -> Result<Output> {
         run(Command::new("ip").args(["-n", &self.name]).args(args))

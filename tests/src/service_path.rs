@@ -16,6 +16,7 @@ use crate::{
 };
 use anyhow::{bail, Context, Result};
 use handoff::{
+    control::keys::Party,
     flow::{config::PolicyConfig, Decision, Policy},
     scope::{HashParams, Scope},
 };
@@ -181,6 +182,7 @@ impl Cluster {
             node.port.ip,
         );
         text.push_str(node_settings);
+        text.push_str(&self.tls_section(Party::Node(i as u16)));
         for (j, member) in self.nodes.iter().enumerate() {
             text.push_str(&format!(
                 "\n[[members]]\nname = {:?}\nid = {j}\nmac = {:?}\ncontrol = \"{}:{CONTROL_PORT}\"\n",

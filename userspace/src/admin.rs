@@ -8,7 +8,10 @@ use crossbeam::channel::{unbounded, Sender};
 use serde::{Deserialize, Serialize};
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    os::unix::net::{UnixListener, UnixStream},
+    os::unix::{
+        fs::PermissionsExt,
+        net::{UnixListener, UnixStream},
+    },
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -16,6 +19,9 @@ use std::{
     },
     time::Duration,
 };
+
+/// The admin socket's mode: read and write for its owner only.
+pub const ADMIN_SOCKET_MODE: u32 = 0o600;
 
 /// Longest request line accepted.
 const MAX_LINE: u64 = 64 * 1024;
@@ -101,9 +107,10 @@ pub enum AdminResponse {
 /// A request with the channel its response goes back on.
 pub type AdminCall = (AdminRequest, Sender<AdminResponse>);
 
-/// Serves the admin socket at `path` on a background thread, handing each
-/// request to `calls` and writing back the response. Removes a stale socket
-/// file first; the returned guard removes the socket when dropped.
+/// Serves the admin socket at `path` (mode [`ADMIN_SOCKET_MODE`], owned by
+/// the daemon's user) on a background thread, handing each request to
+/// `calls` and writing back the response. Removes a stale socket file
+/// first; the returned guard removes the socket when dropped.
 pub fn serve(path: &Path, calls: Sender<AdminCall>, stop: Arc<AtomicBool>) -> Result<AdminSocket> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -115,6 +122,10 @@ pub fn serve(path: &Path, calls: Sender<AdminCall>, stop: Arc<AtomicBool>) -> Re
         std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
     }
     let listener = UnixListener::bind(path).with_context(|| format!("binding admin socket {}", path.display()))?;
+    // Only the daemon's user (root) may connect: the socket disengages nodes.
+    // Nothing is accepted before the mode is set.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(ADMIN_SOCKET_MODE))
+        .with_context(|| format!("restricting admin socket {}", path.display()))?;
     listener.set_nonblocking(true)?;
     let thread_stop = Arc::clone(&stop);
     std::thread::Builder::new().name("admin".into()).spawn(move || {
@@ -241,6 +252,14 @@ mod tests {
         let (tx, rx) = crossbeam::channel::unbounded::<AdminCall>();
         let stop = Arc::new(AtomicBool::new(false));
         let _socket = serve(&path, tx, Arc::clone(&stop)).unwrap();
+        let metadata = std::fs::metadata(&path).unwrap();
+        assert_eq!(metadata.permissions().mode() & 0o777, ADMIN_SOCKET_MODE);
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::uid(&metadata),
+            // SAFETY: getuid has no preconditions and cannot fail.
+            unsafe { libc::getuid() },
+            "owned by the daemon's user"
+        );
         let server = std::thread::spawn(move || {
             let (req, reply) = rx.recv().unwrap();
             assert_eq!(req, AdminRequest::ScopeRemove { member: "fd-a".into() });

@@ -1,9 +1,10 @@
 //! `handoff`: the edge daemon, the node daemon and the operator commands.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use handoff::{
     admin::{self, AdminRequest, AdminResponse},
+    control::keys::{self, Party},
     edge::{config::EdgeConfig, Edge},
     node::{config::NodeConfig, daemon::Node},
 };
@@ -72,6 +73,37 @@ enum Command {
     Scope {
         #[command(subcommand)]
         change: ScopeChange,
+    },
+    /// Create the cluster's keys: its CA, and the certificates the nodes and
+    /// the manager authenticate with (mutual TLS on every control connection).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysAction {
+    /// Create the cluster CA: DIR/ca.pem and DIR/ca.key (mode 0600). Never
+    /// overwrites.
+    Init {
+        /// The key directory (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue a certificate with the CA in DIR: DIR/node-ID.pem and .key for
+    /// `--node ID` (its name is node-ID.handoff.cluster), DIR/manager.pem
+    /// and .key for `--manager`. Prints the [tls] section that uses them.
+    Issue {
+        /// The key directory holding the CA.
+        #[arg(long)]
+        dir: PathBuf,
+        /// A node's member id.
+        #[arg(long, conflicts_with = "manager", required_unless_present = "manager")]
+        node: Option<u16>,
+        /// The migration manager (the edge daemon).
+        #[arg(long)]
+        manager: bool,
     },
 }
 
@@ -160,8 +192,10 @@ fn main() -> Result<()> {
             let stop = handoff::shutdown::stop_on_signals()?;
             Edge::start(config)?.run(stop)
         }
-        Command::EdgeDetach { config } => {
-            let config = EdgeConfig::load(&config)?;
+        Command::EdgeDetach { config: path } => {
+            // Detaching needs the pins, not the control plane's keys.
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let config = EdgeConfig::parse(&text, &path)?;
             let Some(dir) = &config.pin_dir else {
                 anyhow::bail!("the configuration sets no edge.pin_dir: nothing is pinned");
             };
@@ -187,5 +221,34 @@ fn main() -> Result<()> {
         Command::Scope {
             change: ScopeChange::Add { member, admin },
         } => admin_call(&admin, AdminRequest::ScopeAdd { member }),
+        Command::Keys {
+            action: KeysAction::Init { dir },
+        } => {
+            let ca = keys::init(&dir).with_context(|| format!("creating the cluster CA in {}", dir.display()))?;
+            println!("{}", ca.display());
+            Ok(())
+        }
+        Command::Keys {
+            action: KeysAction::Issue { dir, node, manager },
+        } => {
+            let party = match (node, manager) {
+                (Some(id), false) => Party::Node(id),
+                _ => Party::Manager,
+            };
+            let paths = keys::issue(&dir, party).with_context(|| {
+                format!(
+                    "issuing {}'s certificate with the CA in {}",
+                    party.name(),
+                    dir.display()
+                )
+            })?;
+            println!(
+                "[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}",
+                paths.ca.display().to_string(),
+                paths.cert.display().to_string(),
+                paths.key.display().to_string()
+            );
+            Ok(())
+        }
     }
 }

@@ -1,19 +1,20 @@
 //! Blocking frame I/O over any byte stream.
 //!
-//! Timeouts come from the stream: set `TcpStream::set_read_timeout` and a peer
-//! that goes quiet yields [`FrameIoError::Timeout`] instead of a hang.
+//! Timeouts come from the stream: set `TcpStream::set_read_timeout` (or
+//! [`TimedRead::set_read_timeout`] on a TLS session) and a peer that goes
+//! quiet yields [`FrameIoError::Timeout`] instead of a hang.
 //! [`read_frame_within`] bounds a whole frame, which also defeats a peer that
 //! trickles one byte per timeout.
 
 use std::{
     io::{self, ErrorKind, Read, Write},
-    net::TcpStream,
     time::{Duration, Instant},
 };
 
 use super::codec::{
     check_length_prefix, decode_payload, encode, DecodeError, EncodeError, Envelope, LENGTH_PREFIX_LEN,
 };
+use super::tls::TimedRead;
 
 /// A frame could not be read or written.
 ///
@@ -107,35 +108,80 @@ pub fn write_frame(writer: &mut impl Write, envelope: &Envelope) -> Result<usize
     Ok(frame.len())
 }
 
-/// Reads from a socket with every read's timeout shortened to what is left
+/// Reads from a stream with every read's timeout shortened to what is left
 /// until a deadline.
-struct DeadlineReader<'a> {
-    stream: &'a TcpStream,
+struct DeadlineReader<'a, S> {
+    stream: &'a mut S,
     deadline: Instant,
 }
 
-impl Read for DeadlineReader<'_> {
+impl<S: TimedRead> Read for DeadlineReader<'_, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(ErrorKind::TimedOut.into());
         }
         self.stream.set_read_timeout(Some(left))?;
-        let mut stream = self.stream;
-        stream.read(buf)
+        self.stream.read(buf)
     }
 }
 
 /// Reads one frame that must arrive completely within `limit`, however the
-/// peer paces its bytes. The socket's own read timeout is restored afterwards.
-pub fn read_frame_within(stream: &TcpStream, limit: Duration) -> Result<Envelope, FrameIoError> {
+/// peer paces its bytes. The stream's own read timeout is restored afterwards.
+pub fn read_frame_within<S: TimedRead>(stream: &mut S, limit: Duration) -> Result<Envelope, FrameIoError> {
     let saved = stream.read_timeout()?;
     let mut reader = DeadlineReader {
         stream,
         deadline: Instant::now() + limit,
     };
     let result = read_frame(&mut reader);
-    stream.set_read_timeout(saved)?;
+    reader.stream.set_read_timeout(saved)?;
+    result
+}
+
+/// Reads from a stream that may idle until `idle_until` before a frame
+/// begins, and then has `limit` to finish it.
+struct PacedReader<'a, S> {
+    stream: &'a mut S,
+    idle_until: Instant,
+    limit: Duration,
+    deadline: Option<Instant>,
+}
+
+impl<S: TimedRead> Read for PacedReader<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let until = self.deadline.unwrap_or(self.idle_until);
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        let n = self.stream.read(buf)?;
+        if n > 0 && self.deadline.is_none() {
+            self.deadline = Some(Instant::now() + self.limit);
+        }
+        Ok(n)
+    }
+}
+
+/// Reads one frame: waits up to `idle` for it to begin (then
+/// [`FrameIoError::Timeout`] with `received == 0`: the peer is idle), and
+/// from its first byte gives it `limit` to complete, however the peer paces
+/// its bytes. The stream's own read timeout is restored afterwards.
+pub fn read_frame_paced<S: TimedRead>(
+    stream: &mut S,
+    idle: Duration,
+    limit: Duration,
+) -> Result<Envelope, FrameIoError> {
+    let saved = stream.read_timeout()?;
+    let mut reader = PacedReader {
+        stream,
+        idle_until: Instant::now() + idle,
+        limit,
+        deadline: None,
+    };
+    let result = read_frame(&mut reader);
+    reader.stream.set_read_timeout(saved)?;
     result
 }
 
@@ -143,7 +189,7 @@ pub fn read_frame_within(stream: &TcpStream, limit: Duration) -> Result<Envelope
 mod tests {
     use std::{
         io::Cursor,
-        net::TcpListener,
+        net::{TcpListener, TcpStream},
         num::NonZeroU64,
         thread,
         time::{Duration, Instant},
@@ -237,7 +283,7 @@ mod tests {
 
     #[test]
     fn a_trickling_peer_cannot_stretch_a_frame_past_the_deadline() {
-        let (mut client, server) = tcp_pair();
+        let (mut client, mut server) = tcp_pair();
         let frame = encode(&envelope(1)).expect("encodes");
         let trickler = thread::spawn(move || {
             // One byte per 40 ms: each read completes well inside any read
@@ -253,7 +299,7 @@ mod tests {
         server.set_read_timeout(per_read).expect("set timeout");
         let started = Instant::now();
         let err =
-            read_frame_within(&server, Duration::from_millis(300)).expect_err("the frame cannot complete in time");
+            read_frame_within(&mut server, Duration::from_millis(300)).expect_err("the frame cannot complete in time");
         let elapsed = started.elapsed();
         assert!(
             matches!(err, FrameIoError::Timeout { received } if received > 0),
@@ -267,11 +313,31 @@ mod tests {
     }
 
     #[test]
+    fn a_paced_read_waits_idle_then_bounds_the_frame_from_its_first_byte() {
+        let (mut client, mut server) = tcp_pair();
+        assert!(matches!(
+            read_frame_paced(&mut server, Duration::from_millis(50), Duration::from_secs(5)),
+            Err(FrameIoError::Timeout { received: 0 })
+        ));
+        let frame = encode(&envelope(1)).expect("encodes");
+        client.write_all(&frame[..5]).expect("write the start");
+        let err = read_frame_paced(&mut server, Duration::from_secs(5), Duration::from_millis(100))
+            .expect_err("the frame stalls");
+        assert!(matches!(err, FrameIoError::Timeout { received: 5 }), "{err:?}");
+        let (mut client, mut server) = tcp_pair();
+        write_frame(&mut client, &envelope(2)).expect("write");
+        assert_eq!(
+            read_frame_paced(&mut server, Duration::from_secs(5), Duration::from_secs(5)).expect("read"),
+            envelope(2)
+        );
+    }
+
+    #[test]
     fn read_frame_within_returns_a_frame_that_arrives_in_time() {
-        let (mut client, server) = tcp_pair();
+        let (mut client, mut server) = tcp_pair();
         write_frame(&mut client, &envelope(3)).expect("write");
         assert_eq!(
-            read_frame_within(&server, Duration::from_secs(5)).expect("read"),
+            read_frame_within(&mut server, Duration::from_secs(5)).expect("read"),
             envelope(3)
         );
         assert_eq!(server.read_timeout().expect("timeout"), None);

@@ -10,6 +10,9 @@
 //! - [`stale`]: rejection of messages from dead incarnations, finished
 //!   migration attempts, and duplicates.
 //! - [`scope_wire`]: hash parameters and scope tables on the wire.
+//! - [`tls`]: mutual TLS under the cluster CA, and TLS sessions two threads share.
+//! - [`keys`]: the cluster CA and the certificates it issues.
+//! - [`session`]: a control port's connection caps, handshake and refusal counters.
 //!
 //! `docs/control-protocol.md` describes the protocol as a whole.
 
@@ -17,10 +20,13 @@ pub mod codec;
 pub mod flow;
 pub mod ids;
 pub mod io;
+pub mod keys;
 pub mod message;
 pub mod negotiate;
 pub mod scope_wire;
+pub mod session;
 pub mod stale;
+pub mod tls;
 
 #[cfg(test)]
 mod samples;
@@ -30,6 +36,6 @@ pub use codec::{
     SUPPORTED_VERSIONS,
 };
 pub use ids::{Capabilities, Incarnation, MigrationSerial, NodeId, Sender, VersionRange};
-pub use io::{read_frame, read_frame_within, write_frame, FrameIoError};
+pub use io::{read_frame, read_frame_paced, read_frame_within, write_frame, FrameIoError};
 pub use message::{Body, MessageKind};
 pub use stale::{Freshness, StalenessFilter};

@@ -18,6 +18,13 @@
 //! migration_timeout_ms = 60000      # a migration's whole budget
 //! hold_down_ms = 5000               # after a migration, before automatic actions
 //! failover_after_ms = 3000          # a FAILED member in the scope is removed after this; 0 = never
+//! max_connections = 64              # concurrent control connections at most
+//! max_connections_per_source = 4    # ... from one address
+//!
+//! [tls]                             # required with control_listen: mutual TLS under the cluster CA
+//! ca = "keys/ca.pem"                # relative to this file
+//! cert = "keys/manager.pem"         # `handoff keys issue --dir keys --manager`
+//! key = "keys/manager.key"
 //!
 //! [[members]]
 //! name = "fd-a"
@@ -26,7 +33,13 @@
 //! interface = "eth2"                # egress towards the member
 //! ```
 
-use crate::scope::HashParams;
+use crate::{
+    control::{
+        session::{ConnectionLimits, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_SOURCE},
+        tls::{TlsIdentity, TlsPaths, MANAGER_NAME},
+    },
+    scope::HashParams,
+};
 use handoff_loader::{AttachMode, Prefix};
 use serde::Deserialize;
 use std::{
@@ -78,6 +91,57 @@ struct RawFile {
     manager: RawManager,
     #[serde(default)]
     members: Vec<RawMember>,
+    #[serde(default)]
+    tls: Option<RawTls>,
+}
+
+/// A `[tls]` section: the party's certificate and key, the cluster CA.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl RawTls {
+    /// The paths, relative ones taken from the configuration file's directory.
+    pub(crate) fn paths(&self, config: &Path) -> TlsPaths {
+        let dir = config.parent().unwrap_or(Path::new("."));
+        TlsPaths {
+            ca: dir.join(&self.ca),
+            cert: dir.join(&self.cert),
+            key: dir.join(&self.key),
+        }
+    }
+}
+
+/// Loads and checks the `[tls]` files of the configuration at `path` for
+/// the identity `name`; `issue` is the `handoff keys issue` argument that
+/// creates them (`--node 3`, `--manager`).
+pub(crate) fn load_tls(
+    files: Option<&TlsPaths>,
+    path: &Path,
+    text: &str,
+    name: &str,
+    issue: &str,
+) -> Result<TlsIdentity, ConfigError> {
+    let Some(files) = files else {
+        return Err(ConfigError::Invalid {
+            path: path.into(),
+            line: 0,
+            field: "tls".into(),
+            detail: format!(
+                "missing: control connections are mutual TLS under the cluster CA; create the keys with `handoff keys init --dir DIR` (once per cluster) and `handoff keys issue --dir DIR {issue}`, then add a [tls] section with ca = \"DIR/ca.pem\", cert and key"
+            ),
+        });
+    };
+    TlsIdentity::load(files, name).map_err(|e| ConfigError::Invalid {
+        path: path.into(),
+        line: line_of(text, "[tls]", "cert"),
+        field: "tls".into(),
+        detail: e.to_string(),
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,6 +153,10 @@ struct RawManager {
     hold_down_ms: u64,
     #[serde(default = "default_failover_after_ms")]
     failover_after_ms: u64,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_max_connections_per_source")]
+    max_connections_per_source: usize,
 }
 
 impl Default for RawManager {
@@ -97,8 +165,32 @@ impl Default for RawManager {
             migration_timeout_ms: default_migration_timeout_ms(),
             hold_down_ms: default_hold_down_ms(),
             failover_after_ms: default_failover_after_ms(),
+            max_connections: default_max_connections(),
+            max_connections_per_source: default_max_connections_per_source(),
         }
     }
+}
+
+pub(crate) fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
+}
+
+pub(crate) fn default_max_connections_per_source() -> usize {
+    DEFAULT_MAX_CONNECTIONS_PER_SOURCE
+}
+
+/// Checks connection caps: both at least 1, the per-source one at most the total.
+pub(crate) fn connection_limits(
+    total: usize,
+    per_source: usize,
+    invalid: impl Fn(String) -> ConfigError,
+) -> Result<ConnectionLimits, ConfigError> {
+    if total == 0 || per_source == 0 || per_source > total {
+        return Err(invalid(format!(
+            "{total} connections in all, {per_source} per source: both must be at least 1, the second at most the first"
+        )));
+    }
+    Ok(ConnectionLimits { total, per_source })
 }
 
 fn default_migration_timeout_ms() -> u64 {
@@ -184,6 +276,8 @@ pub struct ManagerConfig {
     /// A member FAILED this long while in the scope is removed from it;
     /// `None` leaves that to the operator.
     pub failover_after: Option<std::time::Duration>,
+    /// Caps on concurrent connections to the control port.
+    pub connection_limits: ConnectionLimits,
 }
 
 /// A validated edge configuration.
@@ -214,6 +308,11 @@ pub struct EdgeConfig {
     /// is down, and the next start takes it over; `handoff edge-detach`
     /// removes it. Unset, the sprayer stops with the daemon.
     pub pin_dir: Option<PathBuf>,
+    /// The `[tls]` files as the file names them (relative to it).
+    pub tls_files: Option<TlsPaths>,
+    /// The manager's TLS identity: set by [`EdgeConfig::load`], which
+    /// refuses a file with a `control_listen` and no valid `[tls]` section.
+    pub tls: Option<TlsIdentity>,
 }
 
 /// The line in `text` where `needle` first appears after `section`, for error messages.
@@ -299,7 +398,17 @@ impl EdgeConfig {
             path: path.into(),
             source,
         })?;
-        Self::parse(&text, path)
+        let mut config = Self::parse(&text, path)?;
+        if config.control_listen.is_some() || config.tls_files.is_some() {
+            config.tls = Some(load_tls(
+                config.tls_files.as_ref(),
+                path,
+                &text,
+                MANAGER_NAME,
+                "--manager",
+            )?);
+        }
+        Ok(config)
     }
 
     /// Validates configuration text; `path` only names it in errors.
@@ -405,6 +514,11 @@ impl EdgeConfig {
             hold_down: std::time::Duration::from_millis(raw.manager.hold_down_ms),
             failover_after: (raw.manager.failover_after_ms > 0)
                 .then(|| std::time::Duration::from_millis(raw.manager.failover_after_ms)),
+            connection_limits: connection_limits(
+                raw.manager.max_connections,
+                raw.manager.max_connections_per_source,
+                |detail| invalid("[manager]", "manager.max_connections", "max_connections", detail),
+            )?,
         };
         Ok(Self {
             manager,
@@ -422,6 +536,8 @@ impl EdgeConfig {
             admin_socket: raw.edge.admin_socket,
             control_listen,
             pin_dir: raw.edge.pin_dir,
+            tls_files: raw.tls.as_ref().map(|t| t.paths(path)),
+            tls: None,
         })
     }
 }

@@ -8,6 +8,12 @@
 //! migration goes to the driver's event channel. Messages from another
 //! incarnation, of an attempt that is not the running one, or repeated, are
 //! refused and counted ([`StalenessFilter`]).
+//!
+//! The port is guarded by a [`Gate`]: connection caps, mutual TLS under the
+//! cluster CA. A registration is refused (an `ErrorReply {UnknownNode}`,
+//! counted) unless it names a configured member by its id and name and the
+//! connection's certificate is that node's; a later message from another
+//! sender ends the session.
 
 use super::{
     membership::{Membership, Registration},
@@ -17,10 +23,14 @@ use crate::{
     control::{
         codec::Envelope,
         ids::{Capabilities, Incarnation, MacAddr, NodeId, Sender as WireSender},
-        io::{read_frame, read_frame_within, write_frame, FrameIoError},
-        message::{Body, MemberInfo, MemberStatus, MemberUpdate, Register, RegisterAck, ScopeUpdate},
+        io::{read_frame_paced, read_frame_within, write_frame, FrameIoError},
+        message::{
+            Body, ErrorCode, ErrorReply, MemberInfo, MemberStatus, MemberUpdate, Register, RegisterAck, ScopeUpdate,
+        },
         scope_wire::WireScope,
+        session::{Gate, FRAME_DEADLINE},
         stale::{Freshness, StalenessFilter},
+        tls::{node_name, SecureStream},
     },
     scope::{HashParams, Scope},
 };
@@ -28,7 +38,7 @@ use crossbeam::channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use std::{
     collections::BTreeMap,
     io::ErrorKind,
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     num::NonZeroU64,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -147,20 +157,28 @@ pub fn lock(state: &Mutex<ManagerState>) -> std::sync::MutexGuard<'_, ManagerSta
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Accepts nodes until `stop` is set, a thread each.
+/// Accepts nodes until `stop` is set, a thread each for those the gate
+/// admits (under the caps, past the TLS handshake).
 pub fn run_listener(
     listener: TcpListener,
+    gate: Arc<Gate>,
     state: Arc<Mutex<ManagerState>>,
     incarnation: Incarnation,
     stop: Arc<AtomicBool>,
 ) {
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
-            Ok((stream, from)) => {
-                let (state, stop) = (Arc::clone(&state), Arc::clone(&stop));
-                let spawned = std::thread::Builder::new()
-                    .name("member".into())
-                    .spawn(move || serve_member(stream, &state, incarnation, &stop));
+            Ok((socket, from)) => {
+                let Some(permit) = gate.admit(from.ip()) else {
+                    continue;
+                };
+                let (gate, state, stop) = (Arc::clone(&gate), Arc::clone(&state), Arc::clone(&stop));
+                let spawned = std::thread::Builder::new().name("member".into()).spawn(move || {
+                    let _permit = permit;
+                    if let Some(stream) = gate.handshake(socket, from) {
+                        serve_member(stream, &gate, &state, incarnation, &stop);
+                    }
+                });
                 if let Err(e) = spawned {
                     tracing::warn!(%from, error = %e, "cannot serve member");
                 }
@@ -174,27 +192,81 @@ pub fn run_listener(
     }
 }
 
-fn serve_member(mut stream: TcpStream, state: &Mutex<ManagerState>, incarnation: Incarnation, stop: &AtomicBool) {
-    let peer = stream.peer_addr().map_or_else(|_| "?".into(), |a| a.to_string());
-    if stream.set_nonblocking(false).is_err() {
-        return;
-    }
-    let first = match read_frame_within(&stream, REGISTER_TIMEOUT) {
+/// Refuses a registration: an `ErrorReply {UnknownNode}` naming why, counted.
+fn refuse_registration(stream: &mut SecureStream, gate: &Gate, incarnation: Incarnation, first: &Envelope, why: &str) {
+    let peer = stream
+        .socket()
+        .peer_addr()
+        .map_or_else(|_| "?".into(), |a| a.to_string());
+    gate.refuse_peer(&peer, &format!("{:?}", first.sender), why);
+    let mut reply = Envelope::new(
+        WireSender::Manager,
+        incarnation,
+        NonZeroU64::MIN,
+        ErrorReply {
+            code: ErrorCode::UnknownNode,
+            detail: format!("registration refused: {why}"),
+        },
+    );
+    reply.reply_to = Some(first.serial);
+    let _ = write_frame(stream, &reply);
+}
+
+fn serve_member(
+    mut stream: SecureStream,
+    gate: &Gate,
+    state: &Mutex<ManagerState>,
+    incarnation: Incarnation,
+    stop: &AtomicBool,
+) {
+    let peer = stream
+        .socket()
+        .peer_addr()
+        .map_or_else(|_| "?".into(), |a| a.to_string());
+    let first = match read_frame_within(&mut stream, REGISTER_TIMEOUT) {
         Ok(envelope) => envelope,
+        Err(FrameIoError::Timeout { .. }) => {
+            gate.timed_out(&peer);
+            return;
+        }
         Err(e) => {
             tracing::warn!(%peer, error = %e, "no registration");
             return;
         }
     };
-    let (WireSender::Node(node), Body::Register(register)) = (first.sender, first.body) else {
-        tracing::warn!(%peer, "the first message was not a node's registration");
+    let (WireSender::Node(node), Body::Register(register)) = (first.sender, &first.body) else {
+        refuse_registration(
+            &mut stream,
+            gate,
+            incarnation,
+            &first,
+            "the first message is not a node's registration",
+        );
         return;
     };
+    let register = register.clone();
     let id = node.get();
+    if !stream.peer_is(&node_name(id)) {
+        refuse_registration(
+            &mut stream,
+            gate,
+            incarnation,
+            &first,
+            "the certificate names another party",
+        );
+        return;
+    }
     let ack = {
         let mut s = lock(state);
         if s.configured.get(&id) != Some(&register.name) {
-            tracing::warn!(%peer, node = id, name = %register.name, "registration refused: not a configured member");
+            drop(s);
+            refuse_registration(
+                &mut stream,
+                gate,
+                incarnation,
+                &first,
+                "not a configured member (id and name)",
+            );
             return;
         }
         let in_scope = s.scope.buckets_of(u32::from(id)).next().is_some();
@@ -237,9 +309,7 @@ fn serve_member(mut stream: TcpStream, state: &Mutex<ManagerState>, incarnation:
             body,
         )
     };
-    if write_frame(&mut stream, &envelope(&mut serial, Body::RegisterAck(ack))).is_err()
-        || stream.set_read_timeout(Some(HEARTBEAT_INTERVAL)).is_err()
-    {
+    if write_frame(&mut stream, &envelope(&mut serial, Body::RegisterAck(ack))).is_err() {
         return;
     }
     let Ok(mut writer) = stream.try_clone() else {
@@ -251,18 +321,18 @@ fn serve_member(mut stream: TcpStream, state: &Mutex<ManagerState>, incarnation:
         write_outbox(&mut writer, &queued, |body| envelope(&mut serial, body));
     });
     if written.is_ok() {
-        read_member(&mut stream, id, first.incarnation, state, stop, &peer);
+        read_member(&mut stream, gate, node, first.incarnation, state, stop, &peer);
     }
     let mut s = lock(state);
     if s.outboxes.get(&id).is_some_and(|o| o.same_channel(&outbox)) {
         s.outboxes.remove(&id);
     }
     // The writer ends once the last sender is gone.
-    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let _ = stream.socket().shutdown(std::net::Shutdown::Both);
 }
 
 /// Writes what the driver queues until the session's sender is dropped.
-fn write_outbox(stream: &mut TcpStream, queued: &Receiver<Body>, mut envelope: impl FnMut(Body) -> Envelope) {
+fn write_outbox(stream: &mut SecureStream, queued: &Receiver<Body>, mut envelope: impl FnMut(Body) -> Envelope) {
     loop {
         match queued.recv_timeout(HEARTBEAT_INTERVAL) {
             Ok(body) => {
@@ -279,23 +349,37 @@ fn write_outbox(stream: &mut TcpStream, queued: &Receiver<Body>, mut envelope: i
 
 /// Reads heartbeats and migration messages until the session breaks.
 fn read_member(
-    stream: &mut TcpStream,
-    id: u16,
+    stream: &mut SecureStream,
+    gate: &Gate,
+    node: NodeId,
     member_incarnation: Incarnation,
     state: &Mutex<ManagerState>,
     stop: &AtomicBool,
     peer: &str,
 ) {
+    let id = node.get();
     let mut filter = StalenessFilter::new(member_incarnation);
     while !stop.load(Ordering::Relaxed) {
-        let envelope = match read_frame(stream) {
+        let envelope = match read_frame_paced(stream, HEARTBEAT_INTERVAL, FRAME_DEADLINE) {
             Ok(envelope) => envelope,
             Err(FrameIoError::Timeout { received: 0 }) => continue,
+            Err(FrameIoError::Timeout { .. }) => {
+                gate.timed_out(peer);
+                return;
+            }
             Err(e) => {
                 tracing::info!(%peer, node = id, incarnation = %member_incarnation, error = %e, "member session ended");
                 return;
             }
         };
+        if envelope.sender != WireSender::Node(node) {
+            gate.refuse_peer(
+                peer,
+                &format!("{:?}", envelope.sender),
+                "another sender than the registration's",
+            );
+            return;
+        }
         let mut s = lock(state);
         match s.coordinator.running() {
             Some(r) if r.target == id => {
@@ -339,8 +423,12 @@ mod tests {
     use crate::control::{
         codec::SUPPORTED_VERSIONS,
         ids::{MacAddr, MigrationSerial, NodeId},
+        keys::{tests::identities, Party},
         message::{Heartbeat, MigrationMode, Progress, ReadyToFlip},
+        session::ConnectionLimits,
+        tls::{TlsIdentity, MANAGER_NAME},
     };
+    use std::net::TcpStream;
 
     const NODE: u16 = 1;
     const NODE_RUN: Incarnation = Incarnation(77);
@@ -378,7 +466,7 @@ mod tests {
         }
     }
 
-    fn send(stream: &mut TcpStream, incarnation: Incarnation, serial: u64, body: impl Into<Body>) {
+    fn send(stream: &mut SecureStream, incarnation: Incarnation, serial: u64, body: impl Into<Body>) {
         let envelope = Envelope::new(
             WireSender::Node(NodeId::new(NODE).unwrap()),
             incarnation,
@@ -386,6 +474,50 @@ mod tests {
             body,
         );
         write_frame(stream, &envelope).unwrap();
+    }
+
+    /// The manager's port on a thread, and the identities of the manager,
+    /// node [`NODE`] and node 0 under one cluster CA.
+    fn manager(
+        state: &Arc<Mutex<ManagerState>>,
+        stop: &Arc<AtomicBool>,
+        tag: &str,
+    ) -> (std::thread::JoinHandle<()>, std::net::SocketAddr, Vec<TlsIdentity>) {
+        let ids = identities(tag, &[Party::Manager, Party::Node(NODE), Party::Node(0)]);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let gate = Gate::new(ConnectionLimits::default(), ids[0].clone(), Arc::default());
+        let (state, stop) = (Arc::clone(state), Arc::clone(stop));
+        let thread = std::thread::spawn(move || run_listener(listener, gate, state, Incarnation(5), stop));
+        (thread, address, ids)
+    }
+
+    #[test]
+    fn a_registration_under_another_nodes_certificate_is_refused_and_changes_nothing() {
+        let state = state();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (manager, address, ids) = manager(&state, &stop, "impostor");
+        // Node 0's certificate, registering as node 1 (fd-b).
+        let mut stream = ids[2]
+            .connect(TcpStream::connect(address).unwrap(), MANAGER_NAME)
+            .unwrap();
+        send(&mut stream, NODE_RUN, 1, register("fd-b"));
+        let reply = read_frame_within(&mut stream, Duration::from_secs(5)).unwrap();
+        assert!(
+            matches!(&reply.body, Body::ErrorReply(e) if e.code == ErrorCode::UnknownNode),
+            "{:?}",
+            reply.body
+        );
+        assert!(matches!(
+            read_frame_within(&mut stream, Duration::from_secs(5)),
+            Err(FrameIoError::Closed | FrameIoError::Io(_))
+        ));
+        let s = lock(&state);
+        assert!(s.registrations.is_empty() && s.outboxes.is_empty());
+        drop(s);
+        stop.store(true, Ordering::Relaxed);
+        manager.join().unwrap();
     }
 
     fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
@@ -400,16 +532,12 @@ mod tests {
     fn the_session_takes_current_messages_and_refuses_stale_and_repeated_ones() {
         let state = state();
         let stop = Arc::new(AtomicBool::new(false));
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let manager = {
-            let (state, stop) = (Arc::clone(&state), Arc::clone(&stop));
-            std::thread::spawn(move || run_listener(listener, state, Incarnation(5), stop))
-        };
-        let mut stream = TcpStream::connect(address).unwrap();
+        let (manager, address, ids) = manager(&state, &stop, "session");
+        let mut stream = ids[1]
+            .connect(TcpStream::connect(address).unwrap(), MANAGER_NAME)
+            .unwrap();
         send(&mut stream, NODE_RUN, 1, register("fd-b"));
-        let ack = read_frame_within(&stream, Duration::from_secs(5)).unwrap();
+        let ack = read_frame_within(&mut stream, Duration::from_secs(5)).unwrap();
         assert!(matches!(ack.body, Body::RegisterAck(_)), "{:?}", ack.body.kind());
         wait_until("the outbox", || lock(&state).outboxes.contains_key(&NODE));
 
@@ -499,7 +627,7 @@ mod tests {
             NODE,
             Body::Drained(crate::control::message::Drained { serial: running.serial })
         ));
-        let written = read_frame_within(&stream, Duration::from_secs(5)).unwrap();
+        let written = read_frame_within(&mut stream, Duration::from_secs(5)).unwrap();
         assert_eq!(written.sender, WireSender::Manager);
         assert!(matches!(written.body, Body::Drained(_)));
         assert_eq!(lock(&state).refused, 4, "nothing else was refused");

@@ -13,6 +13,7 @@ use crate::{
     control::{
         ids::{Incarnation, NodeId},
         message::{InheritorChoice, MemberStatus, MigrationMode},
+        session::{Gate, SessionCounters},
     },
     scope::Scope,
 };
@@ -57,6 +58,8 @@ pub struct Edge {
     flips: (Sender<FlipRequest>, Receiver<FlipRequest>),
     /// Since when each FAILED member in the scope has been failed.
     failed_since: BTreeMap<u32, Instant>,
+    /// The control port's admissions and refusals.
+    sessions: Arc<SessionCounters>,
 }
 
 impl Edge {
@@ -166,6 +169,7 @@ impl Edge {
             manager,
             flips: unbounded(),
             failed_since: BTreeMap::new(),
+            sessions: Arc::default(),
         })
     }
 
@@ -287,7 +291,7 @@ impl Edge {
                 serde_json::json!({"name": name, "id": id, "packets": c.packets, "bytes": c.bytes})
             })
             .collect();
-        Ok(serde_json::json!({"reasons": named, "members": per_member}))
+        Ok(serde_json::json!({"reasons": named, "members": per_member, "control": self.sessions.to_json()}))
     }
 
     /// Answers `request`; a migration's driver answers it later itself.
@@ -487,10 +491,14 @@ impl Edge {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos() as u64),
             );
+            let tls = self.config.tls.clone().context(
+                "no TLS identity: the configuration must be loaded with EdgeConfig::load, which reads [tls]",
+            )?;
+            let gate = Gate::new(self.config.manager.connection_limits, tls, Arc::clone(&self.sessions));
             let (state, stop) = (Arc::clone(&self.manager), Arc::clone(&stop));
             std::thread::Builder::new()
                 .name("manager".into())
-                .spawn(move || manager::run_listener(listener, state, incarnation, stop))?;
+                .spawn(move || manager::run_listener(listener, gate, state, incarnation, stop))?;
             tracing::info!(%address, "manager control port ready");
         }
         tracing::info!(socket = %self.config.admin_socket.display(), "admin socket ready");

@@ -22,6 +22,13 @@
 //!                                 # must be at least ip_mtu + 16 (fabric)
 //! offloads = "fix"                # optional: GRO/LRO found on at start are
 //!                                 # turned off ("fix") or refused ("check")
+//! max_control_connections = 64    # optional: concurrent control connections
+//! max_control_connections_per_source = 4  # optional: ... from one address
+//!
+//! [tls]                           # required: mutual TLS under the cluster CA
+//! ca = "keys/ca.pem"              # relative to this file
+//! cert = "keys/node-0.pem"        # `handoff keys issue --dir keys --node 0`
+//! key = "keys/node-0.key"
 //!
 //! [hash]                          # must equal the edge's
 //! buckets = 65536
@@ -37,7 +44,14 @@
 
 use crate::node::fabric::FABRIC_HLEN;
 use crate::{
-    edge::config::{line_of, ConfigError, MemberChecks},
+    control::{
+        session::ConnectionLimits,
+        tls::{node_name, TlsIdentity, TlsPaths},
+    },
+    edge::config::{
+        connection_limits, default_max_connections, default_max_connections_per_source, line_of, load_tls, ConfigError,
+        MemberChecks, RawTls,
+    },
     io::afxdp::{AfXdpConfig, BindMode},
     scope::HashParams,
 };
@@ -67,6 +81,8 @@ struct RawFile {
     hash: RawHash,
     #[serde(default)]
     members: Vec<RawMember>,
+    #[serde(default)]
+    tls: Option<RawTls>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,6 +116,10 @@ struct RawNode {
     ip_mtu: u32,
     #[serde(default)]
     offloads: OffloadPolicy,
+    #[serde(default = "default_max_connections")]
+    max_control_connections: usize,
+    #[serde(default = "default_max_connections_per_source")]
+    max_control_connections_per_source: usize,
 }
 
 /// What the node does about receive offloads (GRO, LRO) that merge
@@ -219,6 +239,23 @@ pub struct NodeConfig {
     pub hash: HashParams,
     /// Every member, this node included.
     pub members: Vec<NodeMember>,
+    /// Caps on concurrent connections to the control port.
+    pub connection_limits: ConnectionLimits,
+    /// The `[tls]` files as the file names them (relative to it).
+    pub tls_files: Option<TlsPaths>,
+    /// The node's TLS identity: set by [`NodeConfig::load`], which refuses
+    /// a file without a valid `[tls]` section.
+    pub tls: Option<TlsIdentity>,
+}
+
+impl NodeMember {
+    /// The member as a control-protocol peer.
+    pub fn peer(&self) -> crate::node::peers::Peer {
+        crate::node::peers::Peer {
+            id: self.id,
+            address: self.control,
+        }
+    }
 }
 
 impl NodeConfig {
@@ -231,6 +268,13 @@ impl NodeConfig {
         })?;
         let mut config = Self::parse(&text, path)?;
         config.policy = path.parent().unwrap_or(Path::new(".")).join(&config.policy);
+        config.tls = Some(load_tls(
+            config.tls_files.as_ref(),
+            path,
+            &text,
+            &node_name(config.id),
+            &format!("--node {}", config.id),
+        )?);
         Ok(config)
     }
 
@@ -397,6 +441,20 @@ impl NodeConfig {
                 seed: raw.hash.hash_seed,
             },
             members,
+            connection_limits: connection_limits(
+                node.max_control_connections,
+                node.max_control_connections_per_source,
+                |detail| {
+                    invalid(
+                        "[node]",
+                        "node.max_control_connections",
+                        "max_control_connections",
+                        detail,
+                    )
+                },
+            )?,
+            tls_files: raw.tls.as_ref().map(|t| t.paths(path)),
+            tls: None,
         })
     }
 

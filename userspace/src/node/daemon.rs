@@ -20,6 +20,7 @@ use crate::{
             Abort, AbortReason, Body, DeltaOp, Drained, Flipped, Heartbeat, MigrateStart, MigrationMode, Phase,
             Progress, Purged, ReadyToFlip, Register,
         },
+        session::Gate,
     },
     flow::{config::PolicyConfig, Policy},
     io::afxdp::AfXdpPort,
@@ -144,7 +145,7 @@ impl<'a> Streams<'a> {
                 .iter()
                 .find(|m| m.id == node)
                 .with_context(|| format!("inheritor {node} is not a configured member"))?;
-            let stream = handover::Stream::open(member.control, self.identity, self.serial, flows, self.rate_limit)
+            let stream = handover::Stream::open(member.peer(), self.identity, self.serial, flows, self.rate_limit)
                 .map_err(|source| self.lost(node, source))?;
             self.open.insert(node, stream);
         }
@@ -322,29 +323,39 @@ impl Node {
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos() as u64),
             ),
+            tls: config.tls.clone().context(
+                "no TLS identity: the configuration must be loaded with NodeConfig::load, which reads [tls]",
+            )?,
         };
         let counters = Arc::new(PeerCounters::default());
+        let admission = Arc::new(peers::Admission {
+            gate: Gate::new(
+                config.connection_limits,
+                identity.tls.clone(),
+                Arc::clone(&counters.sessions),
+            ),
+            members: config.peers().map(|m| m.id).collect(),
+        });
         let listener = peers::bind(config.control_listen)?;
         {
-            let (routing, commands, counters, stop) = (
+            let (identity, routing, commands, counters, stop) = (
+                identity.clone(),
                 Arc::clone(&view),
                 commands.clone(),
                 Arc::clone(&counters),
                 Arc::clone(&stop),
             );
-            threads.push(
-                std::thread::Builder::new()
-                    .name("control".into())
-                    .spawn(move || peers::run_listener(listener, identity, routing, commands, counters, stop))?,
-            );
+            threads.push(std::thread::Builder::new().name("control".into()).spawn(move || {
+                peers::run_listener(listener, identity, admission, routing, commands, counters, stop)
+            })?);
         }
         {
-            let peer_addrs = config.peers().map(|m| m.control).collect();
-            let (counters, stop) = (Arc::clone(&counters), Arc::clone(&stop));
+            let peers = config.peers().map(NodeMember::peer).collect();
+            let (identity, counters, stop) = (identity.clone(), Arc::clone(&counters), Arc::clone(&stop));
             threads.push(
                 std::thread::Builder::new()
                     .name("announcer".into())
-                    .spawn(move || peers::run_announcer(identity, peer_addrs, links, counters, stop))?,
+                    .spawn(move || peers::run_announcer(identity, peers, links, counters, stop))?,
             );
         }
         let scope_version = Arc::new(AtomicU64::new(scope.version));
@@ -367,7 +378,7 @@ impl Node {
             };
             let link = Link {
                 manager,
-                identity,
+                identity: identity.clone(),
                 register,
                 workers: commands.clone(),
                 scope_version: Arc::clone(&scope_version),
@@ -437,6 +448,7 @@ impl Node {
                 "announce_failures": c.announce_failures.load(Ordering::Relaxed),
                 "announces_received": c.announces_received.load(Ordering::Relaxed),
                 "messages_refused": c.messages_refused.load(Ordering::Relaxed),
+                "sessions": c.sessions.to_json(),
                 "handovers": self.handovers,
                 "handover_bytes_sent": self.handover_bytes,
             },
@@ -626,7 +638,7 @@ impl Node {
         );
         let mut broadcast_failures = 0;
         for peer in self.config.peers() {
-            if let Err(e) = handover::broadcast(peer.control, &self.identity, serial, &owners) {
+            if let Err(e) = handover::broadcast(peer.peer(), &self.identity, serial, &owners) {
                 tracing::warn!(peer = %peer.name, error = %e, "ownership broadcast failed; the redirect still carries its packets");
                 broadcast_failures += 1;
             }

@@ -4,7 +4,7 @@
 //! and the ownership broadcast that follows the cut.
 
 use super::{
-    peers::{open_link, tell_owners, Identity},
+    peers::{open_link, tell_owners, Identity, Peer},
     view::NodeView,
     worker::{Imported, WorkerCommand, COMMAND_CHUNK},
 };
@@ -17,6 +17,7 @@ use crate::{
             Abort, AbortReason, Body, Cut, CutAck, DeltaOp, FlowDelta, FlowOwner, FlowRecords, OwnershipBroadcast,
             OwnershipChanges, TableAnnounce,
         },
+        tls::SecureStream,
     },
     flow::Owner,
 };
@@ -25,7 +26,7 @@ use crossbeam::channel::{unbounded, Sender};
 use handoff_common::{fabric::ANY_WORKER, flow_key::FlowKey};
 use hashbrown::HashMap;
 use std::{
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -52,7 +53,7 @@ pub struct Stream<'a> {
     address: SocketAddr,
     identity: &'a Identity,
     serial: MigrationSerial,
-    stream: TcpStream,
+    stream: SecureStream,
     message_serial: u64,
     chunks: u32,
     delta_batches: u64,
@@ -62,20 +63,20 @@ pub struct Stream<'a> {
 }
 
 impl<'a> Stream<'a> {
-    /// Connects to the inheritor at `address` and announces `flows`
+    /// Connects to the inheritor `peer` and announces `flows`
     /// connections, so it can size its copy. The snapshot streams at
     /// `rate_limit` records per second at most.
     pub fn open(
-        address: SocketAddr,
+        peer: Peer,
         identity: &'a Identity,
         serial: MigrationSerial,
         flows: u64,
         rate_limit: Option<u64>,
     ) -> Result<Self> {
         let mut message_serial = 0u64;
-        let stream = open_link(address, identity, &mut message_serial)?;
+        let stream = open_link(peer, identity, &mut message_serial)?;
         let mut this = Self {
-            address,
+            address: peer.address,
             identity,
             serial,
             stream,
@@ -151,7 +152,7 @@ impl<'a> Stream<'a> {
             delta_batches: self.delta_batches,
         }))?;
         let address = self.address;
-        match read_frame_within(&self.stream, CUT_TIMEOUT)
+        match read_frame_within(&mut self.stream, CUT_TIMEOUT)
             .with_context(|| format!("waiting for {address} to install"))?
             .body
         {
@@ -167,15 +168,11 @@ impl<'a> Stream<'a> {
     }
 }
 
-/// Tells the peer at `address` who owns `owners` from now on.
-pub fn broadcast(
-    address: SocketAddr,
-    identity: &Identity,
-    serial: MigrationSerial,
-    owners: &[FlowOwner],
-) -> Result<()> {
+/// Tells `peer` who owns `owners` from now on.
+pub fn broadcast(peer: Peer, identity: &Identity, serial: MigrationSerial, owners: &[FlowOwner]) -> Result<()> {
     let mut message_serial = 0u64;
-    let mut stream = open_link(address, identity, &mut message_serial)?;
+    let address = peer.address;
+    let mut stream = open_link(peer, identity, &mut message_serial)?;
     for chunk in owners.chunks(OWNERS_PER_BROADCAST) {
         let body = Body::OwnershipBroadcast(OwnershipBroadcast {
             serial,

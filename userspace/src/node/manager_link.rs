@@ -13,9 +13,11 @@ use super::{
 };
 use crate::{
     control::{
-        io::{read_frame, read_frame_within, write_frame, FrameIoError},
+        io::{read_frame_paced, read_frame_within, write_frame, FrameIoError},
         message::{Abort, Body, Flipped, Heartbeat, MemberStatus, MigrateStart, Register, WorkerLoad},
+        session::FRAME_DEADLINE,
         stale::{Freshness, StalenessFilter},
+        tls::{SecureStream, MANAGER_NAME},
     },
     scope::Scope,
 };
@@ -87,8 +89,14 @@ pub fn run(link: &Link, stop: &AtomicBool) {
 }
 
 fn session(link: &Link, stop: &AtomicBool) -> Result<()> {
-    let mut stream = TcpStream::connect_timeout(&link.manager, CONNECT_TIMEOUT).context("connecting")?;
-    stream.set_write_timeout(Some(ACK_TIMEOUT))?;
+    let socket = TcpStream::connect_timeout(&link.manager, CONNECT_TIMEOUT).context("connecting")?;
+    socket.set_nodelay(true)?;
+    let mut stream = link
+        .identity
+        .tls
+        .connect(socket, MANAGER_NAME)
+        .context("TLS with the manager")?;
+    stream.socket().set_write_timeout(Some(ACK_TIMEOUT))?;
     let mut serial = 0u64;
     write_frame(
         &mut stream,
@@ -96,7 +104,7 @@ fn session(link: &Link, stop: &AtomicBool) -> Result<()> {
             .identity
             .envelope(&mut serial, Body::Register(link.register.clone())),
     )?;
-    let ack = read_frame_within(&stream, ACK_TIMEOUT)?;
+    let ack = read_frame_within(&mut stream, ACK_TIMEOUT)?;
     let manager_incarnation = ack.incarnation;
     let Body::RegisterAck(ack) = ack.body else {
         bail!("the manager answered the registration with {:?}", ack.body.kind());
@@ -112,7 +120,7 @@ fn session(link: &Link, stop: &AtomicBool) -> Result<()> {
     let writer = {
         let mut stream = stream.try_clone()?;
         let (identity, workers, version, over) = (
-            link.identity,
+            link.identity.clone(),
             link.workers.clone(),
             Arc::clone(&link.scope_version),
             Arc::clone(&over),
@@ -133,20 +141,19 @@ fn session(link: &Link, stop: &AtomicBool) -> Result<()> {
                 tracing::warn!(error = %format!("{e:#}"), "writing to the manager");
             }
             // Unblocks the reader.
-            let _ = stream.shutdown(std::net::Shutdown::Both);
+            let _ = stream.socket().shutdown(std::net::Shutdown::Both);
         })?
     };
-    stream.set_read_timeout(Some(READ_POLL))?;
     let result = read_loop(&mut stream, manager_incarnation, &outbox, &link.orders, stop);
     over.store(true, Ordering::Relaxed);
-    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let _ = stream.socket().shutdown(std::net::Shutdown::Both);
     let _ = writer.join();
     result
 }
 
 /// Writes the loop's answers as they come and a heartbeat every `interval`.
 fn write_loop(
-    stream: &mut TcpStream,
+    stream: &mut SecureStream,
     answers: &Receiver<Body>,
     interval: Duration,
     over: &AtomicBool,
@@ -172,7 +179,7 @@ fn write_loop(
 
 /// Reads the manager's orders until the session breaks or `stop` is set.
 fn read_loop(
-    stream: &mut TcpStream,
+    stream: &mut SecureStream,
     manager: crate::control::ids::Incarnation,
     outbox: &Sender<Body>,
     orders: &Sender<OrderCall>,
@@ -180,7 +187,8 @@ fn read_loop(
 ) -> Result<()> {
     let mut filter = StalenessFilter::new(manager);
     while !stop.load(Ordering::Relaxed) {
-        let envelope = match read_frame(stream) {
+        // A manager that stalls mid-frame ends the session.
+        let envelope = match read_frame_paced(stream, READ_POLL, FRAME_DEADLINE) {
             Ok(envelope) => envelope,
             Err(FrameIoError::Timeout { received: 0 }) => continue,
             Err(e) => return Err(e).context("reading from the manager"),

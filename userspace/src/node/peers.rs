@@ -1,8 +1,11 @@
 //! The node's control links to its peers: owner announcements out, and the
 //! listener that applies the peers' announcements to every worker.
 //!
-//! Each link opens with a [`PeerHello`]; a peer that refuses it gets nothing
-//! else. Announcements are batched (at most [`ANNOUNCE_BATCH`] connections
+//! Every link is mutual TLS under the cluster CA
+//! ([`crate::control::tls`]) and opens with a [`PeerHello`]; a peer that
+//! refuses it gets nothing else. The listener refuses a hello whose sender
+//! is not a configured member or not the node its certificate names, and
+//! any later message from another sender than the hello's. Announcements are batched (at most [`ANNOUNCE_BATCH`] connections
 //! per message) and paced (one round per [`ANNOUNCE_INTERVAL`]), so their
 //! rate and size stay bounded whatever the connection rate.
 
@@ -16,9 +19,11 @@ use crate::control::{
     codec::{Envelope, SUPPORTED_VERSIONS},
     flow::{Owner as WireOwner, WireFlowKey},
     ids::{Capabilities, Incarnation, NodeId, Sender as WireSender},
-    io::{read_frame, write_frame, FrameIoError},
-    message::{Body, FlowOwner, OwnerAnnounce, PeerHello, PeerHelloAck},
+    io::{read_frame, read_frame_paced, write_frame, FrameIoError},
+    message::{Body, FlowOwner, OwnerAnnounce, PeerHello, PeerHelloAck, RefusalReason},
     negotiate::answer_peer_hello,
+    session::{Gate, SessionCounters, FRAME_DEADLINE},
+    tls::{node_name, SecureStream, TlsIdentity},
 };
 use crate::flow::Owner;
 use anyhow::{Context, Result};
@@ -41,6 +46,8 @@ pub const ANNOUNCE_BATCH: usize = 1024;
 pub const ANNOUNCE_INTERVAL: Duration = Duration::from_millis(2);
 /// How long a connect or a write to a peer may take.
 const PEER_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often a peer's session checks the stop flag while the peer is idle.
+const STOP_POLL: Duration = Duration::from_millis(200);
 /// Wait before reconnecting to a peer that failed.
 const RECONNECT_AFTER: Duration = Duration::from_millis(200);
 
@@ -57,15 +64,28 @@ pub struct PeerCounters {
     pub announces_received: AtomicU64,
     /// Messages refused (malformed, unexpected, or before a hello).
     pub messages_refused: AtomicU64,
+    /// The control port's admissions and refusals.
+    pub sessions: Arc<SessionCounters>,
+}
+
+/// A peer node: its member id and control address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// Member id (its certificate names `node-<id>.handoff.cluster`).
+    pub id: u16,
+    /// Where its control port listens.
+    pub address: SocketAddr,
 }
 
 /// This node's identity on the control protocol.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Identity {
     /// Node id.
     pub node: NodeId,
     /// Incarnation (changes at every start).
     pub incarnation: Incarnation,
+    /// Its certificate and the cluster CA.
+    pub tls: TlsIdentity,
 }
 
 impl Identity {
@@ -96,18 +116,18 @@ fn announce_version() -> u64 {
 }
 
 struct PeerLink {
-    address: SocketAddr,
-    stream: Option<TcpStream>,
+    peer: Peer,
+    stream: Option<SecureStream>,
     retry_at: Instant,
 }
 
 impl PeerLink {
-    fn connect(&mut self, identity: &Identity, serial: &mut u64) -> Option<&mut TcpStream> {
+    fn connect(&mut self, identity: &Identity, serial: &mut u64) -> Option<&mut SecureStream> {
         if self.stream.is_none() && Instant::now() >= self.retry_at {
-            match open_link(self.address, identity, serial) {
+            match open_link(self.peer, identity, serial) {
                 Ok(stream) => self.stream = Some(stream),
                 Err(e) => {
-                    tracing::debug!(peer = %self.address, error = %e, "peer link");
+                    tracing::debug!(peer = %self.peer.address, error = %format!("{e:#}"), "peer link");
                     self.retry_at = Instant::now() + RECONNECT_AFTER;
                 }
             }
@@ -116,12 +136,18 @@ impl PeerLink {
     }
 }
 
-/// Connects to the peer at `address` and opens a session (hello and its acceptance).
-pub fn open_link(address: SocketAddr, identity: &Identity, serial: &mut u64) -> Result<TcpStream> {
-    let mut stream = TcpStream::connect_timeout(&address, PEER_TIMEOUT)?;
-    stream.set_write_timeout(Some(PEER_TIMEOUT))?;
-    stream.set_read_timeout(Some(PEER_TIMEOUT))?;
-    stream.set_nodelay(true)?;
+/// Connects to `peer`, authenticates it as that node over TLS and opens a
+/// session (hello and its acceptance).
+pub fn open_link(peer: Peer, identity: &Identity, serial: &mut u64) -> Result<SecureStream> {
+    let address = peer.address;
+    let socket = TcpStream::connect_timeout(&address, PEER_TIMEOUT)?;
+    socket.set_nodelay(true)?;
+    let mut stream = identity
+        .tls
+        .connect(socket, &node_name(peer.id))
+        .with_context(|| format!("TLS with node {} at {address}", peer.id))?;
+    stream.socket().set_write_timeout(Some(PEER_TIMEOUT))?;
+    stream.socket().set_read_timeout(Some(PEER_TIMEOUT))?;
     write_frame(&mut stream, &identity.envelope(serial, Identity::hello()))?;
     match read_frame(&mut stream)?.body {
         Body::PeerHelloAck(PeerHelloAck::Accepted { .. }) => Ok(stream),
@@ -134,7 +160,7 @@ pub fn open_link(address: SocketAddr, identity: &Identity, serial: &mut u64) -> 
 /// `stop` is set.
 pub fn run_announcer(
     identity: Identity,
-    peers: Vec<SocketAddr>,
+    peers: Vec<Peer>,
     links: Vec<WorkerLinks>,
     counters: Arc<PeerCounters>,
     stop: Arc<AtomicBool>,
@@ -142,8 +168,8 @@ pub fn run_announcer(
     let mut serial = 0u64;
     let mut peers: Vec<PeerLink> = peers
         .into_iter()
-        .map(|address| PeerLink {
-            address,
+        .map(|peer| PeerLink {
+            peer,
             stream: None,
             retry_at: Instant::now(),
         })
@@ -185,7 +211,7 @@ pub fn run_announcer(
                     counters.announces_sent.fetch_add(1, Ordering::Relaxed);
                 }
                 Some(Err(e)) => {
-                    tracing::warn!(peer = %peer.address, error = %e, "announcement lost; reconnecting");
+                    tracing::warn!(peer = %peer.peer.address, error = %e, "announcement lost; reconnecting");
                     peer.stream = None;
                     counters.announce_failures.fetch_add(1, Ordering::Relaxed);
                 }
@@ -210,11 +236,22 @@ pub fn bind(address: SocketAddr) -> Result<TcpListener> {
     Ok(listener)
 }
 
-/// Accepts peers until `stop` is set; each peer gets a thread that applies its
-/// announcements to every worker.
+/// Who may talk to the control port and how it is guarded.
+#[derive(Debug)]
+pub struct Admission {
+    /// Caps, TLS, refusal counters.
+    pub gate: Arc<Gate>,
+    /// The member ids of the peers (this node excluded).
+    pub members: Vec<u16>,
+}
+
+/// Accepts peers until `stop` is set; each admitted peer (under the caps,
+/// past the TLS handshake) gets a thread that applies its announcements to
+/// every worker.
 pub fn run_listener(
     listener: TcpListener,
     identity: Identity,
+    admission: Arc<Admission>,
     routing: Arc<NodeView>,
     workers: Vec<Sender<WorkerCommand>>,
     counters: Arc<PeerCounters>,
@@ -222,16 +259,24 @@ pub fn run_listener(
 ) {
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
-            Ok((stream, from)) => {
-                let (routing, workers, counters, stop) = (
+            Ok((socket, from)) => {
+                let Some(permit) = admission.gate.admit(from.ip()) else {
+                    continue;
+                };
+                let (identity, admission, routing, workers, counters, stop) = (
+                    identity.clone(),
+                    Arc::clone(&admission),
                     Arc::clone(&routing),
                     workers.clone(),
                     Arc::clone(&counters),
                     Arc::clone(&stop),
                 );
-                let spawned = std::thread::Builder::new()
-                    .name("peer".into())
-                    .spawn(move || serve_peer(stream, identity, &routing, &workers, &counters, &stop));
+                let spawned = std::thread::Builder::new().name("peer".into()).spawn(move || {
+                    let _permit = permit;
+                    if let Some(stream) = admission.gate.handshake(socket, from) {
+                        serve_peer(stream, &identity, &admission, &routing, &workers, &counters, &stop);
+                    }
+                });
                 if let Err(e) = spawned {
                     tracing::warn!(%from, error = %e, "cannot serve peer");
                 }
@@ -245,41 +290,79 @@ pub fn run_listener(
     }
 }
 
+/// Whether the authenticated `stream` may speak as `claimed`: a configured
+/// peer whose certificate names it. The reason when not.
+fn may_speak_as(stream: &SecureStream, claimed: WireSender, members: &[u16]) -> Result<(), &'static str> {
+    let WireSender::Node(node) = claimed else {
+        return Err("the sender is not a node");
+    };
+    if !members.contains(&node.get()) {
+        return Err("not a configured member");
+    }
+    if !stream.peer_is(&node_name(node.get())) {
+        return Err("the certificate names another party");
+    }
+    Ok(())
+}
+
 fn serve_peer(
-    mut stream: TcpStream,
-    identity: Identity,
+    mut stream: SecureStream,
+    identity: &Identity,
+    admission: &Admission,
     routing: &NodeView,
     workers: &[Sender<WorkerCommand>],
     counters: &PeerCounters,
     stop: &AtomicBool,
 ) {
     let mut receiver = Receiver::new(identity.node, routing, workers);
-    let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
-    if stream.set_nonblocking(false).is_err() || stream.set_read_timeout(Some(Duration::from_millis(200))).is_err() {
-        return;
-    }
+    let peer = stream
+        .socket()
+        .peer_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
     let mut serial = 0u64;
-    let mut greeted = false;
+    let mut greeted: Option<WireSender> = None;
     while !stop.load(Ordering::Relaxed) {
-        let envelope = match read_frame(&mut stream) {
+        let envelope = match read_frame_paced(&mut stream, STOP_POLL, FRAME_DEADLINE) {
             Ok(e) => e,
             Err(FrameIoError::Timeout { received: 0 }) => continue,
             Err(FrameIoError::Closed) => return,
+            Err(FrameIoError::Timeout { .. }) => {
+                admission.gate.timed_out(&peer);
+                return;
+            }
             Err(e) => {
                 counters.messages_refused.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%peer, error = %e, "dropping peer link");
                 return;
             }
         };
+        if greeted.is_some_and(|sender| sender != envelope.sender) {
+            admission.gate.refuse_peer(
+                &peer,
+                &format!("{:?}", envelope.sender),
+                "another sender than the hello's",
+            );
+            return;
+        }
         match envelope.body {
             Body::PeerHello(theirs) => {
+                if let Err(why) = may_speak_as(&stream, envelope.sender, &admission.members) {
+                    admission
+                        .gate
+                        .refuse_peer(&peer, &format!("{:?}", envelope.sender), why);
+                    let refused = PeerHelloAck::Refused {
+                        reason: RefusalReason::NotAMember,
+                    };
+                    let _ = write_frame(&mut stream, &identity.envelope(&mut serial, refused));
+                    return;
+                }
                 let ack = answer_peer_hello(&Identity::hello(), &theirs);
-                greeted = matches!(ack, PeerHelloAck::Accepted { .. });
+                greeted = matches!(ack, PeerHelloAck::Accepted { .. }).then_some(envelope.sender);
                 if write_frame(&mut stream, &identity.envelope(&mut serial, ack)).is_err() {
                     return;
                 }
             }
-            Body::OwnerAnnounce(announce) if greeted => {
+            Body::OwnerAnnounce(announce) if greeted.is_some() => {
                 counters.announces_received.fetch_add(1, Ordering::Relaxed);
                 apply_announce(&announce, workers, identity.node);
             }
@@ -288,7 +371,7 @@ fn serve_peer(
             | Body::FlowDelta(_)
             | Body::Cut(_)
             | Body::OwnershipBroadcast(_))
-                if greeted =>
+                if greeted.is_some() =>
             {
                 if let Some(answer) = receiver.handle(&body) {
                     if write_frame(&mut stream, &identity.envelope(&mut serial, answer)).is_err() {
@@ -298,7 +381,7 @@ fn serve_peer(
             }
             other => {
                 counters.messages_refused.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%peer, kind = ?other.kind(), greeted, "unexpected message");
+                tracing::warn!(%peer, kind = ?other.kind(), greeted = greeted.is_some(), "unexpected message");
             }
         }
     }

@@ -55,6 +55,8 @@ pub enum DropReason {
     /// have, or comes from a MAC that is not the fabric MAC of the member
     /// it names.
     BadFabric,
+    /// A fabric frame whose source MAC is no cluster member's.
+    FabricNonMember,
     /// The owner is a node we have no address for, or a core this node
     /// does not have.
     UnknownOwner,
@@ -109,6 +111,8 @@ pub struct WorkerCounters {
     /// Dropped: bad fabric header, or a fabric frame from a MAC that is
     /// not the one of the member it names.
     pub drop_bad_fabric: u64,
+    /// Dropped: a fabric frame from a MAC that is no member's.
+    pub drop_fabric_non_member: u64,
     /// Dropped: owner without a known address, or a core this node does
     /// not have.
     pub drop_unknown_owner: u64,
@@ -153,6 +157,7 @@ impl WorkerCounters {
             DropReason::App => &mut self.drop_app,
             DropReason::LoopGuard => &mut self.drop_loop_guard,
             DropReason::BadFabric => &mut self.drop_bad_fabric,
+            DropReason::FabricNonMember => &mut self.drop_fabric_non_member,
             DropReason::UnknownOwner => &mut self.drop_unknown_owner,
             DropReason::TableFull => &mut self.drop_table_full,
             DropReason::Rewrite => &mut self.drop_rewrite,
@@ -174,6 +179,7 @@ impl WorkerCounters {
             + self.drop_app
             + self.drop_loop_guard
             + self.drop_bad_fabric
+            + self.drop_fabric_non_member
             + self.drop_unknown_owner
             + self.drop_table_full
             + self.drop_rewrite
@@ -648,6 +654,12 @@ impl Pipeline {
         }
         let mut hops = hops;
         if l2.ethertype == FABRIC_ETHERTYPE {
+            // Only members speak the fabric: anyone else could inject
+            // flows, ownership hops or drain markers.
+            let source = &frame.bytes()[6..12];
+            if !self.view.peer_macs.iter().flatten().any(|mac| mac[..] == *source) {
+                return self.drop(DropReason::FabricNonMember);
+            }
             match decapsulate(frame, self.own_mac) {
                 // Only a member sends on the fabric, from its own MAC: a
                 // fabric frame from anyone else could claim any sender,
