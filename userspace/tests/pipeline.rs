@@ -1987,10 +1987,18 @@ fn a_fabric_frame_not_from_the_member_it_names_is_a_bad_fabric_drop() {
     for forged in [stranger, impostor, marker.to_vec()] {
         assert_eq!(node.handle(&forged, 0, at(1)), None);
     }
+    // Strangers fail the membership check first; the impostor is a member
+    // naming another member.
     let c = node.counters();
     assert_eq!(
-        (c.drop_bad_fabric, c.markers, c.received_from_node, c.tx),
-        (3, 0, 0, 0),
+        (
+            c.drop_fabric_non_member,
+            c.drop_bad_fabric,
+            c.markers,
+            c.received_from_node,
+            c.tx
+        ),
+        (2, 1, 0, 0, 0),
         "{c:?}"
     );
     assert!(node.out.to_cores.is_empty());
