@@ -10,6 +10,7 @@ pub mod edge;
 pub mod flow;
 pub mod icmp;
 pub mod io;
+pub mod metrics;
 pub mod migration;
 pub mod node;
 pub mod rewrite;

@@ -93,6 +93,8 @@ struct RawFile {
     members: Vec<RawMember>,
     #[serde(default)]
     tls: Option<RawTls>,
+    #[serde(default)]
+    metrics: Option<crate::metrics::RawMetrics>,
 }
 
 /// A `[tls]` section: the party's certificate and key, the cluster CA.
@@ -313,6 +315,9 @@ pub struct EdgeConfig {
     /// The manager's TLS identity: set by [`EdgeConfig::load`], which
     /// refuses a file with a `control_listen` and no valid `[tls]` section.
     pub tls: Option<TlsIdentity>,
+    /// Where the Prometheus metrics listener binds (`[metrics] listen`);
+    /// `None`: no listener.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The line in `text` where `needle` first appears after `section`, for error messages.
@@ -465,6 +470,13 @@ impl EdgeConfig {
                 .collect()
         };
         let destinations = prefixes(&raw.cluster.destinations, "cluster.destinations")?;
+        let metrics = raw
+            .metrics
+            .as_ref()
+            .map(|m| {
+                crate::metrics::parse_listen(&m.listen).map_err(|e| invalid("[metrics]", "metrics.listen", "listen", e))
+            })
+            .transpose()?;
         let sources = prefixes(&raw.cluster.sources, "cluster.sources")?;
         let mut members = Vec::new();
         let mut checks = MemberChecks::default();
@@ -538,6 +550,7 @@ impl EdgeConfig {
             pin_dir: raw.edge.pin_dir,
             tls_files: raw.tls.as_ref().map(|t| t.paths(path)),
             tls: None,
+            metrics,
         })
     }
 }

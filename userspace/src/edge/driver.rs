@@ -23,6 +23,7 @@ use crate::{
         scope_wire::WireScope,
     },
     edge::migration::Running,
+    metrics,
     scope::Scope,
 };
 use crossbeam::channel::{bounded, Receiver, RecvTimeoutError, Sender};
@@ -126,6 +127,7 @@ impl Driver {
                 }),
             );
         }
+        self.close_phase();
         {
             let mut s = lock(&self.state);
             s.migration_events = None;
@@ -134,8 +136,19 @@ impl Driver {
                 s.member_failed(target);
             }
             s.coordinator.end(serial, Instant::now());
+            let outcome = match &result {
+                Ok(()) => "completed",
+                Err(Failure::Aborted(_)) => "aborted",
+                Err(Failure::TargetLost(_)) => "node_lost",
+                Err(Failure::AfterFlip(_)) => "failed_after_flip",
+            };
+            let labels = metrics::labels(&[("mode", mode_label(self.running.mode)), ("outcome", outcome)]);
+            s.migration_metrics.outcomes.get_or_create(&labels).inc();
+            s.migration_metrics
+                .total_seconds
+                .get_or_create(&labels)
+                .observe(self.started.elapsed().as_secs_f64());
         }
-        self.close_phase();
         let report = serde_json::json!({
             "serial": serial.0,
             "mode": self.running.mode,
@@ -335,11 +348,22 @@ impl Driver {
         self.phases.push(line);
     }
 
-    /// Records the current phase's duration.
+    /// Records the current phase's duration, in its report line and in
+    /// `handoff_migration_phase_duration_seconds`.
     fn close_phase(&mut self) {
         if let Some(last) = self.phases.last_mut() {
             if last.get("ms").is_none() {
-                last["ms"] = ms(self.phase_started.elapsed()).into();
+                let elapsed = self.phase_started.elapsed();
+                last["ms"] = ms(elapsed).into();
+                let labels = metrics::labels(&[
+                    ("mode", mode_label(self.running.mode)),
+                    ("phase", phase_label(self.running.phase)),
+                ]);
+                lock(&self.state)
+                    .migration_metrics
+                    .phase_seconds
+                    .get_or_create(&labels)
+                    .observe(elapsed.as_secs_f64());
             }
         }
     }
@@ -349,6 +373,26 @@ impl Driver {
         if let Some(last) = self.phases.last_mut() {
             last[key] = value;
         }
+    }
+}
+
+/// A migration mode as a metric label.
+pub fn mode_label(mode: MigrationMode) -> &'static str {
+    match mode {
+        MigrationMode::Disengage => "disengage",
+        MigrationMode::Engage => "engage",
+    }
+}
+
+/// A phase as a metric label.
+pub fn phase_label(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Select => "select",
+        Phase::Copy => "copy",
+        Phase::Broadcast => "broadcast",
+        Phase::Flip => "flip",
+        Phase::Drain => "drain",
+        Phase::Purge => "purge",
     }
 }
 
@@ -422,6 +466,7 @@ mod tests {
             coordinator,
             migration_events: Some(events_tx.clone()),
             refused: 0,
+            migration_metrics: crate::metrics::MigrationMetrics::default(),
         };
         (Arc::new(Mutex::new(state)), running, to_node, events_tx, events)
     }

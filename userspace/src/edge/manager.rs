@@ -15,6 +15,7 @@
 //! connection's certificate is that node's; a later message from another
 //! sender ends the session.
 
+use crate::metrics::MigrationMetrics;
 use super::{
     membership::{Membership, Registration},
     migration::Coordinator,
@@ -82,6 +83,9 @@ pub struct ManagerState {
     pub migration_events: Option<Sender<Body>>,
     /// Messages refused as stale or duplicate.
     pub refused: u64,
+    /// Migrations by outcome and their phases' durations, for the metrics
+    /// listener.
+    pub migration_metrics: MigrationMetrics,
 }
 
 impl ManagerState {
@@ -449,6 +453,7 @@ mod tests {
             coordinator: Coordinator::new(Duration::ZERO),
             migration_events: None,
             refused: 0,
+            migration_metrics: MigrationMetrics::default(),
         }))
     }
 

@@ -15,6 +15,8 @@ use crate::{
         message::{InheritorChoice, MemberStatus, MigrationMode},
         session::{Gate, SessionCounters},
     },
+    metrics::{self, Exposition, MigrationMetrics, ScrapeCall},
+    node::metrics as node_metrics,
     scope::Scope,
 };
 use anyhow::{bail, Context, Result};
@@ -160,6 +162,7 @@ impl Edge {
             coordinator: Coordinator::new(config.manager.hold_down),
             migration_events: None,
             refused: 0,
+            migration_metrics: MigrationMetrics::default(),
         }));
         Ok(Self {
             config,
@@ -292,6 +295,74 @@ impl Edge {
             })
             .collect();
         Ok(serde_json::json!({"reasons": named, "members": per_member, "control": self.sessions.to_json()}))
+    }
+
+    /// The metrics of a scrape, from the sources of [`Edge::stats`] and
+    /// `status`.
+    fn exposition(&self) -> Result<Exposition> {
+        let reasons = self.program.reason_counts()?;
+        let members = self.program.member_counts()?;
+        let mut e = Exposition::default();
+        node_metrics::add_xdp_reasons(&mut e, &reasons, &[]);
+        let name_of = |id: u32| {
+            self.config
+                .members
+                .iter()
+                .find(|m| m.id == id)
+                .map_or_else(|| id.to_string(), |m| m.name.clone())
+        };
+        for (id, counter) in &members {
+            let name = name_of(*id);
+            let member = [("member", name.as_str())];
+            e.counter(
+                "handoff_sprayed_packets_total",
+                "Packets the sprayer sent to each member",
+                &member,
+                counter.packets,
+            );
+            e.counter(
+                "handoff_sprayed_bytes_total",
+                "Bytes (frame lengths as XDP sees them) the sprayer sent to each member",
+                &member,
+                counter.bytes,
+            );
+        }
+        node_metrics::add_sessions(&mut e, &self.sessions, &[]);
+        let (registered, refused, migration_metrics) = {
+            let m = manager::lock(&self.manager);
+            (m.membership.view(Instant::now()), m.refused, m.migration_metrics.clone())
+        };
+        e.counter(
+            "handoff_control_messages_refused_total",
+            node_metrics::MESSAGES_REFUSED_HELP,
+            &[],
+            refused,
+        );
+        for m in &self.config.members {
+            let member = [("member", m.name.as_str())];
+            e.gauge(
+                "handoff_member_buckets",
+                "Buckets the edge's scope gives each member",
+                &member,
+                self.scope.buckets_of(m.id).count() as u64,
+            );
+            if let Some(r) = registered.iter().find(|r| u32::from(r.node) == m.id) {
+                e.gauge(
+                    "handoff_member_flows",
+                    "Connections each registered member reported in its last heartbeat",
+                    &member,
+                    r.flows,
+                );
+            }
+        }
+        e.gauge(
+            "handoff_scope_version",
+            "The scope version the edge sprays by",
+            &[],
+            self.scope.version,
+        );
+        migration_metrics.expose(&mut e);
+        Ok(e)
     }
 
     /// Answers `request`; a migration's driver answers it later itself.
@@ -482,6 +553,11 @@ impl Edge {
     pub fn run(mut self, stop: Arc<AtomicBool>) -> Result<()> {
         let (tx, rx) = crossbeam::channel::unbounded::<AdminCall>();
         let _socket = admin::serve(&self.config.admin_socket, tx, Arc::clone(&stop))?;
+        let (scrape_tx, scrapes) = crossbeam::channel::bounded::<ScrapeCall>(metrics::HTTP_THREADS);
+        let metrics_server = match self.config.metrics {
+            Some(listen) => Some(metrics::serve(listen, scrape_tx, Arc::clone(&stop))?),
+            None => None,
+        };
         if let Some(address) = self.config.control_listen {
             let listener = std::net::TcpListener::bind(address)
                 .with_context(|| format!("binding the manager's control port {address}"))?;
@@ -515,6 +591,9 @@ impl Edge {
                     });
                     let _ = done.send(result);
                 },
+                recv(scrapes) -> call => if let Ok(reply) = call {
+                    let _ = reply.send(self.exposition());
+                },
                 default(Duration::from_millis(100)) => {}
             }
             let now = Instant::now();
@@ -526,6 +605,9 @@ impl Edge {
                 }
             }
             self.fail_over(now);
+        }
+        if let Some(server) = metrics_server {
+            server.join();
         }
         match self.program.pin_dir() {
             // Pinned, the sprayer keeps forwarding by the last published

@@ -59,6 +59,7 @@ use handoff_common::{
     names::limits::{DEFAULT_BUCKETS, MAX_BUCKETS, MAX_MEMBERS},
     parse::ETH_HLEN,
 };
+use crate::metrics::{parse_listen, RawMetrics};
 use handoff_loader::AttachMode;
 use serde::Deserialize;
 use std::{
@@ -83,6 +84,8 @@ struct RawFile {
     members: Vec<RawMember>,
     #[serde(default)]
     tls: Option<RawTls>,
+    #[serde(default)]
+    metrics: Option<RawMetrics>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -246,6 +249,9 @@ pub struct NodeConfig {
     /// The node's TLS identity: set by [`NodeConfig::load`], which refuses
     /// a file without a valid `[tls]` section.
     pub tls: Option<TlsIdentity>,
+    /// Where the Prometheus metrics listener binds (`[metrics] listen`);
+    /// `None`: no listener.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl NodeMember {
@@ -409,6 +415,11 @@ impl NodeConfig {
                 format!("{buckets} is not a power of two in 2..={MAX_BUCKETS}"),
             ));
         }
+        let metrics = raw
+            .metrics
+            .as_ref()
+            .map(|m| parse_listen(&m.listen).map_err(|e| invalid("[metrics]", "metrics.listen", "listen", e)))
+            .transpose()?;
         let members = members(&raw.members, &invalid)?;
         if !members.iter().any(|m| m.id == id) {
             return Err(invalid(
@@ -455,6 +466,7 @@ impl NodeConfig {
             )?,
             tls_files: raw.tls.as_ref().map(|t| t.paths(path)),
             tls: None,
+            metrics,
         })
     }
 

@@ -4,7 +4,9 @@
 
 use super::{
     config::{NodeConfig, NodeMember},
-    handover, manager_link, netdev,
+    handover, manager_link,
+    metrics::{self as node_metrics, NodeSnapshot},
+    netdev,
     peers::{self, Identity, PeerCounters},
     pipeline::{Pipeline, RouterSettings},
     view::NodeView,
@@ -24,6 +26,7 @@ use crate::{
     },
     flow::{config::PolicyConfig, Policy},
     io::afxdp::AfXdpPort,
+    metrics::{self, Exposition, HandoverMetrics, ScrapeCall},
     scope::Scope,
 };
 use anyhow::{bail, Context, Result};
@@ -78,6 +81,8 @@ pub struct Node {
     handovers: u32,
     /// Bytes the handover streams that reached their cut sent so far.
     handover_bytes: u64,
+    /// The histograms the metrics listener exposes.
+    handover_metrics: HandoverMetrics,
     /// The manager's migration this node is in.
     migration: Option<MigrationSerial>,
     /// When the workers stop consulting the previous scope.
@@ -404,6 +409,7 @@ impl Node {
             identity,
             handovers: 0,
             handover_bytes: 0,
+            handover_metrics: HandoverMetrics::default(),
             migration: None,
             settle_at: None,
             failed: Vec::new(),
@@ -454,6 +460,23 @@ impl Node {
             },
             "steering": self.program.reason_counts()?.named().map(|(n, v)| (n.to_string(), v)).collect::<std::collections::BTreeMap<_, _>>(),
             "workers": workers,
+        }))
+    }
+
+    /// The metrics of a scrape, from the sources of [`Node::stats`].
+    fn exposition(&self) -> Result<Exposition> {
+        let workers = self.reports()?;
+        let steering = self.program.reason_counts()?;
+        Ok(node_metrics::exposition(&NodeSnapshot {
+            node: &self.config.name,
+            workers: &workers,
+            steering: &steering,
+            peers: &self.counters,
+            handovers: self.handovers,
+            handover_bytes: self.handover_bytes,
+            scope_version: self.scope.version,
+            buckets: self.scope.buckets_of(u32::from(self.config.id)).count() as u64,
+            handover_metrics: &self.handover_metrics,
         }))
     }
 
@@ -592,6 +615,10 @@ impl Node {
         };
         let round = self.stream_and_cut(next, &mut streams, progress, started);
         self.handover_bytes += streams.bytes;
+        self.handover_metrics
+            .bytes
+            .get_or_create(&metrics::labels(&[("node", &self.config.name)]))
+            .observe(streams.bytes as f64);
         let (redirected, failed) = match round {
             Ok(cut) => cut,
             Err(e) => {
@@ -939,6 +966,11 @@ impl Node {
     pub fn run(mut self) -> Result<()> {
         let (tx, rx) = crossbeam::channel::unbounded::<AdminCall>();
         let _socket = admin::serve(&self.config.admin_socket, tx, Arc::clone(&self.stop))?;
+        let (scrape_tx, scrapes) = bounded::<ScrapeCall>(metrics::HTTP_THREADS);
+        let metrics_server = match self.config.metrics {
+            Some(listen) => Some(metrics::serve(listen, scrape_tx, Arc::clone(&self.stop))?),
+            None => None,
+        };
         // Readiness line for scripts and tests.
         eprintln!("node: ready on {}", self.config.interface);
         let orders = self.orders.clone();
@@ -951,6 +983,9 @@ impl Node {
                 recv(orders) -> order => if let Ok((order, answers)) = order {
                     self.obey(order, &answers);
                 },
+                recv(scrapes) -> call => if let Ok(reply) = call {
+                    let _ = reply.send(self.exposition());
+                },
                 default(Duration::from_millis(100)) => {}
             }
             if self.settle_at.is_some_and(|at| Instant::now() >= at) {
@@ -962,6 +997,9 @@ impl Node {
             }
         }
         self.program.detach()?;
+        if let Some(server) = metrics_server {
+            server.join();
+        }
         for thread in self.threads.drain(..) {
             if thread.join().is_err() {
                 tracing::error!("a node thread panicked");

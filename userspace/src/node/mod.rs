@@ -8,6 +8,7 @@ pub mod fragments;
 pub mod handover;
 pub mod hold;
 pub mod manager_link;
+pub mod metrics;
 pub mod netdev;
 pub mod ownership;
 pub mod peers;
