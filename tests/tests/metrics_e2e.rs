@@ -267,7 +267,12 @@ fn a_real_dashboard_metric_set_reaches_prometheus_from_the_edge_and_every_node()
         let text = curl(&cluster, &url, &[]).unwrap();
         let (ok, printed) = promtool_check(&text);
         assert!(ok && printed.trim().is_empty(), "promtool on {url}: {printed}");
-        let open = curl(&cluster, &url, &["-H", "Accept: application/openmetrics-text; version=1.0.0"]).unwrap();
+        let open = curl(
+            &cluster,
+            &url,
+            &["-H", "Accept: application/openmetrics-text; version=1.0.0"],
+        )
+        .unwrap();
         assert!(open.ends_with("# EOF\n"), "{url} in OpenMetrics: {open}");
         let refused = curl(&cluster, &format!("http://{target}/"), &[]);
         assert!(refused.is_err(), "{target}/ answered: {refused:?}");
@@ -308,7 +313,13 @@ fn a_real_dashboard_metric_set_reaches_prometheus_from_the_edge_and_every_node()
         let rx = sample(text, "handoff_rx_packets_total", &[("node", node)]).unwrap_or(0.0);
         assert!(rx > 0.0, "{node}: {text}");
         assert!(
-            sample(text, "handoff_xdp_frames_total", &[("node", node), ("reason", "steered")]).unwrap_or(0.0) > 0.0,
+            sample(
+                text,
+                "handoff_xdp_frames_total",
+                &[("node", node), ("reason", "steered")]
+            )
+            .unwrap_or(0.0)
+                > 0.0,
             "{node}: {text}"
         );
         assert!(
@@ -335,7 +346,10 @@ fn a_real_dashboard_metric_set_reaches_prometheus_from_the_edge_and_every_node()
     let used = dashboard_metrics(&dashboard);
     assert!(used.len() >= 10, "the dashboard queries only {used:?}");
     let missing: Vec<&String> = used.iter().filter(|m| !scraped.contains(*m)).collect();
-    assert!(missing.is_empty(), "the dashboard queries {missing:?}, which no scrape has");
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries {missing:?}, which no scrape has"
+    );
 
     // Prometheus scraped every target and has each node's packet counter.
     let mut last = String::new();

@@ -533,7 +533,10 @@ mod tests {
         );
         e.gauge("handoff_flows", "Connections", &[("node", "fd-a"), ("worker", "0")], 7);
         let handover = HandoverMetrics::default();
-        handover.bytes.get_or_create(&labels(&[("node", "fd-a")])).observe(5000.0);
+        handover
+            .bytes
+            .get_or_create(&labels(&[("node", "fd-a")]))
+            .observe(5000.0);
         handover.expose(&mut e);
         e
     }
@@ -562,7 +565,10 @@ mod tests {
         );
         assert!(open.ends_with("# EOF\n"), "{open}");
         let prom = e.encode(Format::Prometheus).unwrap();
-        assert!(prom.contains("# HELP handoff_rx_packets_total Frames handled.\n"), "{prom}");
+        assert!(
+            prom.contains("# HELP handoff_rx_packets_total Frames handled.\n"),
+            "{prom}"
+        );
         assert!(prom.contains("# TYPE handoff_rx_packets_total counter\n"), "{prom}");
         assert!(prom.contains("# TYPE handoff_flows gauge\n"), "{prom}");
         assert!(prom.contains("# TYPE handoff_handover_bytes histogram\n"), "{prom}");
@@ -623,7 +629,10 @@ mod tests {
             get("POST /metrics HTTP/1.1\r\n\r\n"),
             Some(Request::Refused(405, "Method Not Allowed"))
         );
-        assert_eq!(get("\x01\x02 nonsense\r\n\r\n"), Some(Request::Refused(400, "Bad Request")));
+        assert_eq!(
+            get("\x01\x02 nonsense\r\n\r\n"),
+            Some(Request::Refused(400, "Bad Request"))
+        );
     }
 
     #[test]
@@ -647,9 +656,15 @@ mod tests {
         let ok = ask(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
         assert!(ok.contains(PROMETHEUS_CONTENT_TYPE), "{ok}");
-        assert!(ok.contains("handoff_rx_packets_total{node=\"fd-a\",worker=\"0\"} 5"), "{ok}");
+        assert!(
+            ok.contains("handoff_rx_packets_total{node=\"fd-a\",worker=\"0\"} 5"),
+            "{ok}"
+        );
         let open = ask(b"GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text\r\n\r\n");
-        assert!(open.contains(OPENMETRICS_CONTENT_TYPE) && open.ends_with("# EOF\n"), "{open}");
+        assert!(
+            open.contains(OPENMETRICS_CONTENT_TYPE) && open.ends_with("# EOF\n"),
+            "{open}"
+        );
         assert!(ask(b"GET /other HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404 "));
         let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_REQUEST));
         assert!(ask(huge.as_bytes()).starts_with("HTTP/1.1 431 "));

@@ -15,11 +15,11 @@
 //! connection's certificate is that node's; a later message from another
 //! sender ends the session.
 
-use crate::metrics::MigrationMetrics;
 use super::{
     membership::{Membership, Registration},
     migration::Coordinator,
 };
+use crate::metrics::MigrationMetrics;
 use crate::{
     control::{
         codec::Envelope,

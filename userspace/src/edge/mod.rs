@@ -330,7 +330,11 @@ impl Edge {
         node_metrics::add_sessions(&mut e, &self.sessions, &[]);
         let (registered, refused, migration_metrics) = {
             let m = manager::lock(&self.manager);
-            (m.membership.view(Instant::now()), m.refused, m.migration_metrics.clone())
+            (
+                m.membership.view(Instant::now()),
+                m.refused,
+                m.migration_metrics.clone(),
+            )
         };
         e.counter(
             "handoff_control_messages_refused_total",

@@ -42,6 +42,7 @@
 //! control = "10.0.1.11:7700"      # where its control port listens
 //! ```
 
+use crate::metrics::{parse_listen, RawMetrics};
 use crate::node::fabric::FABRIC_HLEN;
 use crate::{
     control::{
@@ -59,7 +60,6 @@ use handoff_common::{
     names::limits::{DEFAULT_BUCKETS, MAX_BUCKETS, MAX_MEMBERS},
     parse::ETH_HLEN,
 };
-use crate::metrics::{parse_listen, RawMetrics};
 use handoff_loader::AttachMode;
 use serde::Deserialize;
 use std::{

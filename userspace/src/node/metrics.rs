@@ -144,8 +144,7 @@ pub(crate) const WORKER_COUNTERS: &[FieldMetric] = &[
 
 const FLOW_REMOVED_HELP: &str =
     "Connections removed from a worker's flow table, by cause (expired, closed, evicted, removed)";
-const FLOW_MISS_HELP: &str =
-    "Packets of no known connection under the miss policy, by outcome (dropped, created)";
+const FLOW_MISS_HELP: &str = "Packets of no known connection under the miss policy, by outcome (dropped, created)";
 
 /// [`crate::flow::table::FlowCounters`].
 pub(crate) const FLOW_COUNTERS: &[FieldMetric] = &[
@@ -356,7 +355,12 @@ pub const MESSAGES_REFUSED_HELP: &str = "Control messages refused (malformed, un
 
 /// Adds the series of every field of `value` (a report struct serialized
 /// by serde) that `table` names, with `base` labels.
-pub(crate) fn add_fields(exposition: &mut Exposition, table: &[FieldMetric], value: &serde_json::Value, base: &[(&str, &str)]) {
+pub(crate) fn add_fields(
+    exposition: &mut Exposition,
+    table: &[FieldMetric],
+    value: &serde_json::Value,
+    base: &[(&str, &str)],
+) {
     for entry in table {
         let Some(v) = value.get(entry.field).and_then(serde_json::Value::as_u64) else {
             continue;
@@ -499,12 +503,7 @@ pub fn exposition(s: &NodeSnapshot<'_>) -> Exposition {
         &node,
         s.scope_version,
     );
-    e.gauge(
-        "handoff_buckets",
-        "Buckets the scope gives a node",
-        &node,
-        s.buckets,
-    );
+    e.gauge("handoff_buckets", "Buckets the scope gives a node", &node, s.buckets);
     s.handover_metrics.expose(&mut e);
     e
 }
@@ -552,7 +551,10 @@ mod tests {
             assert!(covered(HOLD_COUNTERS, &field), "hold counter {field} has no metric");
         }
         for field in fields_of(SessionCounters::default().to_json()) {
-            assert!(covered(SESSION_COUNTERS, &field), "session counter {field} has no metric");
+            assert!(
+                covered(SESSION_COUNTERS, &field),
+                "session counter {field} has no metric"
+            );
         }
         let report = sample_report(0);
         for field in fields_of(serde_json::to_value(&report).unwrap()) {
@@ -628,10 +630,7 @@ mod tests {
         let mut unique = names.clone();
         unique.dedup();
         assert_eq!(names, unique, "a family name is used twice");
-        let families: Vec<String> = names
-            .iter()
-            .map(|n| n.trim_end_matches("_total").to_string())
-            .collect();
+        let families: Vec<String> = names.iter().map(|n| n.trim_end_matches("_total").to_string()).collect();
         let mut distinct = families.clone();
         distinct.sort();
         distinct.dedup();
