@@ -579,6 +579,24 @@ interface = "e1"
     }
 
     #[test]
+    fn the_metrics_listener_is_optional_and_checked() {
+        let c = EdgeConfig::parse(GOOD, Path::new("edge.toml")).unwrap();
+        assert_eq!(c.metrics, None, "off unless asked");
+        let with = |listen: &str| GOOD.replace("[cluster]", &format!("[metrics]\nlisten = {listen:?}\n\n[cluster]"));
+        let c = EdgeConfig::parse(&with("10.0.1.1:9464"), Path::new("edge.toml")).unwrap();
+        assert_eq!(c.metrics, Some("10.0.1.1:9464".parse().unwrap()));
+        let e = err(&with("10.0.1.1:0"));
+        assert!(
+            e.starts_with("edge.toml:7: field `metrics.listen`") && e.contains("other than 0"),
+            "{e}"
+        );
+        let e = err(&with("localhost"));
+        assert!(e.contains("metrics.listen") && e.contains("address:port"), "{e}");
+        let e = err(&GOOD.replace("[cluster]", "[metrics]\nport = 9464\n\n[cluster]"));
+        assert!(e.contains("port"), "{e}");
+    }
+
+    #[test]
     fn a_good_file_parses() {
         let c = EdgeConfig::parse(GOOD, Path::new("edge.toml")).unwrap();
         assert_eq!(c.hash.buckets, 65536);

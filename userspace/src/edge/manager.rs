@@ -19,7 +19,6 @@ use super::{
     membership::{Membership, Registration},
     migration::Coordinator,
 };
-use crate::metrics::MigrationMetrics;
 use crate::{
     control::{
         codec::Envelope,
@@ -33,6 +32,7 @@ use crate::{
         stale::{Freshness, StalenessFilter},
         tls::{node_name, SecureStream},
     },
+    metrics::MigrationMetrics,
     scope::{HashParams, Scope},
 };
 use crossbeam::channel::{bounded, Receiver, RecvTimeoutError, Sender};

@@ -579,6 +579,22 @@ control = "10.0.1.12:7700"
     }
 
     #[test]
+    fn the_metrics_listener_is_optional_and_checked() {
+        let c = NodeConfig::parse(GOOD, Path::new("node.toml")).unwrap();
+        assert_eq!(c.metrics, None, "off unless asked");
+        let with = |listen: &str| format!("{GOOD}\n[metrics]\nlisten = {listen:?}\n");
+        let c = NodeConfig::parse(&with("0.0.0.0:9464"), Path::new("node.toml")).unwrap();
+        assert_eq!(c.metrics, Some("0.0.0.0:9464".parse().unwrap()));
+        let e = err(&with("10.0.1.11:0"));
+        assert!(
+            e.contains("field `metrics.listen`") && e.contains("other than 0"),
+            "{e}"
+        );
+        let e = err(&with("nowhere:80"));
+        assert!(e.contains("metrics.listen") && e.contains("address:port"), "{e}");
+    }
+
+    #[test]
     fn errors_name_file_line_and_field() {
         let e = err(&GOOD.replace("02:00:00:00:00:02", "02:zz"));
         assert!(e.starts_with("node.toml:23: field `members[1].mac`"), "{e}");
