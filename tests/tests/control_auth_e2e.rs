@@ -85,6 +85,7 @@ fn abuses() -> Vec<Body> {
             serial,
             chunks: 0,
             delta_batches: 0,
+            version: u64::MAX,
         }),
         Body::OwnerAnnounce(OwnerAnnounce {
             version: u64::MAX,
