@@ -26,6 +26,7 @@ const FLOW_COUNTS: [u32; 4] = [1_000, 10_000, 100_000, 1_000_000];
 const MILLION: NodeTuning = NodeTuning {
     node: "ownership_capacity = 4194304\n",
     policy: "[table]\ncapacity = 2097152\n\n",
+    wall_clock: None,
 };
 const RATE: u64 = 8_000;
 const TCP_CONNECTIONS: u32 = 200;

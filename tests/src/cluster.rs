@@ -371,9 +371,22 @@ impl Cluster {
     /// Starts `program args...` inside `ns` and keeps it until the cluster
     /// is dropped (or [`Self::stop`] is called). Returns its index.
     pub fn spawn(&mut self, name: &str, ns: NsRef, program: &Path, args: &[String]) -> Result<usize> {
+        self.spawn_with_env(name, ns, program, args, &[])
+    }
+
+    /// [`Self::spawn`] with `env` added to the program's environment.
+    pub fn spawn_with_env(
+        &mut self,
+        name: &str,
+        ns: NsRef,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Result<usize> {
         let mut cmd = self.ns(ns).command(program);
         cmd.args(args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(env.iter().map(|(k, v)| (k, v)));
         let spawned = Spawned::start(name, cmd, &self.log_dir)?;
         self.processes.push(spawned);
         Ok(self.processes.len() - 1)
