@@ -381,7 +381,8 @@ fn write_pcap(config: &GenConfig, path: &PathBuf) -> Result<()> {
     let start = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    write_pcap_to(config, start, std::io::BufWriter::new(file)).with_context(|| format!("writing {}", path.display()))?;
+    write_pcap_to(config, start, std::io::BufWriter::new(file))
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -500,7 +501,12 @@ mod tests {
         assert_eq!(ts[998] - ts[0], Duration::new(332, 666_666_666));
 
         let mut pcap = Vec::new();
-        write_pcap_to(&config(100_000, Some(1_000_000), Duration::from_secs(60)), start, &mut pcap).unwrap();
+        write_pcap_to(
+            &config(100_000, Some(1_000_000), Duration::from_secs(60)),
+            start,
+            &mut pcap,
+        )
+        .unwrap();
         let ts = timestamps(&pcap);
         assert_eq!(ts.len(), 100_000);
         assert!(ts.windows(2).all(|w| w[1] - w[0] == Duration::from_micros(1)));
@@ -511,7 +517,12 @@ mod tests {
     fn pcap_stops_at_the_duration_and_needs_a_rate() {
         let mut pcap = Vec::new();
         // 1 kpps for 0.25 s: packets 0..250 are due before the end.
-        let written = write_pcap_to(&config(1000, Some(1000), Duration::from_millis(250)), Duration::ZERO, &mut pcap).unwrap();
+        let written = write_pcap_to(
+            &config(1000, Some(1000), Duration::from_millis(250)),
+            Duration::ZERO,
+            &mut pcap,
+        )
+        .unwrap();
         assert_eq!(written, 250);
         assert_eq!(timestamps(&pcap).last(), Some(&Duration::from_millis(249)));
         let err = write_pcap_to(&config(10, None, Duration::from_secs(1)), Duration::ZERO, Vec::new()).unwrap_err();
