@@ -114,6 +114,10 @@ pub fn run(config: &GenConfig, backend: &GenBackend, stop: &AtomicBool) -> Resul
     if config.frames.flows().count == 0 {
         bail!("the flow set is empty");
     }
+    if config.pcap.is_some() {
+        // Refused before anything is sent, not after.
+        pcap_rate(config)?;
+    }
     let start = Instant::now();
     let (name, sent, waits) = match backend {
         GenBackend::AfXdp {
@@ -376,6 +380,17 @@ pub fn scheduled_ns(k: u64, rate: u64) -> u64 {
     (u128::from(k) * 1_000_000_000 / u128::from(rate.max(1))) as u64
 }
 
+/// The rate a capture is stamped at: `--rate`, which a capture needs.
+fn pcap_rate(config: &GenConfig) -> Result<u64> {
+    match config.rate {
+        Some(rate) => Ok(rate),
+        None => bail!(
+            "a capture stamps each packet with its scheduled send time, and without --rate there is no schedule: \
+             pass --rate (tcpreplay --topspeed still replays the capture as fast as possible)"
+        ),
+    }
+}
+
 fn write_pcap(config: &GenConfig, path: &PathBuf) -> Result<()> {
     let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let start = std::time::SystemTime::now()
@@ -400,12 +415,7 @@ pub fn write_pcap_to<W: std::io::Write>(config: &GenConfig, start: Duration, wri
         pcap::{PcapHeader, PcapPacket, PcapWriter},
         TsResolution,
     };
-    let Some(rate) = config.rate else {
-        bail!(
-            "a capture stamps each packet with its scheduled send time, and without --rate there is no schedule: \
-             pass --rate (tcpreplay --topspeed still replays the capture as fast as possible)"
-        );
-    };
+    let rate = pcap_rate(config)?;
     let header = PcapHeader {
         ts_resolution: TsResolution::NanoSecond,
         ..PcapHeader::default()
