@@ -133,7 +133,7 @@ fn label(record: &Map<String, Value>, i: usize) -> String {
     LABELS
         .iter()
         .find_map(|k| record.get(*k).filter(|v| !v.is_null()))
-        .map_or_else(|| format!("#{i}"), |v| format!("{}", cell(v)))
+        .map_or_else(|| format!("#{i}"), cell)
 }
 
 /// A list of records as a table: one row each, or, past [`MAX_COLUMNS`]
@@ -474,7 +474,7 @@ mod tests {
         assert!(row("Flip").ends_with("scope_version 2, moved_buckets 21845"), "{text}");
         assert!(row("Drain").ends_with("460.0"), "{text}");
         // The ms column ends at one offset on every row.
-        let end = end_of(lines[1 + 0], "ms");
+        let end = end_of(lines[1], "ms");
         for (phase, ms) in [("Select", "3.2"), ("Copy", "288.0"), ("Purge", "0.9")] {
             assert_eq!(end_of(row(phase), &format!(" {ms}")), end, "{text}");
         }
