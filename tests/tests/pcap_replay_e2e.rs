@@ -92,29 +92,22 @@ fn a_written_capture_replays_through_the_edge_at_its_recorded_times() {
     assert_eq!(span, Duration::from_secs(COUNT - 1) / RATE as u32);
 
     let sinks: Vec<_> = (0..3).map(|i| cluster.start_node_sink(i, FLOWS, 3).unwrap()).collect();
+    // At the recorded speed (no --topspeed, --mbps or --pps); the capture
+    // bounds it to COUNT packets in `span`, `timeout` to a minute more.
     let replay = cluster
-        .spawn(
-            "tcpreplay",
+        .run_bounded(
             NsRef::Client,
-            std::path::Path::new("tcpreplay"),
-            &[
-                format!("--intf1={}", cluster.client_port.ifname),
-                // At the recorded speed (no --topspeed, --mbps or --pps);
-                // the capture itself bounds it to COUNT packets in `span`.
-                arg(pcap.display()),
-            ],
+            span + Duration::from_secs(60),
+            "tcpreplay",
+            &[format!("--intf1={}", cluster.client_port.ifname), arg(pcap.display())],
         )
         .unwrap();
-    let status = cluster
-        .process(replay)
-        .wait_timeout(span + Duration::from_secs(60))
-        .unwrap();
-    let report = cluster.process(replay).stdout();
     assert!(
-        status.is_some_and(|s| s.success()),
-        "tcpreplay: {report}{}",
-        cluster.process(replay).stderr()
+        replay.success(),
+        "{} (tcpreplay is installed by scripts/bootstrap)",
+        replay.describe()
     );
+    let report = replay.stdout;
     println!("tcpreplay:\n{report}");
     assert_eq!(
         number_after(&report, "Successful packets:"),
