@@ -792,16 +792,17 @@ impl Cluster {
         Ok((idx, json))
     }
 
-    /// Runs `handoff <args> --admin <edge socket>` and returns its parsed JSON output.
+    /// Runs `handoff <args> --json --admin <edge socket>` and returns its parsed JSON output.
     pub fn admin(&self, args: &[&str]) -> Result<serde_json::Value> {
         self.admin_at(&self.admin_socket(), args)
     }
 
-    /// Runs `handoff <args> --admin <socket>` and returns its parsed JSON output.
+    /// Runs `handoff <args> --json --admin <socket>` and returns its parsed JSON output.
     pub fn admin_at(&self, socket: &Path, args: &[&str]) -> Result<serde_json::Value> {
         let handoff = crate::binaries::binary("handoff")?;
         let out = std::process::Command::new(handoff)
             .args(args)
+            .arg("--json")
             .arg("--admin")
             .arg(socket)
             .output()?;

@@ -12,6 +12,7 @@ pub mod icmp;
 pub mod io;
 pub mod migration;
 pub mod node;
+pub mod render;
 pub mod rewrite;
 pub mod scope;
 pub mod shutdown;
