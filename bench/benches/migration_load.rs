@@ -26,6 +26,7 @@ const FLOW_COUNTS: [u32; 4] = [1_000, 10_000, 100_000, 1_000_000];
 const MILLION: NodeTuning = NodeTuning {
     node: "ownership_capacity = 4194304\n",
     policy: "[table]\ncapacity = 2097152\n\n",
+    wall_clock: None,
 };
 const RATE: u64 = 8_000;
 const TCP_CONNECTIONS: u32 = 200;
@@ -74,7 +75,8 @@ fn run(flows: u32, migrate: bool) -> Result<Run> {
     let held_by_fd_a = cluster.node_stats(0)?["totals"]["active"].as_u64().unwrap_or(0);
     let (mut total_ms, mut phases) = (None, Vec::new());
     if migrate {
-        let printed = cluster.migrate(&["disengage", "fd-a"])?;
+        // --json: the admin socket's lines, the last one the report.
+        let printed = cluster.migrate(&["disengage", "fd-a", "--json"])?;
         let report: serde_json::Value = printed
             .lines()
             .rev()

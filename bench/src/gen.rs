@@ -114,6 +114,10 @@ pub fn run(config: &GenConfig, backend: &GenBackend, stop: &AtomicBool) -> Resul
     if config.frames.flows().count == 0 {
         bail!("the flow set is empty");
     }
+    if config.pcap.is_some() {
+        // Refused before anything is sent, not after.
+        pcap_rate(config)?;
+    }
     let start = Instant::now();
     let (name, sent, waits) = match backend {
         GenBackend::AfXdp {
@@ -368,22 +372,73 @@ fn raw_socket_sender(config: &GenConfig, share: Share, stop: &AtomicBool) -> Res
     Ok((sent, waits))
 }
 
+/// Packet `k`'s scheduled send time at `rate` packets per second, in
+/// nanoseconds after the first packet's: `k * 10^9 / rate`, exact (no
+/// per-packet rounding accumulates). The live senders' [`Pacer`] keeps the
+/// same rate.
+pub fn scheduled_ns(k: u64, rate: u64) -> u64 {
+    (u128::from(k) * 1_000_000_000 / u128::from(rate.max(1))) as u64
+}
+
+/// The rate a capture is stamped at: `--rate`, which a capture needs.
+fn pcap_rate(config: &GenConfig) -> Result<u64> {
+    match config.rate {
+        Some(rate) => Ok(rate),
+        None => bail!(
+            "a capture stamps each packet with its scheduled send time, and without --rate there is no schedule: \
+             pass --rate (tcpreplay --topspeed still replays the capture as fast as possible)"
+        ),
+    }
+}
+
 fn write_pcap(config: &GenConfig, path: &PathBuf) -> Result<()> {
-    use pcap_file::pcap::{PcapPacket, PcapWriter};
     let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut writer = PcapWriter::new(std::io::BufWriter::new(file)).context("writing the pcap header")?;
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    write_pcap_to(config, start, std::io::BufWriter::new(file))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Writes the generator's traffic as a nanosecond-resolution pcap (link
+/// type Ethernet): packet `k` is stamped `start + scheduled_ns(k, rate)`,
+/// so a replay at recorded speed (`tcpreplay` without `--topspeed`) sends
+/// at the generator's rate. As the live senders, it stops at the count or
+/// at the duration, whichever comes first. Each frame's [`BenchHeader`]
+/// carries the schedule offset as `sent_ns`. Returns the packets written.
+///
+/// Errors: no `rate` (as fast as possible has no schedule to record), or
+/// the writer's I/O error.
+pub fn write_pcap_to<W: std::io::Write>(config: &GenConfig, start: Duration, writer: W) -> Result<u64> {
+    use pcap_file::{
+        pcap::{PcapHeader, PcapPacket, PcapWriter},
+        TsResolution,
+    };
+    let rate = pcap_rate(config)?;
+    let header = PcapHeader {
+        ts_resolution: TsResolution::NanoSecond,
+        ..PcapHeader::default()
+    };
+    let mut writer = PcapWriter::with_header(writer, header).context("writing the pcap header")?;
     let share = Share::split(config.frames.flows().count, config.count, 1)[0];
     let len = config.frames.frame_len();
     let mut buf = vec![0u8; len];
-    let interval_ns = config.rate.map_or(0, |r| 1_000_000_000 / r.max(1));
+    let limit = u64::try_from(config.duration.as_nanos()).unwrap_or(u64::MAX);
+    let mut written = 0;
     for k in 0..config.count {
-        let ts = k * interval_ns;
+        let ts = scheduled_ns(k, rate);
+        if ts >= limit {
+            break;
+        }
         config.frames.write(&share.header(k, ts), &mut buf);
         writer
-            .write_packet(&PcapPacket::new(Duration::from_nanos(ts), len as u32, &buf))
+            .write_packet(&PcapPacket::new(start + Duration::from_nanos(ts), len as u32, &buf))
             .context("writing a pcap record")?;
+        written += 1;
     }
-    Ok(())
+    writer.into_writer().flush().context("flushing the pcap file")?;
+    Ok(written)
 }
 
 #[cfg(test)]
@@ -410,6 +465,78 @@ mod tests {
             }
         );
         assert!(Share::split(2, 10, 4).len() == 2);
+    }
+
+    fn config(count: u64, rate: Option<u64>, duration: Duration) -> GenConfig {
+        let flows = crate::flows::FlowSet {
+            count: 7,
+            src_base: std::net::Ipv4Addr::new(10, 0, 0, 1),
+            first_port: 10_000,
+            dst: std::net::Ipv4Addr::new(10, 0, 9, 1),
+            dst_port: 7000,
+        };
+        GenConfig {
+            frames: FrameBuilder::new(flows, 64, [2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).unwrap(),
+            count,
+            duration,
+            rate,
+            pcap: None,
+        }
+    }
+
+    fn timestamps(pcap: &[u8]) -> Vec<Duration> {
+        let mut reader = pcap_file::pcap::PcapReader::new(pcap).unwrap();
+        assert_eq!(reader.header().ts_resolution, pcap_file::TsResolution::NanoSecond);
+        let mut out = Vec::new();
+        while let Some(packet) = reader.next_packet() {
+            out.push(packet.unwrap().timestamp);
+        }
+        out
+    }
+
+    #[test]
+    fn pcap_stamps_each_packet_with_its_scheduled_send_time() {
+        let start = Duration::from_secs(1_700_000_000);
+        let mut pcap = Vec::new();
+        // 3 pps does not divide a second: the schedule must not drift.
+        let written = write_pcap_to(&config(1000, Some(3), Duration::from_secs(3600)), start, &mut pcap).unwrap();
+        assert_eq!(written, 1000);
+        let ts = timestamps(&pcap);
+        assert_eq!(ts.len(), 1000);
+        assert!(ts.windows(2).all(|w| w[0] <= w[1]), "non-decreasing");
+        assert_eq!(ts[0], start);
+        assert_eq!(ts[3] - ts[0], Duration::from_secs(1));
+        // 999 gaps of 1/3 s: 333 s and 0.333333333 s, nanosecond exact.
+        assert_eq!(ts[999] - ts[0], Duration::new(333, 0));
+        assert_eq!(ts[998] - ts[0], Duration::new(332, 666_666_666));
+
+        let mut pcap = Vec::new();
+        write_pcap_to(
+            &config(100_000, Some(1_000_000), Duration::from_secs(60)),
+            start,
+            &mut pcap,
+        )
+        .unwrap();
+        let ts = timestamps(&pcap);
+        assert_eq!(ts.len(), 100_000);
+        assert!(ts.windows(2).all(|w| w[1] - w[0] == Duration::from_micros(1)));
+        assert_eq!(*ts.last().unwrap() - ts[0], Duration::from_nanos(99_999_000));
+    }
+
+    #[test]
+    fn pcap_stops_at_the_duration_and_needs_a_rate() {
+        let mut pcap = Vec::new();
+        // 1 kpps for 0.25 s: packets 0..250 are due before the end.
+        let written = write_pcap_to(
+            &config(1000, Some(1000), Duration::from_millis(250)),
+            Duration::ZERO,
+            &mut pcap,
+        )
+        .unwrap();
+        assert_eq!(written, 250);
+        assert_eq!(timestamps(&pcap).last(), Some(&Duration::from_millis(249)));
+        let err = write_pcap_to(&config(10, None, Duration::from_secs(1)), Duration::ZERO, Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("pass --rate"), "{err}");
     }
 
     #[test]

@@ -192,6 +192,10 @@ struct GenArgs {
     /// Destination MAC (the next hop). Resolved from --next-hop if omitted.
     #[arg(long, value_parser = handoff_bench::link_sender::parse_mac)]
     dst_mac: Option<[u8; 6]>,
+    /// Source MAC of the frames (the sending host's). Default: the
+    /// interface's (af-xdp), 02:00:00:00:00:01 (none: a capture only).
+    #[arg(long, value_parser = handoff_bench::link_sender::parse_mac)]
+    src_mac: Option<[u8; 6]>,
     /// Next-hop address whose MAC to resolve (AF_XDP backend).
     #[arg(long)]
     next_hop: Option<Ipv4Addr>,
@@ -301,7 +305,10 @@ fn gen_setup(args: &GenArgs) -> Result<(GenConfig, GenBackend)> {
                 .as_deref()
                 .context("--interface is required for the af-xdp backend")?;
             let ifindex = handoff_loader::interface_index(ifname)?;
-            let src_mac = handoff_loader::interface_mac(ifname)?;
+            let src_mac = match args.src_mac {
+                Some(mac) => mac,
+                None => handoff_loader::interface_mac(ifname)?,
+            };
             let dst_mac = match (args.dst_mac, args.next_hop) {
                 (Some(mac), _) => mac,
                 (None, Some(hop)) => resolve_mac(hop)?,
@@ -320,7 +327,7 @@ fn gen_setup(args: &GenArgs) -> Result<(GenConfig, GenBackend)> {
         GenBackendArg::RawSocket => (GenBackend::RawSocket, [0; 6], [0; 6]),
         GenBackendArg::None => (
             GenBackend::None,
-            [0x02, 0, 0, 0, 0, 1],
+            args.src_mac.unwrap_or([0x02, 0, 0, 0, 0, 1]),
             args.dst_mac.unwrap_or([0x02, 0, 0, 0, 0, 2]),
         ),
     };

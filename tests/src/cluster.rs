@@ -371,9 +371,22 @@ impl Cluster {
     /// Starts `program args...` inside `ns` and keeps it until the cluster
     /// is dropped (or [`Self::stop`] is called). Returns its index.
     pub fn spawn(&mut self, name: &str, ns: NsRef, program: &Path, args: &[String]) -> Result<usize> {
+        self.spawn_with_env(name, ns, program, args, &[])
+    }
+
+    /// [`Self::spawn`] with `env` added to the program's environment.
+    pub fn spawn_with_env(
+        &mut self,
+        name: &str,
+        ns: NsRef,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Result<usize> {
         let mut cmd = self.ns(ns).command(program);
         cmd.args(args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(env.iter().map(|(k, v)| (k, v)));
         let spawned = Spawned::start(name, cmd, &self.log_dir)?;
         self.processes.push(spawned);
         Ok(self.processes.len() - 1)
@@ -779,16 +792,17 @@ impl Cluster {
         Ok((idx, json))
     }
 
-    /// Runs `handoff <args> --admin <edge socket>` and returns its parsed JSON output.
+    /// Runs `handoff <args> --json --admin <edge socket>` and returns its parsed JSON output.
     pub fn admin(&self, args: &[&str]) -> Result<serde_json::Value> {
         self.admin_at(&self.admin_socket(), args)
     }
 
-    /// Runs `handoff <args> --admin <socket>` and returns its parsed JSON output.
+    /// Runs `handoff <args> --json --admin <socket>` and returns its parsed JSON output.
     pub fn admin_at(&self, socket: &Path, args: &[&str]) -> Result<serde_json::Value> {
         let handoff = crate::binaries::binary("handoff")?;
         let out = std::process::Command::new(handoff)
             .args(args)
+            .arg("--json")
             .arg("--admin")
             .arg(socket)
             .output()?;

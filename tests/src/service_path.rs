@@ -208,12 +208,13 @@ impl Cluster {
         for i in 0..self.nodes.len() {
             let text = self.node_config(i, queues, &policy, tuning.node);
             let config = self.write_file(&format!("{}.toml", node_name(i)), &text)?;
-            let idx = self.spawn(
-                &node_name(i),
-                NsRef::Node(i),
-                &handoff,
-                &[arg("node"), arg("--config"), arg(config.display())],
-            )?;
+            let args = [arg("node"), arg("--config"), arg(config.display())];
+            let idx = match tuning.wall_clock {
+                Some((skewed, offset)) if skewed == i => {
+                    self.spawn_with_env(&node_name(i), NsRef::Node(i), &handoff, &args, &skewed_clock(offset)?)?
+                }
+                _ => self.spawn(&node_name(i), NsRef::Node(i), &handoff, &args)?,
+            };
             started.push(idx);
         }
         for (i, &idx) in started.iter().enumerate() {
@@ -426,6 +427,23 @@ pub fn assert_every_echo(sink: &SinkReport, count: u64, context: &str) {
     );
 }
 
+/// libfaketime (Debian's `libfaketime`, installed by `scripts/bootstrap`).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// The environment that runs a program with its wall clock `offset` off
+/// (libfaketime's form, `+1h`), its monotonic clock untouched.
+fn skewed_clock(offset: &str) -> Result<Vec<(String, String)>> {
+    if !Path::new(LIBFAKETIME).exists() {
+        bail!("{LIBFAKETIME} is missing: run scripts/bootstrap (it installs libfaketime)");
+    }
+    Ok(vec![
+        ("LD_PRELOAD".into(), LIBFAKETIME.into()),
+        ("FAKETIME".into(), offset.into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+        ("FAKETIME_NO_CACHE".into(), "0".into()),
+    ])
+}
+
 /// Settings added to the test bed's node files, for a test or a benchmark
 /// that needs other limits than the defaults.
 #[derive(Clone, Copy, Debug, Default)]
@@ -434,6 +452,10 @@ pub struct NodeTuning<'a> {
     pub node: &'a str,
     /// TOML for the top of the policy (`[table]`, `[timeouts]`).
     pub policy: &'a str,
+    /// A node whose host's wall clock is off: its index and the offset, in
+    /// libfaketime's form (`+1h`). Its process sees the skewed time in
+    /// every wall-clock call; its monotonic clock stays true.
+    pub wall_clock: Option<(usize, &'a str)>,
 }
 
 /// The client's load: UDP flows echoed by the services, and kernel TCP

@@ -11,11 +11,17 @@ use handoff::{
         codec::Envelope,
         codec::SUPPORTED_VERSIONS,
         encode,
-        flow::RecordVersion,
+        flow::{
+            Counters, FlowRecord, FlowRecordV2, NetworkActionV2, NextHop, Owner, RecordVersion, TcpState, WireAddrs,
+            WireFlowKey,
+        },
         ids::{Capabilities, Incarnation, MacAddr, MigrationSerial, NodeId, Sender},
         io::{read_frame_within, write_frame},
         keys::{self, Party},
-        message::{Body, Cut, OwnerAnnounce, PeerHelloAck, RefusalReason, Register, ScopeUpdate, TableAnnounce},
+        message::{
+            Abort, AbortReason, Body, Cut, FlowRecords, OwnerAnnounce, PeerHelloAck, RefusalReason, Register,
+            ScopeUpdate, TableAnnounce,
+        },
         scope_wire::WireScope,
         tls::{node_name, SecureStream, TlsIdentity, HANDSHAKE_TIMEOUT, MANAGER_NAME},
     },
@@ -85,6 +91,7 @@ fn abuses() -> Vec<Body> {
             serial,
             chunks: 0,
             delta_batches: 0,
+            version: u64::MAX,
         }),
         Body::OwnerAnnounce(OwnerAnnounce {
             version: u64::MAX,
@@ -148,13 +155,49 @@ fn state(cluster: &Cluster) -> (serde_json::Value, serde_json::Value, u64) {
     )
 }
 
-fn threads_of(pid: u32) -> u64 {
+/// A field of `/proc/PID/status`: `Threads:`, or `VmRSS:` in KiB.
+fn proc_status(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|n| n.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
+}
+
+fn threads_of(pid: u32) -> u64 {
+    proc_status(pid, "Threads:")
+}
+
+/// A connection record for a handover stream.
+fn record(port: u16) -> FlowRecord {
+    FlowRecord::V2(FlowRecordV2 {
+        key: WireFlowKey {
+            addrs: WireAddrs::V4 {
+                src: "10.77.0.9".parse().unwrap(),
+                dst: "10.99.0.1".parse().unwrap(),
+            },
+            src_port: port,
+            dst_port: 7000,
+            protocol: 17,
+        },
+        action: NetworkActionV2::Forward {
+            next_hop: NextHop {
+                ip: "10.0.2.1".parse().unwrap(),
+                mac: MacAddr([2, 0, 0, 0, 0, 9]),
+            },
+        },
+        app_action: 0,
+        owner: Owner {
+            node: NodeId::new(1).unwrap(),
+            worker: 0,
+        },
+        tcp_state: TcpState::NotTcp,
+        age: Duration::ZERO,
+        idle: Duration::ZERO,
+        counters: Counters::default(),
+        reverse_counters: None,
+    })
 }
 
 fn identity(dir: &Path, party: Party) -> TlsIdentity {
@@ -379,5 +422,71 @@ fn non_members_are_refused_and_counted_and_change_nothing() {
         .unwrap();
     assert!(cut_off);
     assert!(counter(&node_sessions(&cluster), "sessions_timed_out") >= counter(&node0, "sessions_timed_out") + 5);
+    assert_eq!(state(&cluster).0, before.0, "the scope did not change");
+
+    // 7. A member's handover streams that announce more connections than
+    // fd-a's tables hold, or send more records than they announced, are
+    // aborted, and fd-a's memory stays bounded. (Each announcement of
+    // u64::MAX once pre-sized a map of 4 M records.)
+    let member = identity(&keys_dir, Party::Node(1));
+    let rss_before = proc_status(pid, "VmRSS:");
+    let answers = svc
+        .run_inside(move || {
+            let mut stream = member
+                .connect(TcpStream::connect(node).unwrap(), &node_name(0))
+                .unwrap();
+            let mut serial = 1;
+            let mut send = |stream: &mut SecureStream, body: Body| {
+                write_frame(stream, &envelope(1, serial, body)).unwrap();
+                serial += 1;
+            };
+            send(&mut stream, Identity::hello().into());
+            let ack = read_frame_within(&mut stream, Duration::from_secs(5)).unwrap();
+            assert!(matches!(ack.body, Body::PeerHelloAck(PeerHelloAck::Accepted { .. })));
+            let announce = |attempt: u32, flows: u64| {
+                Body::TableAnnounce(TableAnnounce {
+                    serial: MigrationSerial(attempt),
+                    flows,
+                    bytes_estimate: 0,
+                    record_version: RecordVersion::V2,
+                })
+            };
+            let mut answers = Vec::new();
+            for attempt in 1..=50 {
+                send(&mut stream, announce(attempt, u64::MAX));
+                answers.push(read_frame_within(&mut stream, Duration::from_secs(5)).unwrap().body);
+            }
+            send(&mut stream, announce(51, 2));
+            send(
+                &mut stream,
+                Body::FlowRecords(FlowRecords {
+                    serial: MigrationSerial(51),
+                    chunk: 0,
+                    records: (1..=3).map(record).collect(),
+                }),
+            );
+            answers.push(read_frame_within(&mut stream, Duration::from_secs(5)).unwrap().body);
+            answers
+        })
+        .unwrap();
+    // One worker of the default table (2^18 entries): 2^17 connections.
+    for (i, answer) in answers.iter().enumerate() {
+        assert!(
+            matches!(
+                answer,
+                Body::Abort(Abort {
+                    reason: AbortReason::OverCapacity { limit: 131_072, .. },
+                    ..
+                })
+            ),
+            "answer {i}: {answer:?}"
+        );
+    }
+    assert_eq!(answers.len(), 51);
+    let rss_after = proc_status(pid, "VmRSS:");
+    assert!(
+        rss_after < rss_before + 32 * 1024,
+        "fd-a's RSS grew from {rss_before} to {rss_after} KiB"
+    );
     assert_eq!(state(&cluster).0, before.0, "the scope did not change");
 }

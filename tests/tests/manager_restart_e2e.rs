@@ -267,7 +267,7 @@ fn a_member_gone_while_the_edge_was_down_fails_over_and_edge_detach_removes_the_
     let config_path = cluster.log_dir.join("edge.toml");
     let detach = || {
         std::process::Command::new(&handoff)
-            .args(["edge-detach", "--config"])
+            .args(["edge-detach", "--json", "--config"])
             .arg(&config_path)
             .output()
             .unwrap()

@@ -221,8 +221,7 @@ pub fn call_with_progress(
     timeout: Duration,
     mut progress: impl FnMut(&serde_json::Value),
 ) -> Result<AdminResponse> {
-    let stream = UnixStream::connect(path)
-        .with_context(|| format!("connecting to {} (is the edge daemon running?)", path.display()))?;
+    let stream = UnixStream::connect(path).map_err(|e| unreachable(path, e))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     let mut line = serde_json::to_string(request)?;
@@ -239,6 +238,25 @@ pub fn call_with_progress(
             last => return Ok(last),
         }
     }
+}
+
+/// Why the daemon at `path` cannot be reached, and what to do about it.
+fn unreachable(path: &Path, error: std::io::Error) -> anyhow::Error {
+    let at = path.display();
+    let start = "with `handoff edge --config edge.toml` (or `handoff node --config node.toml`), \
+                 or pass --admin with the admin_socket its configuration names";
+    let what = match error.kind() {
+        std::io::ErrorKind::NotFound => format!("no admin socket at {at}: is the daemon running? Start it {start}"),
+        std::io::ErrorKind::ConnectionRefused => {
+            format!("nothing answers on {at} (the daemon that made it has stopped): start it {start}")
+        }
+        std::io::ErrorKind::PermissionDenied => format!(
+            "not allowed to connect to {at}: the admin socket is mode {ADMIN_SOCKET_MODE:o}, for the daemon's user \
+             only; run this as that user (root, e.g. with sudo)"
+        ),
+        _ => format!("cannot connect to the admin socket {at}; check --admin and that the daemon runs"),
+    };
+    anyhow::Error::new(error).context(what)
 }
 
 #[cfg(test)]
@@ -291,6 +309,15 @@ mod tests {
         let mut reply = String::new();
         BufReader::new(&stream).read_line(&mut reply).unwrap();
         assert!(reply.contains("malformed request"), "{reply}");
+        // An operator who names no running daemon is told what to do.
+        let missing = call(&dir.join("none.sock"), &AdminRequest::Status, Duration::from_secs(1)).unwrap_err();
+        let missing = format!("{missing:#}");
+        assert!(
+            missing.contains("is the daemon running?")
+                && missing.contains("handoff edge --config")
+                && missing.contains("--admin"),
+            "{missing}"
+        );
         // A second daemon on the same socket is refused.
         let (tx2, _rx2) = crossbeam::channel::unbounded::<AdminCall>();
         assert!(serve(&path, tx2, Arc::clone(&stop)).is_err());

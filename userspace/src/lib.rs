@@ -13,6 +13,7 @@ pub mod io;
 pub mod metrics;
 pub mod migration;
 pub mod node;
+pub mod render;
 pub mod rewrite;
 pub mod scope;
 pub mod shutdown;

@@ -7,6 +7,7 @@ use handoff::{
     control::keys::{self, Party},
     edge::{config::EdgeConfig, Edge},
     node::{config::NodeConfig, daemon::Node},
+    render,
 };
 use std::{path::PathBuf, time::Duration};
 
@@ -37,6 +38,8 @@ enum Command {
         /// The edge's configuration file (its `pin_dir` and admin socket).
         #[arg(long)]
         config: PathBuf,
+        #[command(flatten)]
+        output: Output,
     },
     /// Run a flow-distributor node (AF_XDP workers, flow tables, peer links).
     Node {
@@ -50,7 +53,9 @@ enum Command {
     Stats(AdminArgs),
     /// Take NODE out of service with its connections. The edge's migration
     /// manager runs it: select, copy, broadcast, flip, drain, purge; each
-    /// phase is printed as it starts.
+    /// phase is printed as it starts, then a table of every phase with its
+    /// duration and what it did. `--json`: the admin socket's lines as they
+    /// come, one JSON object each (`progress` lines, then `done` or `error`).
     Disengage {
         /// The node's name.
         node: String,
@@ -90,6 +95,8 @@ enum KeysAction {
         /// The key directory (created if missing).
         #[arg(long)]
         dir: PathBuf,
+        #[command(flatten)]
+        output: Output,
     },
     /// Issue a certificate with the CA in DIR: DIR/node-ID.pem and .key for
     /// `--node ID` (its name is node-ID.handoff.cluster), DIR/manager.pem
@@ -104,14 +111,38 @@ enum KeysAction {
         /// The migration manager (the edge daemon).
         #[arg(long)]
         manager: bool,
+        #[command(flatten)]
+        output: Output,
     },
 }
 
 #[derive(clap::Args, Debug)]
 struct AdminArgs {
-    /// The admin socket of the edge or of a node.
+    /// The admin socket of the edge or of a node (`admin_socket` in its
+    /// configuration).
     #[arg(long, default_value = "/run/handoff/edge.sock")]
     admin: PathBuf,
+    #[command(flatten)]
+    output: Output,
+}
+
+#[derive(clap::Args, Debug, Clone, Copy)]
+struct Output {
+    /// Print machine-readable JSON only (the daemon's answer as it sent it).
+    #[arg(long)]
+    json: bool,
+}
+
+impl Output {
+    /// Prints `value` as JSON, or `human()` for a person.
+    fn print(self, value: &impl serde::Serialize, human: impl FnOnce() -> String) -> Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(value)?);
+        } else {
+            println!("{}", human());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -134,11 +165,13 @@ enum ScopeChange {
 
 fn admin_call(admin: &AdminArgs, request: AdminRequest) -> Result<()> {
     let response = admin::call(&admin.admin, &request, Duration::from_secs(35))?;
-    println!("{}", serde_json::to_string_pretty(&response)?);
-    if let AdminResponse::Error { message } = response {
+    if let AdminResponse::Error { message } = &response {
+        if admin.output.json {
+            println!("{}", serde_json::to_string_pretty(&response)?);
+        }
         anyhow::bail!("{message}");
     }
-    Ok(())
+    admin.output.print(&response, || render::response(&response))
 }
 
 fn node_of(request: &AdminRequest) -> &str {
@@ -148,32 +181,27 @@ fn node_of(request: &AdminRequest) -> &str {
     }
 }
 
-/// Runs a migration through the edge, printing each phase as it starts.
+/// Runs a migration through the edge, printing each phase as it starts
+/// and a table of the phases at the end (`--json`: every line as sent).
 fn migrate(admin: &AdminArgs, request: AdminRequest) -> Result<()> {
+    let json = admin.output.json;
+    let line_json = |response: &AdminResponse| serde_json::to_string(response).map(|line| println!("{line}"));
     let response = admin::call_with_progress(&admin.admin, &request, request.patience(), |line| {
-        println!(
-            "[{:>8.1} ms] {}: {}",
-            line["at_ms"].as_f64().unwrap_or(0.0),
-            line["phase"].as_str().unwrap_or("?"),
-            line["detail"]
-        );
+        if json {
+            // A line the daemon sent parsed as JSON serializes back.
+            let _ = line_json(&AdminResponse::Progress(line.clone()));
+        } else {
+            println!("{}", render::progress_line(line));
+        }
     })?;
+    if json {
+        line_json(&response)?;
+    }
     match response {
         AdminResponse::Done(report) => {
-            println!(
-                "{}: {} after {:.1} ms",
-                node_of(&request),
-                report["status"].as_str().unwrap_or("?"),
-                report["total_ms"].as_f64().unwrap_or(0.0)
-            );
-            for phase in report["phases"].as_array().into_iter().flatten() {
-                println!(
-                    "  {:<10} {:>9.1} ms",
-                    phase["phase"].as_str().unwrap_or("?"),
-                    phase["ms"].as_f64().unwrap_or(0.0)
-                );
+            if !json {
+                println!("{}", render::migration_report(node_of(&request), &report));
             }
-            println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
         AdminResponse::Error { message } => anyhow::bail!("{message}"),
@@ -181,7 +209,19 @@ fn migrate(admin: &AdminArgs, request: AdminRequest) -> Result<()> {
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The chain of causes on one line, without a backtrace: the
+            // operator reads what failed and what to do.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -192,7 +232,7 @@ fn main() -> Result<()> {
             let stop = handoff::shutdown::stop_on_signals()?;
             Edge::start(config)?.run(stop)
         }
-        Command::EdgeDetach { config: path } => {
+        Command::EdgeDetach { config: path, output } => {
             // Detaching needs the pins, not the control plane's keys.
             let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
             let config = EdgeConfig::parse(&text, &path)?;
@@ -200,11 +240,16 @@ fn main() -> Result<()> {
                 anyhow::bail!("the configuration sets no edge.pin_dir: nothing is pinned");
             };
             let removed = handoff::edge::detach_pinned(dir, &config.admin_socket)?;
-            println!(
-                "{}",
-                serde_json::json!({"pin_dir": dir, "links": removed.links, "maps": removed.maps})
-            );
-            Ok(())
+            let report = serde_json::json!({"pin_dir": dir, "links": removed.links, "maps": removed.maps});
+            output.print(&report, || {
+                format!(
+                    "removed the pins in {}: {} links ({}), {} maps",
+                    dir.display(),
+                    removed.links.len(),
+                    render::cell(&report["links"]),
+                    removed.maps.len()
+                )
+            })
         }
         Command::Node { config } => {
             let config = NodeConfig::load(&config)?;
@@ -222,14 +267,25 @@ fn main() -> Result<()> {
             change: ScopeChange::Add { member, admin },
         } => admin_call(&admin, AdminRequest::ScopeAdd { member }),
         Command::Keys {
-            action: KeysAction::Init { dir },
+            action: KeysAction::Init { dir, output },
         } => {
             let ca = keys::init(&dir).with_context(|| format!("creating the cluster CA in {}", dir.display()))?;
-            println!("{}", ca.display());
-            Ok(())
+            output.print(&serde_json::json!({ "ca": ca }), || {
+                format!(
+                    "created the cluster CA {} (its key beside it, mode 0600); next: handoff keys issue --dir {} --manager, and --node ID for each node",
+                    ca.display(),
+                    dir.display()
+                )
+            })
         }
         Command::Keys {
-            action: KeysAction::Issue { dir, node, manager },
+            action:
+                KeysAction::Issue {
+                    dir,
+                    node,
+                    manager,
+                    output,
+                },
         } => {
             let party = match (node, manager) {
                 (Some(id), false) => Party::Node(id),
@@ -242,13 +298,17 @@ fn main() -> Result<()> {
                     dir.display()
                 )
             })?;
-            println!(
-                "[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}",
-                paths.ca.display().to_string(),
-                paths.cert.display().to_string(),
-                paths.key.display().to_string()
-            );
-            Ok(())
+            output.print(
+                &serde_json::json!({"ca": paths.ca, "cert": paths.cert, "key": paths.key}),
+                || {
+                    format!(
+                        "[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}",
+                        paths.ca.display().to_string(),
+                        paths.cert.display().to_string(),
+                        paths.key.display().to_string()
+                    )
+                },
+            )
         }
     }
 }

@@ -1362,17 +1362,19 @@ fn right_after_a_flip_direct_packets_of_a_taken_over_connection_wait_for_the_pre
     let view = Arc::new(old.flipped_to(after, &[]));
     let mut node = Node::new(POLICY, Arc::clone(&view), 0);
     let frame = first_owned_by(&old, Owner { node: 1, worker: 0 });
-    let marker = |lane: u16| {
+    let flip = view.scope.version as u32;
+    let marker_of = |lane: u16, serial: u32| {
         let mut m = [0u8; INNER_OFFSET];
         let sent = Marker {
             sender: 1,
             lane,
             lanes: 2,
-            serial: 7,
+            serial,
         };
         fabric::write_marker(&mut m, PEER_MAC, NODE_MAC, &sent, ANY_WORKER);
         m
     };
+    let marker = |lane: u16| marker_of(lane, flip);
 
     // The connection came over from node 1, its previous owner.
     node.handle(&encapsulated(&frame, 1, 0), 0, at(1)).expect("forwarded");
@@ -1383,6 +1385,13 @@ fn right_after_a_flip_direct_packets_of_a_taken_over_connection_wait_for_the_pre
     assert_eq!(&node.out.held[0].data[..frame.len()], &frame[..]);
     // Those older ones, through node 1, go on at once.
     assert!(node.handle(&encapsulated(&frame, 1, 0), 0, at(1)).is_some());
+    // Late markers of node 1's earlier flip say nothing of this one: counted,
+    // ignored, the packet still waits.
+    for lane in 0..2 {
+        assert_eq!(node.handle(&marker_of(lane, flip.wrapping_sub(1)), 0, at(1)), None);
+    }
+    assert_eq!(node.pipeline.take_release(), None, "stale markers release nothing");
+    assert_eq!((node.out.held.len(), node.counters().markers_stale), (1, 2));
     // Node 1 drains two lanes: the wait ends with the second marker.
     assert_eq!(node.handle(&marker(0), 0, at(1)), None);
     assert_eq!(node.pipeline.take_release(), None);
@@ -1399,7 +1408,7 @@ fn right_after_a_flip_direct_packets_of_a_taken_over_connection_wait_for_the_pre
     assert_eq!(node.pipeline.take_release(), Some(true));
     assert!(node.handle(&frame, 0, at(2)).is_some());
     let c = node.counters();
-    assert_eq!((c.held, c.markers, c.dropped()), (2, 3, 0), "{c:?}");
+    assert_eq!((c.held, c.markers, c.markers_stale, c.dropped()), (2, 5, 2, 0), "{c:?}");
 }
 
 /// An ICMP echo request from the client to `dst`.

@@ -7,7 +7,10 @@
 //! exit path, including Ctrl-C.
 
 use anyhow::{bail, Result};
-use handoff::admin::{self, AdminRequest, AdminResponse};
+use handoff::{
+    admin::{self, AdminRequest, AdminResponse},
+    render::{cell, table, Align},
+};
 use handoff_testbed::{
     cluster::node_name,
     privilege::missing_privilege,
@@ -186,28 +189,48 @@ fn main() -> Result<()> {
     let nodes: Vec<serde_json::Value> = (0..3).map(|i| cluster.node_stats(i)).collect::<Result<_>>()?;
     let LoadReports { gen, sink, tcp } = load.reports()?;
 
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, stats)| {
+            let t = &stats["totals"];
+            let imported: u64 = stats["workers"].as_array().map_or(0, |w| {
+                w.iter().map(|w| w["table"]["imported"].as_u64().unwrap_or(0)).sum()
+            });
+            std::iter::once(node_name(i))
+                .chain([
+                    cell(&t["rx"]),
+                    cell(&t["created"]),
+                    imported.to_string(),
+                    cell(&t["active"]),
+                    cell(&t["forwarded_to_core"]),
+                    cell(&t["forwarded_to_node"]),
+                    cell(&t["received_from_node"]),
+                    cell(&t["dropped"]),
+                ])
+                .collect()
+        })
+        .collect();
+    let mut align = vec![Align::Left];
+    align.resize(9, Align::Right);
     println!(
-        "\n{:<6} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>9} {:>8}",
-        "node", "rx", "created", "imported", "active", "to core", "to node", "from node", "dropped"
+        "\n{}",
+        table(
+            &[
+                "node",
+                "rx",
+                "created",
+                "imported",
+                "active",
+                "to core",
+                "to node",
+                "from node",
+                "dropped"
+            ],
+            &rows,
+            &align
+        )
     );
-    for (i, stats) in nodes.iter().enumerate() {
-        let t = &stats["totals"];
-        let imported: u64 = stats["workers"].as_array().map_or(0, |w| {
-            w.iter().map(|w| w["table"]["imported"].as_u64().unwrap_or(0)).sum()
-        });
-        println!(
-            "{:<6} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>9} {:>8}",
-            node_name(i),
-            t["rx"],
-            t["created"],
-            imported,
-            t["active"],
-            t["forwarded_to_core"],
-            t["forwarded_to_node"],
-            t["received_from_node"],
-            t["dropped"]
-        );
-    }
     let lost = sink.lost.unwrap_or(u64::MAX);
     println!(
         "\nUDP: sent {} echoed back {} lost {} reordered {} duplicated {} (p50 {:.0} us, p99 {:.0} us round trip)",

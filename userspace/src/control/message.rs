@@ -532,6 +532,16 @@ pub enum AbortReason {
         /// The inheritor.
         node: NodeId,
     },
+    /// The stream announced or sent more connections than the inheritor
+    /// takes from one handover (its flow tables' capacity), or more
+    /// snapshot records than it announced.
+    #[error("inheritor {node} takes at most {limit} connections from one handover")]
+    OverCapacity {
+        /// The inheritor.
+        node: NodeId,
+        /// The most it takes.
+        limit: u64,
+    },
 }
 
 /// Ends a migration attempt; the old scope stays and the migrating node keeps
@@ -643,6 +653,9 @@ pub struct Cut {
     pub chunks: u32,
     /// Delta batches sent; the last `seq` is one less.
     pub delta_batches: u64,
+    /// The sender's logical clock at the cut (see
+    /// [`crate::node::clock`]): the receiver stamps its new owners after it.
+    pub version: u64,
 }
 
 /// Everything up to the cut is installed. The receiver answers a cut whose
@@ -688,6 +701,9 @@ pub enum OwnershipChanges {
 pub struct OwnershipBroadcast {
     /// The attempt.
     pub serial: MigrationSerial,
+    /// The sender's logical clock (see [`crate::node::clock`]): the version
+    /// of the new owners, ordered after every announcement it sent before.
+    pub version: u64,
     /// The changes.
     pub changes: OwnershipChanges,
 }
@@ -696,8 +712,8 @@ pub struct OwnershipBroadcast {
 /// hash lands on it can forward it to the owner.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnerAnnounce {
-    /// Increases with every announcement from this incarnation; a receiver
-    /// ignores one older than the newest it applied.
+    /// The sender's logical clock (see [`crate::node::clock`]); a receiver
+    /// ignores an entry older than the one it holds.
     pub version: u64,
     /// Flows now owned by the sender.
     pub added: Vec<FlowOwner>,

@@ -203,11 +203,13 @@ pub(super) fn every_body() -> Vec<Body> {
             serial,
             chunks: 1,
             delta_batches: 3,
+            version: (7 << 32) + 41,
         }
         .into(),
         CutAck { serial, flows: 3 }.into(),
         OwnershipBroadcast {
             serial,
+            version: (7 << 32) + 42,
             changes: OwnershipChanges::Buckets(vec![
                 BucketOwner {
                     bucket: 0,

@@ -163,9 +163,11 @@ impl Driver {
                 AdminResponse::Done(report)
             }
             Err(failure) => {
-                tracing::warn!(%serial, node = target, error = %failure, "migration failed");
+                // The operator saw each phase start; the full report goes
+                // to the log rather than into the message.
+                tracing::warn!(%serial, node = target, error = %failure, %report, "migration failed");
                 AdminResponse::Error {
-                    message: format!("{failure}; report: {report}"),
+                    message: failure.to_string(),
                 }
             }
         };
@@ -274,15 +276,14 @@ impl Driver {
             match self.events.recv_timeout(POLL.min(self.remaining())) {
                 Ok(Body::Progress(p)) => {
                     if p.phase > self.running.phase {
-                        self.enter(
-                            p.phase,
-                            serde_json::json!({
-                                "flows_copied": p.flows_copied,
-                                "deltas_sent": p.deltas_sent,
-                                "flows_remaining": p.flows_remaining,
-                            }),
-                        );
+                        self.enter(p.phase, serde_json::Value::Null);
                     }
+                    // The counters are the copy's totals so far, whichever
+                    // phase the report enters: the one entering Broadcast
+                    // closes the copy. They are the Copy phase's facts.
+                    // (`flows_remaining` is left out: no node fills it in.)
+                    self.note_on(Phase::Copy, "flows_copied", p.flows_copied.into());
+                    self.note_on(Phase::Copy, "deltas_sent", p.deltas_sent.into());
                 }
                 Ok(Body::Abort(a)) => {
                     let why = format!("{} ({})", a.reason, a.detail);
@@ -372,6 +373,14 @@ impl Driver {
     fn phases_note(&mut self, key: &str, value: serde_json::Value) {
         if let Some(last) = self.phases.last_mut() {
             last[key] = value;
+        }
+    }
+
+    /// Adds a fact to `phase`'s record, if that phase was entered.
+    fn note_on(&mut self, phase: Phase, key: &str, value: serde_json::Value) {
+        let name = serde_json::json!(phase);
+        if let Some(record) = self.phases.iter_mut().rev().find(|r| r["phase"] == name) {
+            record[key] = value;
         }
     }
 }
@@ -507,12 +516,12 @@ mod tests {
         plan_disengage(&s.scope, TARGET, InheritorChoice::Spread, &members).unwrap()
     }
 
-    fn progress(serial: MigrationSerial, phase: Phase) -> Body {
+    fn progress(serial: MigrationSerial, phase: Phase, flows_copied: u64, deltas_sent: u64) -> Body {
         Body::Progress(Progress {
             serial,
             phase,
-            flows_copied: 0,
-            deltas_sent: 0,
+            flows_copied,
+            deltas_sent,
             flows_remaining: 0,
         })
     }
@@ -541,8 +550,10 @@ mod tests {
         let (lines, state, flips) = drive(Duration::from_secs(10), |serial, to_node, events, _| {
             let recv = || to_node.recv_timeout(Duration::from_secs(5)).unwrap();
             assert!(matches!(recv(), Body::MigrateStart(m) if m.serial == serial && m.from_version == 1));
-            events.send(progress(serial, Phase::Copy)).unwrap();
-            events.send(progress(serial, Phase::Broadcast)).unwrap();
+            events.send(progress(serial, Phase::Copy, 0, 0)).unwrap();
+            events.send(progress(serial, Phase::Copy, 3000, 0)).unwrap();
+            // Entering Broadcast, the node reports what the copy did.
+            events.send(progress(serial, Phase::Broadcast, 3400, 12)).unwrap();
             // A late message of an earlier attempt is not taken as the answer.
             let stale = MigrationSerial(serial.0 + 9);
             events
@@ -575,6 +586,18 @@ mod tests {
         };
         assert_eq!(report["status"], "Disengaged");
         assert_eq!(report["phases"][2]["flows_handed_over"], 42);
+        // Each phase carries its own facts: the copy's counters on Copy
+        // (from the report that entered Broadcast), none on Broadcast.
+        assert_eq!(report["phases"][1]["flows_copied"], 3400, "{report}");
+        assert_eq!(report["phases"][1]["deltas_sent"], 12, "{report}");
+        assert!(report["phases"][2].get("flows_copied").is_none(), "{report}");
+        assert!(report["phases"][2]["detail"].is_null(), "{report}");
+        assert!(
+            report["phases"][0]["detail"]["buckets_by_inheritor"].is_object(),
+            "{report}"
+        );
+        assert_eq!(report["phases"][3]["detail"]["scope_version"], 2, "{report}");
+        assert!(report["phases"][3]["moved_buckets"].is_number(), "{report}");
         assert!(report["phases"].as_array().unwrap().iter().all(|p| p["ms"].is_number()));
         let s = lock(&state);
         assert_eq!(s.membership.member(TARGET).unwrap().status, MemberStatus::Disengaged);

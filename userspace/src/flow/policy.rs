@@ -20,7 +20,13 @@ use handoff_common::{
     hash::{flow_hash, HashMode},
     net::NetU16,
 };
-use std::{collections::HashMap, net::IpAddr};
+use std::net::IpAddr;
+
+/// The policy's lookup maps, read for every new flow and every reply without
+/// state: a fast hasher (ahash) rather than std's SipHash. They hold only
+/// configured keys (packets look up, never insert), so no peer can flood
+/// them with colliding keys.
+type FastMap<K, V> = hashbrown::HashMap<K, V, ahash::RandomState>;
 
 /// Entries in a service's backend table (a power of two). With up to a few
 /// dozen backends, shares stay within a fraction of a percent of the weights.
@@ -94,12 +100,12 @@ impl ServiceKey {
 #[derive(Clone)]
 pub struct Policy {
     config: PolicyConfig,
-    services: HashMap<ServiceKey, usize>,
+    services: FastMap<ServiceKey, usize>,
     /// Per service: backend index of each table entry.
     tables: Vec<Vec<u32>>,
     /// Backend (address, port, protocol) -> the one service it serves, or
     /// `None` when several share it (then replies cannot be traced back).
-    backends: HashMap<(IpAddr, u16, u8), Option<usize>>,
+    backends: FastMap<(IpAddr, u16, u8), Option<usize>>,
     /// Every VIP and every backend address: the edge sprays traffic to the
     /// former and from the latter.
     sprayed: SprayedAddresses,
@@ -154,9 +160,9 @@ impl Policy {
     }
 
     fn build(config: PolicyConfig, previous: Option<&Policy>) -> Result<Self, PolicyError> {
-        let mut services = HashMap::with_capacity(config.services.len());
+        let mut services = FastMap::with_capacity_and_hasher(config.services.len(), ahash::RandomState::new());
         let mut tables = Vec::with_capacity(config.services.len());
-        let mut backends: HashMap<(IpAddr, u16, u8), Option<usize>> = HashMap::new();
+        let mut backends: FastMap<(IpAddr, u16, u8), Option<usize>> = FastMap::default();
         for (i, service) in config.services.iter().enumerate() {
             for b in &service.backends {
                 backends

@@ -3,6 +3,7 @@
 //! links, and the admin socket.
 
 use super::{
+    clock::VersionClock,
     config::{NodeConfig, NodeMember},
     handover, manager_link,
     metrics::{self as node_metrics, NodeSnapshot},
@@ -331,7 +332,9 @@ impl Node {
             tls: config.tls.clone().context(
                 "no TLS identity: the configuration must be loaded with NodeConfig::load, which reads [tls]",
             )?,
+            clock: Arc::new(VersionClock::default()),
         };
+        identity.clock.enter_scope(scope.version);
         let counters = Arc::new(PeerCounters::default());
         let admission = Arc::new(peers::Admission {
             gate: Gate::new(
@@ -340,6 +343,8 @@ impl Node {
                 Arc::clone(&counters.sessions),
             ),
             members: config.peers().map(|m| m.id).collect(),
+            // A connection takes two entries (one per direction).
+            max_handover_connections: (workers * policy.table_config().capacity / 2) as u64,
         });
         let listener = peers::bind(config.control_listen)?;
         {
@@ -513,6 +518,7 @@ impl Node {
         self.tell_workers(|| WorkerCommand::View(Arc::clone(&view)))?;
         let gainers = self.gainers(&next);
         self.scope_version.store(next.version, Ordering::Relaxed);
+        self.identity.clock.enter_scope(next.version);
         self.scope = next;
         self.view = view;
         if !gainers.is_empty() {
@@ -655,17 +661,13 @@ impl Node {
         let copied = started.elapsed();
         progress(Phase::Broadcast, redirected.len() as u64, streams.deltas_sent);
         let owners = handover::owners_of(&redirected);
+        let version = self.identity.clock.stamp();
         // This node remembers the new owners too: once its table is purged,
         // and if it rejoins the scope, their packets must still find them.
-        peers::tell_owners(
-            &self.commands,
-            &owners,
-            self.identity.node,
-            handover::ownership_version(),
-        );
+        peers::tell_owners(&self.commands, &owners, self.identity.node, version);
         let mut broadcast_failures = 0;
         for peer in self.config.peers() {
-            if let Err(e) = handover::broadcast(peer.peer(), &self.identity, serial, &owners) {
+            if let Err(e) = handover::broadcast(peer.peer(), &self.identity, serial, version, &owners) {
                 tracing::warn!(peer = %peer.name, error = %e, "ownership broadcast failed; the redirect still carries its packets");
                 broadcast_failures += 1;
             }

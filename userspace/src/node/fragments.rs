@@ -73,12 +73,22 @@ impl FragmentTracker {
         released: &mut Vec<CorePacket>,
     ) {
         if self.ports.len() >= MAX_DATAGRAMS && !self.ports.contains_key(&datagram) {
-            if let Some((oldest, _)) = self.learnt.pop_front() {
-                self.ports.remove(&oldest);
+            while let Some((oldest, at)) = self.learnt.pop_front() {
+                if self.is_current(&oldest, at) {
+                    self.ports.remove(&oldest);
+                    break;
+                }
             }
         }
-        if self.ports.insert(datagram, (ports.0, ports.1, now)).is_none() {
-            self.learnt.push_back((datagram, now));
+        // A datagram learnt again (its first fragment repeated) is
+        // remembered from now: its entry in the order moves to the back,
+        // and the older one is skipped once reached.
+        self.ports.insert(datagram, (ports.0, ports.1, now));
+        self.learnt.push_back((datagram, now));
+        if self.learnt.len() > 2 * MAX_DATAGRAMS {
+            let ports = &self.ports;
+            self.learnt
+                .retain(|(d, at)| ports.get(d).is_some_and(|&(_, _, seen)| seen == *at));
         }
         if self.parked.iter().any(|(d, _, _)| *d == datagram) {
             let mut kept = VecDeque::with_capacity(self.parked.len());
@@ -112,6 +122,12 @@ impl FragmentTracker {
         self.parked.len()
     }
 
+    /// Whether `at` is when `datagram` was last learnt (not an entry of the
+    /// order that a repeat of its first fragment made stale).
+    fn is_current(&self, datagram: &DatagramId, at: Timestamp) -> bool {
+        self.ports.get(datagram).is_some_and(|&(_, _, seen)| seen == at)
+    }
+
     /// Forgets datagrams and drops parked fragments older than
     /// [`FRAGMENT_TIMEOUT`]; returns how many fragments it dropped.
     pub fn expire(&mut self, now: Timestamp) -> usize {
@@ -121,7 +137,7 @@ impl FragmentTracker {
                 break;
             }
             // A datagram learnt again since keeps its newer entry.
-            if self.ports.get(datagram).is_some_and(|&(_, _, seen)| seen == *at) {
+            if self.is_current(datagram, *at) {
                 self.ports.remove(datagram);
             }
             self.learnt.pop_front();
@@ -193,6 +209,35 @@ mod tests {
         assert_eq!(t.ports.len(), MAX_DATAGRAMS);
         assert_eq!(t.ports(&datagram(1_000_000)), None, "the oldest is forgotten first");
         assert!(t.ports(&datagram(1_000_000 + MAX_DATAGRAMS as u32 + 9)).is_some());
+    }
+
+    #[test]
+    fn a_repeated_first_fragment_is_remembered_from_its_repeat_and_memory_stays_bounded() {
+        let mut t = FragmentTracker::new();
+        let mut released = Vec::new();
+        t.learn(datagram(1), PORTS, Timestamp::from_nanos(0), &mut released);
+        let again = Timestamp::from_nanos(FRAGMENT_TIMEOUT / 2);
+        t.learn(datagram(1), PORTS, again, &mut released);
+        // Past the first learning's timeout, the repeat keeps it.
+        assert_eq!(t.expire(Timestamp::from_nanos(FRAGMENT_TIMEOUT + 1)), 0);
+        assert_eq!(t.ports(&datagram(1)), Some(PORTS));
+        // Past the repeat's, it is forgotten: nothing is left behind.
+        t.expire(Timestamp::from_nanos(FRAGMENT_TIMEOUT / 2 + FRAGMENT_TIMEOUT + 1));
+        assert_eq!((t.ports.len(), t.learnt.len()), (0, 0));
+        // A flood of repeats of the same first fragments, and of new ones,
+        // within one timeout keeps both the table and the order bounded, and
+        // evicts by the newest learning.
+        for round in 0..50u64 {
+            for i in 0..MAX_DATAGRAMS as u32 {
+                t.learn(datagram(i), PORTS, Timestamp::from_nanos(round), &mut released);
+            }
+        }
+        t.learn(datagram(0), PORTS, Timestamp::from_nanos(50), &mut released);
+        t.learn(datagram(u32::MAX), PORTS, Timestamp::from_nanos(50), &mut released);
+        assert_eq!(t.ports.len(), MAX_DATAGRAMS);
+        assert!(t.learnt.len() <= 2 * MAX_DATAGRAMS + 1, "{}", t.learnt.len());
+        assert_eq!(t.ports(&datagram(0)), Some(PORTS), "learnt last, kept");
+        assert_eq!(t.ports(&datagram(1)), None, "the least recently learnt went");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! and the ownership broadcast that follows the cut.
 
 use super::{
+    clock::VersionClock,
     peers::{open_link, tell_owners, Identity, Peer},
     view::NodeView,
     worker::{Imported, WorkerCommand, COMMAND_CHUNK},
@@ -27,7 +28,7 @@ use handoff_common::{fabric::ANY_WORKER, flow_key::FlowKey};
 use hashbrown::HashMap;
 use std::{
     net::SocketAddr,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 /// Connections per `FlowRecords` chunk.
@@ -38,14 +39,6 @@ const OWNERS_PER_BROADCAST: usize = 4096;
 const CUT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Rough wire size of one record, for the receiver's pre-sizing.
 const RECORD_BYTES_ESTIMATE: u64 = 96;
-
-/// A version for ownership entries: wall-clock microseconds (see
-/// [`super::peers`]).
-pub fn ownership_version() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
 
 /// One handover stream to an inheritor, from its announcement to its cut.
 #[derive(Debug)]
@@ -150,6 +143,7 @@ impl<'a> Stream<'a> {
             serial: self.serial,
             chunks: self.chunks,
             delta_batches: self.delta_batches,
+            version: self.identity.clock.stamp(),
         }))?;
         let address = self.address;
         match read_frame_within(&mut self.stream, CUT_TIMEOUT)
@@ -168,14 +162,22 @@ impl<'a> Stream<'a> {
     }
 }
 
-/// Tells `peer` who owns `owners` from now on.
-pub fn broadcast(peer: Peer, identity: &Identity, serial: MigrationSerial, owners: &[FlowOwner]) -> Result<()> {
+/// Tells `peer` who owns `owners` from now on, as of `version` (a stamp of
+/// this node's [`super::clock::VersionClock`]).
+pub fn broadcast(
+    peer: Peer,
+    identity: &Identity,
+    serial: MigrationSerial,
+    version: u64,
+    owners: &[FlowOwner],
+) -> Result<()> {
     let mut message_serial = 0u64;
     let address = peer.address;
     let mut stream = open_link(peer, identity, &mut message_serial)?;
     for chunk in owners.chunks(OWNERS_PER_BROADCAST) {
         let body = Body::OwnershipBroadcast(OwnershipBroadcast {
             serial,
+            version,
             changes: OwnershipChanges::Flows(chunk.to_vec()),
         });
         write_frame(&mut stream, &identity.envelope(&mut message_serial, body))
@@ -208,6 +210,10 @@ pub fn owners_of(redirected: &[(u16, FlowKey, FlowKey)]) -> Vec<FlowOwner> {
 #[derive(Debug)]
 pub struct Incoming {
     serial: MigrationSerial,
+    /// Connections the announcement promised for the snapshot.
+    announced: u64,
+    /// Snapshot records received so far.
+    snapshot_records: u64,
     chunks: u32,
     delta_batches: u64,
     records: HashMap<WireFlowKey, FlowRecordV2>,
@@ -225,10 +231,21 @@ impl Incoming {
     }
 }
 
+/// Why a handover stream was ended by its receiver.
+enum StreamFault {
+    /// Out of order, or a count that does not add up.
+    Gap(&'static str),
+    /// More than the receiver takes.
+    OverCapacity(&'static str),
+}
+
 /// The receiving end of handovers on one peer session.
 #[derive(Debug)]
 pub struct Receiver<'a> {
     node: NodeId,
+    clock: &'a VersionClock,
+    /// Connections one stream may bring at most.
+    max_connections: u64,
     /// Routes a connection to the worker that will hold it.
     routing: &'a NodeView,
     workers: &'a [Sender<WorkerCommand>],
@@ -236,10 +253,20 @@ pub struct Receiver<'a> {
 }
 
 impl<'a> Receiver<'a> {
-    /// A receiver for `node`'s `workers`.
-    pub fn new(node: NodeId, routing: &'a NodeView, workers: &'a [Sender<WorkerCommand>]) -> Self {
+    /// A receiver for `node`'s `workers`, stamping with `clock`, taking at
+    /// most `max_connections` connections from one stream: a peer's
+    /// announcement and records can make this node hold no more than that.
+    pub fn new(
+        node: NodeId,
+        clock: &'a VersionClock,
+        max_connections: u64,
+        routing: &'a NodeView,
+        workers: &'a [Sender<WorkerCommand>],
+    ) -> Self {
         Self {
             node,
+            clock,
+            max_connections,
             routing,
             workers,
             incoming: None,
@@ -248,75 +275,129 @@ impl<'a> Receiver<'a> {
 
     /// Handles one handover message; returns the answer to send, if any.
     /// Messages that are not part of a handover return `None` untouched.
+    /// A stream that goes out of order, does not add up, or brings more
+    /// connections than announced or than [`Receiver::new`]'s bound is
+    /// answered with an [`Abort`] and forgotten.
     pub fn handle(&mut self, body: &Body) -> Option<Body> {
-        match body {
-            Body::TableAnnounce(a) => {
-                self.incoming = Some(Incoming {
-                    serial: a.serial,
-                    chunks: 0,
-                    delta_batches: 0,
-                    records: HashMap::with_capacity(a.flows.min(1 << 22) as usize),
-                });
-                None
-            }
-            Body::FlowRecords(m) => match self.incoming.as_mut() {
-                Some(inc) if inc.serial == m.serial && inc.chunks == m.chunk => {
-                    inc.chunks += 1;
-                    if m.records.iter().all(|r| inc.add(r)) {
-                        None
-                    } else {
-                        Some(self.abort(m.serial, "a record cannot be read in version 2"))
-                    }
-                }
-                _ => Some(self.abort(m.serial, "a snapshot chunk out of order")),
-            },
-            Body::FlowDelta(d) => match self.incoming.as_mut() {
-                Some(inc) if inc.serial == d.serial && inc.delta_batches == d.seq => {
-                    inc.delta_batches += 1;
-                    let applied = d.ops.iter().all(|op| match op {
-                        DeltaOp::Insert(r) | DeltaOp::Update(r) => inc.add(r),
-                        DeltaOp::Delete(key) => {
-                            // The delete of a connection's reverse key matches
-                            // nothing: the copy is keyed by forward key.
-                            inc.records.remove(key);
-                            true
-                        }
-                    });
-                    if applied {
-                        None
-                    } else {
-                        Some(self.abort(d.serial, "a record cannot be read in version 2"))
-                    }
-                }
-                _ => Some(self.abort(d.serial, "a delta batch out of order")),
-            },
-            Body::Cut(c) => match self.incoming.take() {
-                Some(inc)
-                    if inc.serial == c.serial && inc.chunks == c.chunks && inc.delta_batches == c.delta_batches =>
-                {
-                    let flows = self.install(inc.records.into_values().collect());
-                    Some(Body::CutAck(CutAck {
+        let (serial, result) = match body {
+            Body::TableAnnounce(a) => (a.serial, self.announce(a)),
+            Body::FlowRecords(m) => (m.serial, self.records(m)),
+            Body::FlowDelta(d) => (d.serial, self.delta(d)),
+            Body::Cut(c) => {
+                return Some(match self.cut(c) {
+                    Ok(flows) => Body::CutAck(CutAck {
                         serial: c.serial,
                         flows,
-                    }))
-                }
-                _ => Some(self.abort(c.serial, "the stream did not add up at the cut")),
-            },
-            Body::OwnershipBroadcast(b) => {
-                if let OwnershipChanges::Flows(flows) = &b.changes {
-                    self.apply_owners(flows);
-                }
-                None
+                    }),
+                    Err(fault) => self.abort(c.serial, fault),
+                })
             }
-            _ => None,
+            Body::OwnershipBroadcast(b) => {
+                self.clock.witness(b.version);
+                if let OwnershipChanges::Flows(flows) = &b.changes {
+                    // Our own connections are routed by the entries `install` made.
+                    tell_owners(self.workers, flows, self.node, b.version);
+                }
+                return None;
+            }
+            _ => return None,
+        };
+        result.err().map(|fault| self.abort(serial, fault))
+    }
+
+    fn announce(&mut self, a: &TableAnnounce) -> Result<(), StreamFault> {
+        self.incoming = None;
+        if a.flows > self.max_connections {
+            return Err(StreamFault::OverCapacity(
+                "the announcement is over this node's capacity",
+            ));
+        }
+        self.incoming = Some(Incoming {
+            serial: a.serial,
+            announced: a.flows,
+            snapshot_records: 0,
+            chunks: 0,
+            delta_batches: 0,
+            // Bounded by the check above: at most what this node's tables hold.
+            records: HashMap::with_capacity(a.flows as usize),
+        });
+        Ok(())
+    }
+
+    fn records(&mut self, m: &FlowRecords) -> Result<(), StreamFault> {
+        let inc = match self.incoming.as_mut() {
+            Some(inc) if inc.serial == m.serial && inc.chunks == m.chunk => inc,
+            _ => return Err(StreamFault::Gap("a snapshot chunk out of order")),
+        };
+        inc.chunks += 1;
+        inc.snapshot_records += m.records.len() as u64;
+        if inc.snapshot_records > inc.announced {
+            return Err(StreamFault::OverCapacity("more snapshot records than announced"));
+        }
+        if m.records.iter().all(|r| inc.add(r)) {
+            Ok(())
+        } else {
+            Err(StreamFault::Gap("a record cannot be read in version 2"))
         }
     }
 
-    fn abort(&mut self, serial: MigrationSerial, detail: &str) -> Body {
+    fn delta(&mut self, d: &FlowDelta) -> Result<(), StreamFault> {
+        let max = self.max_connections as usize;
+        let inc = match self.incoming.as_mut() {
+            Some(inc) if inc.serial == d.serial && inc.delta_batches == d.seq => inc,
+            _ => return Err(StreamFault::Gap("a delta batch out of order")),
+        };
+        inc.delta_batches += 1;
+        for op in &d.ops {
+            match op {
+                DeltaOp::Insert(r) | DeltaOp::Update(r) => {
+                    if !inc.add(r) {
+                        return Err(StreamFault::Gap("a record cannot be read in version 2"));
+                    }
+                    if inc.records.len() > max {
+                        return Err(StreamFault::OverCapacity(
+                            "the changes grew the copy over this node's capacity",
+                        ));
+                    }
+                }
+                // The delete of a connection's reverse key matches nothing:
+                // the copy is keyed by forward key.
+                DeltaOp::Delete(key) => {
+                    inc.records.remove(key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn cut(&mut self, c: &Cut) -> Result<u64, StreamFault> {
+        match self.incoming.take() {
+            Some(inc) if inc.serial == c.serial && inc.chunks == c.chunks && inc.delta_batches == c.delta_batches => {
+                // What the sender announced before its cut must not
+                // outrank the owners installed now.
+                self.clock.witness(c.version);
+                Ok(self.install(inc.records.into_values().collect()))
+            }
+            _ => Err(StreamFault::Gap("the stream did not add up at the cut")),
+        }
+    }
+
+    fn abort(&mut self, serial: MigrationSerial, fault: StreamFault) -> Body {
         self.incoming = None;
+        let (reason, detail) = match fault {
+            StreamFault::Gap(detail) => (AbortReason::StreamGap { node: self.node }, detail),
+            StreamFault::OverCapacity(detail) => (
+                AbortReason::OverCapacity {
+                    node: self.node,
+                    limit: self.max_connections,
+                },
+                detail,
+            ),
+        };
+        tracing::warn!(%serial, %reason, detail, "handover stream ended by its receiver");
         Body::Abort(Abort {
             serial,
-            reason: AbortReason::StreamGap { node: self.node },
+            reason,
             detail: detail.into(),
         })
     }
@@ -360,7 +441,7 @@ impl<'a> Receiver<'a> {
             };
             owners.extend(imported.keys.iter().flat_map(|&(f, r)| [(f, owner), (r, owner)]));
         }
-        let version = ownership_version();
+        let version = self.clock.stamp();
         for chunk in owners.chunks(COMMAND_CHUNK) {
             for worker in self.workers {
                 let _ = worker.send(WorkerCommand::Owners {
@@ -387,11 +468,6 @@ impl<'a> Receiver<'a> {
             }
         }
         installed
-    }
-
-    fn apply_owners(&self, flows: &[FlowOwner]) {
-        // Our own connections are routed by the entries `install` made.
-        tell_owners(self.workers, flows, self.node, ownership_version());
     }
 }
 
@@ -453,9 +529,9 @@ mod tests {
     #[test]
     fn the_cut_installs_the_snapshot_with_its_deltas_applied_in_order() {
         let (tx, thread) = worker();
-        let view = view();
+        let (view, clock) = (view(), VersionClock::default());
         let workers = [tx];
-        let mut receiver = Receiver::new(NodeId::new(1).unwrap(), &view, &workers);
+        let mut receiver = Receiver::new(NodeId::new(1).unwrap(), &clock, 16, &view, &workers);
         let snapshot = [record(1, 1), record(2, 1), record(3, 1)];
         let deltas = vec![
             DeltaOp::Update(WireRecord::V2(record(2, 9))),
@@ -483,6 +559,7 @@ mod tests {
             serial: SERIAL,
             chunks: 1,
             delta_batches: 1,
+            version: 77,
         }));
         assert_eq!(
             answer,
@@ -505,9 +582,9 @@ mod tests {
     #[test]
     fn a_stream_out_of_order_or_short_at_the_cut_is_aborted() {
         let (tx, _thread) = worker();
-        let view = view();
+        let (view, clock) = (view(), VersionClock::default());
         let workers = [tx];
-        let mut receiver = Receiver::new(NodeId::new(1).unwrap(), &view, &workers);
+        let mut receiver = Receiver::new(NodeId::new(1).unwrap(), &clock, 16, &view, &workers);
         let gap = |body: Option<Body>| {
             matches!(
                 body,
@@ -535,13 +612,89 @@ mod tests {
             serial: SERIAL,
             chunks: 2,
             delta_batches: 0,
+            version: 1,
         });
         assert!(gap(receiver.handle(&short)), "a chunk is missing at the cut");
         let late = Body::Cut(Cut {
             serial: SERIAL,
             chunks: 1,
             delta_batches: 0,
+            version: 1,
         });
         assert!(gap(receiver.handle(&late)), "the aborted stream is gone");
+    }
+
+    fn over_capacity(body: Option<Body>) -> bool {
+        matches!(
+            body,
+            Some(Body::Abort(Abort {
+                reason: AbortReason::OverCapacity { limit: 16, .. },
+                ..
+            }))
+        )
+    }
+
+    fn chunk(chunk: u32, first: u8, count: u8) -> Body {
+        Body::FlowRecords(FlowRecords {
+            serial: SERIAL,
+            chunk,
+            records: (first..first + count).map(|i| WireRecord::V2(record(i, 1))).collect(),
+        })
+    }
+
+    #[test]
+    fn a_stream_over_the_bound_or_over_its_announcement_is_aborted_and_forgotten() {
+        let (tx, _thread) = worker();
+        let (view, clock) = (view(), VersionClock::default());
+        let workers = [tx];
+        let mut receiver = Receiver::new(NodeId::new(1).unwrap(), &clock, 16, &view, &workers);
+        // An announcement of more than the bound allocates nothing.
+        assert!(over_capacity(receiver.handle(&announce(u64::MAX))));
+        assert!(receiver.incoming.is_none());
+        assert!(over_capacity(receiver.handle(&announce(17))));
+        // The pre-sizing follows the announcement, within the bound.
+        assert_eq!(receiver.handle(&announce(16)), None);
+        assert!(receiver.incoming.as_ref().unwrap().records.capacity() < 64);
+        // Records beyond the announced count end the stream.
+        assert_eq!(receiver.handle(&announce(4)), None);
+        assert_eq!(receiver.handle(&chunk(0, 1, 3)), None);
+        assert!(over_capacity(receiver.handle(&chunk(1, 4, 2))));
+        assert!(receiver.incoming.is_none(), "the stream is forgotten");
+        // Changes that grow the copy over the bound end it too.
+        assert_eq!(receiver.handle(&announce(16)), None);
+        assert_eq!(receiver.handle(&chunk(0, 1, 16)), None);
+        let grow = Body::FlowDelta(FlowDelta {
+            serial: SERIAL,
+            seq: 0,
+            ops: vec![DeltaOp::Insert(WireRecord::V2(record(100, 1)))],
+        });
+        assert!(over_capacity(receiver.handle(&grow)));
+        assert!(receiver.incoming.is_none());
+    }
+
+    #[test]
+    fn owners_installed_at_the_cut_order_after_the_senders_clock() {
+        let (tx, _thread) = worker();
+        let (view, clock) = (view(), VersionClock::default());
+        let workers = [tx];
+        let mut receiver = Receiver::new(NodeId::new(1).unwrap(), &clock, 16, &view, &workers);
+        assert_eq!(receiver.handle(&announce(1)), None);
+        assert_eq!(receiver.handle(&chunk(0, 1, 1)), None);
+        let sender_clock = 5 << 40;
+        let cut = Body::Cut(Cut {
+            serial: SERIAL,
+            chunks: 1,
+            delta_batches: 0,
+            version: sender_clock,
+        });
+        assert!(matches!(receiver.handle(&cut), Some(Body::CutAck(_))));
+        assert!(clock.last() > sender_clock, "the install stamped after the cut");
+        let broadcast = Body::OwnershipBroadcast(OwnershipBroadcast {
+            serial: SERIAL,
+            version: sender_clock + 10,
+            changes: OwnershipChanges::Flows(Vec::new()),
+        });
+        assert_eq!(receiver.handle(&broadcast), None);
+        assert!(clock.stamp() > sender_clock + 10);
     }
 }

@@ -1,6 +1,7 @@
 //! The flow-distributor node (US9088584 layer 2): AF_XDP, one worker per
 //! core with its own flow table, owner forwarding between cores and nodes.
 
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod fabric;

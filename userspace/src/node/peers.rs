@@ -10,6 +10,7 @@
 //! rate and size stay bounded whatever the connection rate.
 
 use super::{
+    clock::VersionClock,
     handover::Receiver,
     pipeline::Installed,
     view::NodeView,
@@ -37,7 +38,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 /// Connections per announcement message at most (two keys each).
@@ -86,6 +87,8 @@ pub struct Identity {
     pub incarnation: Incarnation,
     /// Its certificate and the cluster CA.
     pub tls: TlsIdentity,
+    /// Versions what it says about ownership; shared by all its threads.
+    pub clock: Arc<VersionClock>,
 }
 
 impl Identity {
@@ -104,15 +107,6 @@ impl Identity {
         let serial = NonZeroU64::new(*serial).unwrap_or(NonZeroU64::MIN);
         Envelope::new(WireSender::Node(self.node), self.incarnation, serial, body)
     }
-}
-
-/// An announcement version: microseconds since the epoch, so announcements
-/// from different nodes order by when they were made (the nodes' clocks are
-/// assumed synchronised to well under a flow's lifetime).
-fn announce_version() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 struct PeerLink {
@@ -199,7 +193,7 @@ pub fn run_announcer(
             continue;
         }
         let announce = OwnerAnnounce {
-            version: announce_version(),
+            version: identity.clock.stamp(),
             added: std::mem::take(&mut added),
             removed: Vec::new(),
         };
@@ -243,6 +237,9 @@ pub struct Admission {
     pub gate: Arc<Gate>,
     /// The member ids of the peers (this node excluded).
     pub members: Vec<u16>,
+    /// Connections one handover stream may bring at most (what this node's
+    /// flow tables hold).
+    pub max_handover_connections: u64,
 }
 
 /// Accepts peers until `stop` is set; each admitted peer (under the caps,
@@ -314,7 +311,13 @@ fn serve_peer(
     counters: &PeerCounters,
     stop: &AtomicBool,
 ) {
-    let mut receiver = Receiver::new(identity.node, routing, workers);
+    let mut receiver = Receiver::new(
+        identity.node,
+        &identity.clock,
+        admission.max_handover_connections,
+        routing,
+        workers,
+    );
     let peer = stream
         .socket()
         .peer_addr()
@@ -364,6 +367,7 @@ fn serve_peer(
             }
             Body::OwnerAnnounce(announce) if greeted.is_some() => {
                 counters.announces_received.fetch_add(1, Ordering::Relaxed);
+                identity.clock.witness(announce.version);
                 apply_announce(&announce, workers, identity.node);
             }
             body @ (Body::TableAnnounce(_)

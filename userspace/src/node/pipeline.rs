@@ -96,6 +96,9 @@ pub struct WorkerCounters {
     pub received_from_node: u64,
     /// Drain markers received.
     pub markers: u64,
+    /// Of those, markers of another flip than the one awaited (late, or
+    /// early), ignored.
+    pub markers_stale: u64,
     /// Packets held back (each runs again once released).
     pub held: u64,
     /// Dropped: not parseable.
@@ -347,6 +350,9 @@ pub struct Pipeline {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Awaited {
     node: u16,
+    /// The flip whose end it awaits (low bits of the scope version, as
+    /// the previous owner's markers carry it).
+    serial: u32,
     /// Its lanes, once a marker told.
     lanes: u16,
     /// Lanes whose marker came (bit per lane).
@@ -367,6 +373,7 @@ impl Awaited {
             if gained && !awaited.iter().any(|a| u32::from(a.node) == before) {
                 awaited.push(Self {
                     node: before as u16,
+                    serial: view.scope.version as u32,
                     lanes: 0,
                     seen: 0,
                 });
@@ -542,11 +549,18 @@ impl Pipeline {
 
     /// Records `marker`; all lanes of an awaited node in makes the held
     /// packets due (those still waiting for another node are held again).
+    /// A marker that ends another flip than the awaited one (a late one
+    /// from an earlier flip) is counted and ignored: it says nothing about
+    /// the packets of this one.
     fn marker_arrived(&mut self, marker: &Marker) {
         let Some(i) = self.awaiting.iter().position(|a| a.node == marker.sender) else {
             return;
         };
         let awaited = &mut self.awaiting[i];
+        if awaited.serial != marker.serial {
+            self.counters.markers_stale += 1;
+            return;
+        }
         awaited.lanes = awaited.lanes.max(marker.lanes);
         awaited.seen |= 1u64 << (marker.lane % 64);
         if awaited.lanes > 0 && awaited.seen.count_ones() >= u32::from(awaited.lanes.min(64)) {
