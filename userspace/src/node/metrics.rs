@@ -111,6 +111,11 @@ pub(crate) const WORKER_COUNTERS: &[FieldMetric] = &[
         "Drain end markers a worker received",
     ),
     counter(
+        "markers_stale",
+        "handoff_drain_markers_stale_total",
+        "Of the drain end markers received, those of another flip than the one awaited (late or early), ignored",
+    ),
+    counter(
         "held",
         "handoff_held_packets_total",
         "Packets a worker held back during a handover (each runs again once released)",
