@@ -201,7 +201,7 @@ fn a_real_dashboard_metric_set_reaches_prometheus_from_the_edge_and_every_node()
             2,
             &NodeTuning {
                 node: &node_metrics,
-                policy: "",
+                ..NodeTuning::default()
             },
         )
         .unwrap();
