@@ -75,7 +75,10 @@ fn doctor_reports_gro_and_a_small_mtu_with_their_commands_and_ok_once_fixed() {
     assert_eq!(gro["remedy"], format!("ethtool -K {if_a} gro off"), "{gro}");
     assert_eq!(check(&checks, &format!("link {if_a}"))["status"], "ok");
     let driver = check(&checks, &format!("driver {if_a}"));
-    assert!(driver["found"].as_str().unwrap().starts_with("veth: native XDP"), "{driver}");
+    assert!(
+        driver["found"].as_str().unwrap().starts_with("veth: native XDP"),
+        "{driver}"
+    );
     assert!(
         check(&checks, &format!("queues {if_a}"))["found"]
             .as_str()
@@ -141,5 +144,9 @@ control = "10.0.1.11:7700"
     // GRO back on, under offloads = "check": the node would refuse to start.
     a.exec("ethtool", &["-K", &if_a, "gro", "on"]).unwrap();
     let (_, checks) = doctor(&a, &["--config", config]);
-    assert_eq!(check(&checks, &format!("offloads {if_a}"))["status"], "fail", "{checks:#?}");
+    assert_eq!(
+        check(&checks, &format!("offloads {if_a}"))["status"],
+        "fail",
+        "{checks:#?}"
+    );
 }

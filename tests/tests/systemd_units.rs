@@ -27,10 +27,17 @@ fn verify(units: &[(&str, String)], test: &str) -> Result<(), String> {
         std::fs::write(&path, text.replace(INSTALLED, handoff.to_str().unwrap())).unwrap();
         paths.push(path);
     }
-    let out = Command::new("systemd-analyze").args(["verify", "--man=no"]).args(&paths).output();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(&paths)
+        .output();
     let _ = std::fs::remove_dir_all(&dir);
     let out = out.map_err(|e| format!("running systemd-analyze: {e}"))?;
-    let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     if out.status.success() && printed.trim().is_empty() {
         Ok(())
     } else {
@@ -41,7 +48,10 @@ fn verify(units: &[(&str, String)], test: &str) -> Result<(), String> {
 fn available(test: &str) -> bool {
     match Command::new("systemd-analyze").arg("--version").output() {
         Ok(o) if o.status.success() => true,
-        _ => cannot_run(test, "systemd-analyze is missing: run scripts/bootstrap (package systemd)"),
+        _ => cannot_run(
+            test,
+            "systemd-analyze is missing: run scripts/bootstrap (package systemd)",
+        ),
     }
 }
 
@@ -59,7 +69,12 @@ fn the_units_verify_without_a_warning() {
             text.contains(&format!("ExecStartPre={INSTALLED} doctor --config /etc/handoff/")),
             "{name} runs handoff doctor first"
         );
-        for needed in ["LimitMEMLOCK=infinity", "Restart=on-failure", "RuntimeDirectory=handoff", "CAP_BPF"] {
+        for needed in [
+            "LimitMEMLOCK=infinity",
+            "Restart=on-failure",
+            "RuntimeDirectory=handoff",
+            "CAP_BPF",
+        ] {
             assert!(text.contains(needed), "{name} lacks {needed}");
         }
     }

@@ -278,9 +278,16 @@ fn run() -> Result<()> {
         } => {
             let report = handoff::doctor::evaluate(&handoff::doctor::gather(config.as_deref(), interface.as_deref()));
             output.print(&report, || render::doctor(&report))?;
-            let failed = report.checks.iter().filter(|c| c.status == handoff::doctor::Status::Fail).count();
+            let failed = report
+                .checks
+                .iter()
+                .filter(|c| c.status == handoff::doctor::Status::Fail)
+                .count();
             if failed > 0 {
-                anyhow::bail!("{failed} of {} checks failed: see the remedies above", report.checks.len());
+                anyhow::bail!(
+                    "{failed} of {} checks failed: see the remedies above",
+                    report.checks.len()
+                );
             }
             Ok(())
         }

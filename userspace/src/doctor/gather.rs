@@ -49,7 +49,12 @@ pub fn gather(config: Option<&Path>, interface: Option<&str>) -> Facts {
                 let names = edge.interfaces.iter().chain(edge.members.iter().map(|m| &m.interface));
                 for name in names {
                     if !interfaces.iter().any(|(n, _)| n == name) {
-                        interfaces.push((name.clone(), Role::Edge { xdp_mode: edge.xdp_mode }));
+                        interfaces.push((
+                            name.clone(),
+                            Role::Edge {
+                                xdp_mode: edge.xdp_mode,
+                            },
+                        ));
                     }
                 }
             }
@@ -83,7 +88,10 @@ pub fn gather(config: Option<&Path>, interface: Option<&str>) -> Facts {
         memlock: memlock(),
         umem_bytes,
         config: config_facts,
-        interfaces: interfaces.into_iter().map(|(name, role)| interface_facts(name, role)).collect(),
+        interfaces: interfaces
+            .into_iter()
+            .map(|(name, role)| interface_facts(name, role))
+            .collect(),
     }
 }
 
@@ -130,7 +138,10 @@ fn read_config(path: &Path) -> ReadConfig {
         ));
     };
     let facts = match loaded {
-        Ok(what) => ConfigFacts::Loaded { path: path.into(), what },
+        Ok(what) => ConfigFacts::Loaded {
+            path: path.into(),
+            what,
+        },
         Err(e) => ConfigFacts::Invalid {
             path: path.into(),
             error: e.to_string(),
@@ -163,7 +174,10 @@ fn memlock() -> Result<Option<u64>, String> {
     };
     // SAFETY: `limit` is a valid out-pointer of the type getrlimit writes.
     if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
-        return Err(format!("getrlimit(RLIMIT_MEMLOCK): {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "getrlimit(RLIMIT_MEMLOCK): {}",
+            std::io::Error::last_os_error()
+        ));
     }
     Ok((limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur))
 }
@@ -218,7 +232,11 @@ mod tests {
         assert_eq!(lo.mtu, Ok(65536));
         assert!(lo.rx_queues.as_ref().is_ok_and(|&n| n >= 1), "{lo:?}");
         let facts = gather(None, Some("handoff-none0"));
-        assert!(facts.interfaces[0].up.as_ref().unwrap_err().contains("no interface handoff-none0"));
+        assert!(facts.interfaces[0]
+            .up
+            .as_ref()
+            .unwrap_err()
+            .contains("no interface handoff-none0"));
     }
 
     #[test]
@@ -230,7 +248,9 @@ mod tests {
         let facts = gather(Some(&path), None);
         let _ = std::fs::remove_dir_all(&dir);
         match facts.config {
-            Some(ConfigFacts::Invalid { error, .. }) => assert!(error.contains("neither a [node] nor an [edge]"), "{error}"),
+            Some(ConfigFacts::Invalid { error, .. }) => {
+                assert!(error.contains("neither a [node] nor an [edge]"), "{error}")
+            }
             other => panic!("{other:?}"),
         }
         assert!(facts.interfaces.is_empty());

@@ -211,7 +211,13 @@ pub struct Facts {
 
 /// Judges `facts`.
 pub fn evaluate(facts: &Facts) -> Report {
-    let mut checks = vec![privileges(facts), kernel(facts), bpf_jit(facts), bpffs(facts), memlock(facts)];
+    let mut checks = vec![
+        privileges(facts),
+        kernel(facts),
+        bpf_jit(facts),
+        bpffs(facts),
+        memlock(facts),
+    ];
     if let Some(config) = &facts.config {
         checks.push(match config {
             ConfigFacts::Loaded { path, what } => Check::ok("config", format!("{}: {what}", path.display())),
@@ -283,14 +289,22 @@ fn kernel(facts: &Facts) -> Check {
         Err(e) => return Check::not_ok(Status::Warn, NAME, e.clone(), upgrade),
     };
     match parse_release(release) {
-        Some(v) if v >= MIN_KERNEL => Check::ok(NAME, format!("{release} (needs {min_major}.{min_minor}: pinned XDP bpf_link, CAP_BPF, AF_XDP need-wakeup)")),
+        Some(v) if v >= MIN_KERNEL => Check::ok(
+            NAME,
+            format!("{release} (needs {min_major}.{min_minor}: pinned XDP bpf_link, CAP_BPF, AF_XDP need-wakeup)"),
+        ),
         Some(_) => Check::not_ok(
             Status::Fail,
             NAME,
             format!("{release}: older than {min_major}.{min_minor} (pinned XDP bpf_link, CAP_BPF, AF_XDP need-wakeup)"),
             upgrade,
         ),
-        None => Check::not_ok(Status::Warn, NAME, format!("{release}: not a version this can read"), upgrade),
+        None => Check::not_ok(
+            Status::Warn,
+            NAME,
+            format!("{release}: not a version this can read"),
+            upgrade,
+        ),
     }
 }
 
@@ -395,22 +409,86 @@ pub struct DriverSupport {
 
 /// The drivers this knows; others are reported as unknown (a warning).
 pub const DRIVERS: &[DriverSupport] = &[
-    DriverSupport { driver: "i40e", native_xdp: "4.13", zero_copy: Some("4.20") },
-    DriverSupport { driver: "ice", native_xdp: "5.5", zero_copy: Some("5.5") },
-    DriverSupport { driver: "ixgbe", native_xdp: "4.12", zero_copy: Some("4.20") },
-    DriverSupport { driver: "igc", native_xdp: "5.13", zero_copy: Some("5.14") },
-    DriverSupport { driver: "mlx5_core", native_xdp: "4.9", zero_copy: Some("5.3") },
-    DriverSupport { driver: "stmmac", native_xdp: "5.13", zero_copy: Some("5.13") },
-    DriverSupport { driver: "nfp", native_xdp: "4.10", zero_copy: Some("5.18") },
-    DriverSupport { driver: "virtio_net", native_xdp: "4.10", zero_copy: Some("6.11") },
-    DriverSupport { driver: "igb", native_xdp: "5.10", zero_copy: None },
-    DriverSupport { driver: "ixgbevf", native_xdp: "4.17", zero_copy: None },
-    DriverSupport { driver: "mlx4_en", native_xdp: "4.8", zero_copy: None },
-    DriverSupport { driver: "bnxt_en", native_xdp: "4.11", zero_copy: None },
-    DriverSupport { driver: "ena", native_xdp: "5.6", zero_copy: None },
-    DriverSupport { driver: "sfc", native_xdp: "5.5", zero_copy: None },
-    DriverSupport { driver: "veth", native_xdp: "4.19", zero_copy: None },
-    DriverSupport { driver: "tun", native_xdp: "4.14", zero_copy: None },
+    DriverSupport {
+        driver: "i40e",
+        native_xdp: "4.13",
+        zero_copy: Some("4.20"),
+    },
+    DriverSupport {
+        driver: "ice",
+        native_xdp: "5.5",
+        zero_copy: Some("5.5"),
+    },
+    DriverSupport {
+        driver: "ixgbe",
+        native_xdp: "4.12",
+        zero_copy: Some("4.20"),
+    },
+    DriverSupport {
+        driver: "igc",
+        native_xdp: "5.13",
+        zero_copy: Some("5.14"),
+    },
+    DriverSupport {
+        driver: "mlx5_core",
+        native_xdp: "4.9",
+        zero_copy: Some("5.3"),
+    },
+    DriverSupport {
+        driver: "stmmac",
+        native_xdp: "5.13",
+        zero_copy: Some("5.13"),
+    },
+    DriverSupport {
+        driver: "nfp",
+        native_xdp: "4.10",
+        zero_copy: Some("5.18"),
+    },
+    DriverSupport {
+        driver: "virtio_net",
+        native_xdp: "4.10",
+        zero_copy: Some("6.11"),
+    },
+    DriverSupport {
+        driver: "igb",
+        native_xdp: "5.10",
+        zero_copy: None,
+    },
+    DriverSupport {
+        driver: "ixgbevf",
+        native_xdp: "4.17",
+        zero_copy: None,
+    },
+    DriverSupport {
+        driver: "mlx4_en",
+        native_xdp: "4.8",
+        zero_copy: None,
+    },
+    DriverSupport {
+        driver: "bnxt_en",
+        native_xdp: "4.11",
+        zero_copy: None,
+    },
+    DriverSupport {
+        driver: "ena",
+        native_xdp: "5.6",
+        zero_copy: None,
+    },
+    DriverSupport {
+        driver: "sfc",
+        native_xdp: "5.5",
+        zero_copy: None,
+    },
+    DriverSupport {
+        driver: "veth",
+        native_xdp: "4.19",
+        zero_copy: None,
+    },
+    DriverSupport {
+        driver: "tun",
+        native_xdp: "4.14",
+        zero_copy: None,
+    },
 ];
 
 fn interface_checks(i: &InterfaceFacts, checks: &mut Vec<Check>) {
@@ -454,7 +532,9 @@ fn driver_check(i: &InterfaceFacts) -> Check {
         Err(e) => return Check::not_ok(Status::Warn, name, e.clone(), format!("ethtool -i {}", i.name)),
     };
     let (xdp_mode, zero_copy) = match &i.role {
-        Role::Node { xdp_mode, zero_copy, .. } => (Some(*xdp_mode), *zero_copy),
+        Role::Node {
+            xdp_mode, zero_copy, ..
+        } => (Some(*xdp_mode), *zero_copy),
         Role::Edge { xdp_mode } => (Some(*xdp_mode), false),
         Role::Unconfigured { .. } => (None, false),
     };
@@ -469,7 +549,9 @@ fn driver_check(i: &InterfaceFacts) -> Check {
     let found = format!(
         "{driver}: native XDP (since {}), AF_XDP zero-copy {}",
         known.native_xdp,
-        known.zero_copy.map_or("no (copy mode)".to_string(), |v| format!("(since {v})"))
+        known
+            .zero_copy
+            .map_or("no (copy mode)".to_string(), |v| format!("(since {v})"))
     );
     if zero_copy && known.zero_copy.is_none() {
         return Check::not_ok(
@@ -504,7 +586,13 @@ fn offloads_check(i: &InterfaceFacts) -> Check {
     if on.is_empty() {
         return Check::ok(name, "GRO off, LRO off");
     }
-    let refused = matches!(i.role, Role::Node { offloads_refused: true, .. });
+    let refused = matches!(
+        i.role,
+        Role::Node {
+            offloads_refused: true,
+            ..
+        }
+    );
     let command = format!(
         "ethtool -K {} {}",
         i.name,
@@ -516,7 +604,11 @@ fn offloads_check(i: &InterfaceFacts) -> Check {
         format!(
             "{} on: merged segments exceed an AF_XDP frame and are dropped{}",
             on.join(", ").to_uppercase(),
-            if refused { " (node.offloads = \"check\" refuses to start)" } else { " (a node with offloads = \"fix\" turns them off at start)" }
+            if refused {
+                " (node.offloads = \"check\" refuses to start)"
+            } else {
+                " (a node with offloads = \"fix\" turns them off at start)"
+            }
         ),
         command,
     )
@@ -536,7 +628,11 @@ fn mtu_check(i: &InterfaceFacts, ip_mtu: u16, frame_capacity: usize, strict: boo
                 netdev::NetdevError::MtuTooLarge { max, .. } => format!("ip link set dev {} mtu {max}", i.name),
                 other => other.to_string(),
             };
-            let found = if strict { e.to_string() } else { format!("{e} (with the default ip_mtu)") };
+            let found = if strict {
+                e.to_string()
+            } else {
+                format!("{e} (with the default ip_mtu)")
+            };
             Check::not_ok(if strict { Status::Fail } else { Status::Warn }, name, found, remedy)
         }
     }
@@ -560,7 +656,10 @@ fn queues_check(i: &InterfaceFacts) -> Check {
             Status::Fail,
             name,
             format!("{rx} RX queues, but node.queues = [{listed}] names queues the interface lacks"),
-            format!("ethtool -L {} combined {needed}, or configure queues below {rx}", i.name),
+            format!(
+                "ethtool -L {} combined {needed}, or configure queues below {rx}",
+                i.name
+            ),
         );
     }
     if rx as usize > workers {
@@ -642,7 +741,10 @@ mod tests {
         assert_eq!(c.status, status, "{c:?}");
         match status {
             Status::Ok => assert_eq!(c.remedy, None, "{c:?}"),
-            _ => assert!(c.remedy.as_deref().is_some_and(|r| r.contains(remedy)), "{c:?} lacks {remedy}"),
+            _ => assert!(
+                c.remedy.as_deref().is_some_and(|r| r.contains(remedy)),
+                "{c:?} lacks {remedy}"
+            ),
         }
     }
 
@@ -751,7 +853,10 @@ mod tests {
         expect(&f, "link eth1", Status::Fail, "ip link set dev eth1 up");
         f.interfaces[0].up = Err("no interface eth1".into());
         expect(&f, "link eth1", Status::Fail, "ip -br link");
-        assert!(evaluate(&f).checks.iter().all(|c| c.name != "mtu eth1"), "nothing more of an absent interface");
+        assert!(
+            evaluate(&f).checks.iter().all(|c| c.name != "mtu eth1"),
+            "nothing more of an absent interface"
+        );
     }
 
     #[test]
@@ -776,7 +881,10 @@ mod tests {
             xdp_mode: AttachMode::Skb,
         };
         expect(&f, "driver eth1", Status::Warn, "xdp_mode = \"driver\"");
-        assert!(evaluate(&f).checks.iter().all(|c| c.name != "offloads eth1"), "an edge has no AF_XDP");
+        assert!(
+            evaluate(&f).checks.iter().all(|c| c.name != "offloads eth1"),
+            "an edge has no AF_XDP"
+        );
     }
 
     #[test]
@@ -824,7 +932,12 @@ mod tests {
         let mut f = good();
         f.interfaces[0].up = Ok(false);
         let json = serde_json::to_value(evaluate(&f)).unwrap();
-        let link = json["checks"].as_array().unwrap().iter().find(|c| c["name"] == "link eth1").unwrap();
+        let link = json["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "link eth1")
+            .unwrap();
         assert_eq!(link["status"], "fail");
         assert_eq!(link["remedy"], "ip link set dev eth1 up");
         assert_eq!(evaluate(&f).worst(), Status::Fail);
