@@ -208,7 +208,12 @@ fn interface_facts(name: String, role: Role) -> InterfaceFacts {
         .map_err(|e| format!("{}/queues: {e}", sys.display()));
     InterfaceFacts {
         up,
-        driver: netdev::driver(&name).map_err(|e| e.to_string()),
+        driver: netdev::driver(&name).map_err(|e| match e {
+            netdev::NetdevError::Io { source, .. } if source.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                format!("{name} reports no driver (a virtual device such as loopback): not a NIC to forward on")
+            }
+            other => other.to_string(),
+        }),
         offloads: netdev::read_offloads(&name).map_err(|e| e.to_string()),
         mtu: netdev::mtu(&name).map_err(|e| e.to_string()),
         rx_queues,

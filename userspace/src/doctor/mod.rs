@@ -529,7 +529,14 @@ fn driver_check(i: &InterfaceFacts) -> Check {
     let name = format!("driver {}", i.name);
     let driver = match &i.driver {
         Ok(d) => d,
-        Err(e) => return Check::not_ok(Status::Warn, name, e.clone(), format!("ethtool -i {}", i.name)),
+        Err(e) => {
+            return Check::not_ok(
+                Status::Warn,
+                name,
+                e.clone(),
+                format!("name the NIC's interface (`ethtool -i {}` shows its driver)", i.name),
+            )
+        }
     };
     let (xdp_mode, zero_copy) = match &i.role {
         Role::Node {
