@@ -137,6 +137,7 @@ control = "10.0.1.11:7700"
     assert_eq!(loaded["status"], "fail", "{loaded}");
     assert!(loaded["found"].as_str().unwrap().contains("tls"), "{loaded}");
     assert_eq!(check(&checks, &format!("queues {if_a}"))["status"], "ok", "{checks:#?}");
+    assert_eq!(check(&checks, "admin socket")["status"], "ok", "{checks:#?}");
 
     a.ip(&["link", "set", "dev", &if_a, "mtu", "1516"]).unwrap();
     let (_, checks) = doctor(&a, &["--config", config]);

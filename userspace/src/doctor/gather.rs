@@ -23,12 +23,14 @@ pub fn gather(config: Option<&Path>, interface: Option<&str>) -> Facts {
     let mut bpffs_path = PathBuf::from(DEFAULT_BPFFS);
     let mut bpffs_required = false;
     let mut umem_bytes = None;
+    let mut admin_socket = None;
     let mut interfaces: Vec<(String, Role)> = Vec::new();
     let config_facts = config.map(|path| {
         let read = read_config(path);
         match &read.parsed {
             Some(Parsed::Node(node)) => {
                 umem_bytes = Some(node.afxdp.umem_bytes() * node.queues.len() as u64);
+                admin_socket = Some(socket_dir_usable(&node.admin_socket));
                 interfaces.push((
                     node.interface.clone(),
                     Role::Node {
@@ -42,6 +44,7 @@ pub fn gather(config: Option<&Path>, interface: Option<&str>) -> Facts {
                 ));
             }
             Some(Parsed::Edge(edge)) => {
+                admin_socket = Some(socket_dir_usable(&edge.admin_socket));
                 if let Some(dir) = &edge.pin_dir {
                     bpffs_path = dir.clone();
                     bpffs_required = true;
@@ -88,6 +91,7 @@ pub fn gather(config: Option<&Path>, interface: Option<&str>) -> Facts {
         memlock: memlock(),
         umem_bytes,
         config: config_facts,
+        admin_socket,
         interfaces: interfaces
             .into_iter()
             .map(|(name, role)| interface_facts(name, role))
@@ -148,6 +152,20 @@ fn read_config(path: &Path) -> ReadConfig {
         },
     };
     ReadConfig { facts, parsed }
+}
+
+/// Whether the daemon can create its admin socket at `path`: the admin
+/// module creates the missing directories, so what matters is that the
+/// nearest existing ancestor is a directory.
+fn socket_dir_usable(path: &Path) -> (PathBuf, Result<(), String>) {
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let existing = parent.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let usable = if existing.is_dir() {
+        Ok(())
+    } else {
+        Err(format!("{} is not a directory", existing.display()))
+    };
+    (path.to_path_buf(), usable)
 }
 
 fn read_trimmed(path: &str) -> Result<String, String> {
@@ -259,5 +277,12 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(facts.interfaces.is_empty());
+    }
+
+    #[test]
+    fn an_admin_socket_under_a_file_is_unusable() {
+        assert_eq!(socket_dir_usable(Path::new("/run/handoff/x/fd-a.sock")).1, Ok(()));
+        let (_, usable) = socket_dir_usable(Path::new("/proc/self/status/fd-a.sock"));
+        assert!(usable.unwrap_err().contains("/proc/self/status is not a directory"));
     }
 }

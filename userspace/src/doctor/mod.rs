@@ -205,6 +205,9 @@ pub struct Facts {
     pub umem_bytes: Option<u64>,
     /// The configuration, if one was given.
     pub config: Option<ConfigFacts>,
+    /// The configuration's admin socket, and whether its directory can
+    /// hold it (`Err`: why not).
+    pub admin_socket: Option<(PathBuf, Result<(), String>)>,
     /// The interfaces to check.
     pub interfaces: Vec<InterfaceFacts>,
 }
@@ -226,6 +229,17 @@ pub fn evaluate(facts: &Facts) -> Report {
                 "config",
                 error.clone(),
                 format!("fix {} as the error says", path.display()),
+            ),
+        });
+    }
+    if let Some((path, usable)) = &facts.admin_socket {
+        checks.push(match usable {
+            Ok(()) => Check::ok("admin socket", format!("{} can be created", path.display())),
+            Err(e) => Check::not_ok(
+                Status::Fail,
+                "admin socket",
+                format!("{}: {e}", path.display()),
+                "point admin_socket into a directory (/run/handoff/, which the units create)",
             ),
         });
     }
@@ -729,6 +743,7 @@ mod tests {
                 path: "/etc/handoff/fd-a.toml".into(),
                 what: "node fd-a".into(),
             }),
+            admin_socket: Some(("/run/handoff/fd-a.sock".into(), Ok(()))),
             interfaces: vec![good_interface(node_role())],
         }
     }
@@ -769,6 +784,7 @@ mod tests {
                 "bpffs",
                 "memlock",
                 "config",
+                "admin socket",
                 "link eth1",
                 "driver eth1",
                 "offloads eth1",
@@ -851,6 +867,16 @@ mod tests {
         });
         expect(&f, "config", Status::Fail, "fix /etc/handoff/fd-a.toml");
         assert!(check(&evaluate(&f), "config").found.contains("keys/ca.pem"));
+    }
+
+    #[test]
+    fn an_admin_socket_that_cannot_be_created_fails() {
+        let mut f = good();
+        f.admin_socket = Some((
+            "/etc/hosts/fd-a.sock".into(),
+            Err("/etc/hosts is not a directory".into()),
+        ));
+        expect(&f, "admin socket", Status::Fail, "/run/handoff/");
     }
 
     #[test]
