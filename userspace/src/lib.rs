@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod control;
+pub mod doctor;
 pub mod edge;
 pub mod flow;
 pub mod icmp;

@@ -79,6 +79,21 @@ enum Command {
         #[command(subcommand)]
         change: ScopeChange,
     },
+    /// Check what this machine lacks to run the edge or a node: privileges,
+    /// kernel, BPF JIT, bpffs, memlock, and each interface's link, driver,
+    /// offloads, MTU and queues. Each check is ok, warn or fail, with what
+    /// was found and the command that fixes it. Exits non-zero if any fails.
+    Doctor {
+        /// A node's or the edge's configuration: loads it (TLS files
+        /// included) and checks its interfaces against its settings.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// An interface to check as a node's, with the default settings.
+        #[arg(long)]
+        interface: Option<String>,
+        #[command(flatten)]
+        output: Output,
+    },
     /// Create the cluster's keys: its CA, and the certificates the nodes and
     /// the manager authenticate with (mutual TLS on every control connection).
     Keys {
@@ -255,6 +270,26 @@ fn run() -> Result<()> {
             let config = NodeConfig::load(&config)?;
             let stop = handoff::shutdown::stop_on_signals()?;
             Node::start(config, stop)?.run()
+        }
+        Command::Doctor {
+            config,
+            interface,
+            output,
+        } => {
+            let report = handoff::doctor::evaluate(&handoff::doctor::gather(config.as_deref(), interface.as_deref()));
+            output.print(&report, || render::doctor(&report))?;
+            let failed = report
+                .checks
+                .iter()
+                .filter(|c| c.status == handoff::doctor::Status::Fail)
+                .count();
+            if failed > 0 {
+                anyhow::bail!(
+                    "{failed} of {} checks failed: see the remedies above",
+                    report.checks.len()
+                );
+            }
+            Ok(())
         }
         Command::Disengage { node, inheritor, admin } => migrate(&admin, AdminRequest::Disengage { node, inheritor }),
         Command::Engage { node, admin } => migrate(&admin, AdminRequest::Engage { node }),

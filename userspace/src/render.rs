@@ -53,6 +53,28 @@ pub fn table(header: &[&str], rows: &[Vec<String>], align: &[Align]) -> String {
     t.trim_fmt()
 }
 
+/// `handoff doctor`'s report: a table of the checks (name, status, what
+/// was found), then one `to do` line per check that is not ok, with its
+/// remedy.
+pub fn doctor(report: &crate::doctor::Report) -> String {
+    let rows: Vec<Vec<String>> = report
+        .checks
+        .iter()
+        .map(|c| vec![c.name.clone(), c.status.name().into(), c.found.clone()])
+        .collect();
+    let mut out = table(&["check", "status", "found"], &rows, &[]);
+    let todo: Vec<Vec<String>> = report
+        .checks
+        .iter()
+        .filter_map(|c| c.remedy.as_ref().map(|r| vec![format!("{}:", c.name), r.clone()]))
+        .collect();
+    if !todo.is_empty() {
+        out.push_str("\n\nto do\n");
+        out.push_str(&table(&[], &todo, &[]));
+    }
+    out
+}
+
 /// A scalar as an operator reads it: strings bare, `-` for null, `yes` and
 /// `no` for booleans, whole numbers as they are, fractions to 0.1, a list
 /// of scalars comma separated, an object as `{key: value, ...}`.

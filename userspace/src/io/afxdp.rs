@@ -96,6 +96,13 @@ impl AfXdpConfig {
     pub fn frame_capacity(&self) -> usize {
         (FRAME_SIZE - KERNEL_HEADROOM - self.headroom) as usize
     }
+
+    /// Bytes of one socket's UMEM: what the kernel pins and charges to
+    /// RLIMIT_MEMLOCK for a process without CAP_IPC_LOCK
+    /// (net/xdp/xdp_umem.c, `xdp_umem_account_pages`).
+    pub fn umem_bytes(&self) -> u64 {
+        u64::from(self.frame_count) * u64::from(FRAME_SIZE)
+    }
 }
 
 /// Errors opening a port.
@@ -280,7 +287,7 @@ impl AfXdpPort {
         }
         .build()
         .map_err(|e| AfXdpError::Config { detail: e.to_string() })?;
-        let bytes = config.frame_count as usize * FRAME_SIZE as usize;
+        let bytes = config.umem_bytes() as usize;
         let umem = Umem::map(umem_cfg).map_err(|source| AfXdpError::Umem { bytes, source })?;
         let mut builder = XdpSocketBuilder::new().map_err(|source| AfXdpError::Socket {
             hint: " (AF_XDP needs root or CAP_NET_RAW, and a kernel with CONFIG_XDP_SOCKETS)",

@@ -102,7 +102,20 @@ pub fn check_mtu(interface: &str, ip_mtu: u16, frame_capacity: usize) -> Result<
     Ok(mtu)
 }
 
-fn check_mtu_value(interface: &str, mtu: u32, ip_mtu: u16, frame_capacity: usize) -> Result<(), NetdevError> {
+/// The MTU of `interface` (bytes, `SIOCGIFMTU`).
+///
+/// # Errors
+/// [`NetdevError::Io`] if the interface does not exist or cannot be asked.
+pub fn mtu(interface: &str) -> Result<u32, NetdevError> {
+    Interface::open(interface)?.mtu()
+}
+
+/// Checks an MTU already read: the evaluation behind [`check_mtu`], for
+/// callers that gathered the MTU themselves (`handoff doctor`).
+///
+/// # Errors
+/// [`NetdevError::MtuTooSmall`] or [`NetdevError::MtuTooLarge`].
+pub fn check_mtu_value(interface: &str, mtu: u32, ip_mtu: u16, frame_capacity: usize) -> Result<(), NetdevError> {
     let needed = u32::from(ip_mtu) + FABRIC_HLEN as u32;
     if mtu < needed {
         return Err(NetdevError::MtuTooSmall {
@@ -151,6 +164,46 @@ pub fn check_offloads(interface: &str, policy: OffloadPolicy) -> Result<Vec<&'st
     Ok(fixed)
 }
 
+/// Whether GRO and LRO are on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Offloads {
+    /// Generic receive offload.
+    pub gro: bool,
+    /// Large receive offload (a driver without it reads as off).
+    pub lro: bool,
+}
+
+/// Reads GRO and LRO on `interface` without changing them.
+///
+/// # Errors
+/// [`NetdevError::Io`] if a setting cannot be read.
+pub fn read_offloads(interface: &str) -> Result<Offloads, NetdevError> {
+    let dev = Interface::open(interface)?;
+    Ok(Offloads {
+        gro: dev.ethtool_get(ETHTOOL_GGRO, "reading GRO")? != 0,
+        lro: dev.ethtool_get(ETHTOOL_GFLAGS, "reading the LRO flag")? & ETH_FLAG_LRO != 0,
+    })
+}
+
+/// The name of the driver behind `interface` (`ETHTOOL_GDRVINFO`: `i40e`,
+/// `mlx5_core`, `veth`, ...; virtual devices have one too).
+///
+/// # Errors
+/// [`NetdevError::Io`] if the interface does not exist or cannot be asked.
+pub fn driver(interface: &str) -> Result<String, NetdevError> {
+    let dev = Interface::open(interface)?;
+    let mut info = EthtoolDrvinfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 172],
+    };
+    let mut req = dev.request();
+    req.ifr_ifru.ifru_data = (&mut info as *mut EthtoolDrvinfo).cast();
+    dev.ioctl(libc::SIOCETHTOOL, &mut req, "reading the driver")?;
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(info.driver.len());
+    Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
 fn refuse_under_check(
     interface: &str,
     policy: OffloadPolicy,
@@ -172,6 +225,19 @@ fn refuse_under_check(
 struct EthtoolValue {
     cmd: u32,
     data: u32,
+}
+
+/// `ETHTOOL_GDRVINFO`: driver information.
+const ETHTOOL_GDRVINFO: u32 = 0x03;
+
+/// `struct ethtool_drvinfo` (include/uapi/linux/ethtool.h): the command,
+/// the driver's name, then version, firmware, bus, EEPROM strings and
+/// counts this module does not read (196 bytes in all).
+#[repr(C)]
+struct EthtoolDrvinfo {
+    cmd: u32,
+    driver: [u8; 32],
+    rest: [u8; 160 + 12],
 }
 
 /// An interface name and a socket to ask the kernel about it.
@@ -214,7 +280,8 @@ impl Interface {
     fn ioctl(&self, request: libc::c_ulong, req: &mut libc::ifreq, what: &'static str) -> Result<(), NetdevError> {
         // SAFETY: `req` is a valid ifreq with a NUL-terminated name (shorter
         // than IFNAMSIZ, checked in `open`); any data pointer in it points to
-        // a live `EthtoolValue` of the caller's for the duration of the call.
+        // a live `EthtoolValue` or `EthtoolDrvinfo` of the caller's, of the
+        // size the command writes, for the duration of the call.
         let rc = unsafe { libc::ioctl(self.socket.as_raw_fd(), request, req as *mut libc::ifreq) };
         if rc < 0 {
             return Err(NetdevError::Io {
@@ -279,5 +346,8 @@ mod tests {
         let err = check_mtu("handoff-none0", 1500, 1728).unwrap_err();
         assert!(err.to_string().contains("handoff-none0"), "{err}");
         assert!(Interface::open("an-interface-name-far-too-long").is_err());
+        assert!(driver("handoff-none0").is_err());
+        assert_eq!(mtu("lo").unwrap(), 65536);
+        assert!(!read_offloads("lo").unwrap().lro, "loopback has no LRO");
     }
 }
