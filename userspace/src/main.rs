@@ -143,7 +143,7 @@ struct AdminArgs {
 
 #[derive(clap::Args, Debug, Clone, Copy)]
 struct Output {
-    /// Print machine-readable JSON only (the daemon's answer as it sent it).
+    /// Print machine-readable JSON only (for a daemon command, its answer as the daemon sent it).
     #[arg(long)]
     json: bool,
 }
