@@ -217,8 +217,12 @@ pub fn pinned_link_interfaces(dir: &Path) -> Result<Vec<String>> {
     Ok(interfaces)
 }
 
-/// The filesystem type (`statfs.f_type`) of `path`.
-fn fs_type(path: &Path) -> std::io::Result<i64> {
+/// The filesystem type (`statfs.f_type`, statfs(2)) of `path`: compare with
+/// [`BPF_FS_MAGIC`].
+///
+/// # Errors
+/// The `statfs` call's error (no such path, no permission).
+pub fn fs_type(path: &Path) -> std::io::Result<i64> {
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     // SAFETY: statfs is plain data; all-zero is a valid value.

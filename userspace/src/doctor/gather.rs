@@ -121,6 +121,12 @@ fn read_config(path: &Path) -> ReadConfig {
     };
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return ReadConfig {
+                facts: ConfigFacts::Missing { path: path.into() },
+                parsed: None,
+            }
+        }
         Err(e) => return invalid(format!("{}: {e}", path.display())),
     };
     let table: toml::Table = match toml::from_str(&text) {
@@ -204,7 +210,16 @@ fn memlock() -> Result<Option<u64>, String> {
 /// `pin_dir`), is on a bpffs.
 fn on_bpffs(path: &Path) -> Result<(), String> {
     let existing = path.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
-    handoff_loader::pins::check_bpffs(existing).map_err(|e| e.to_string())
+    // The loader's own error carries the remedy; the report prints it apart.
+    match handoff_loader::pins::fs_type(existing) {
+        Ok(handoff_loader::pins::BPF_FS_MAGIC) => Ok(()),
+        Ok(found) => Err(format!(
+            "{} is not on a bpffs (filesystem magic {found:#x}, bpffs is {:#x})",
+            existing.display(),
+            handoff_loader::pins::BPF_FS_MAGIC
+        )),
+        Err(e) => Err(format!("cannot statfs {}: {e}", existing.display())),
+    }
 }
 
 fn interface_facts(name: String, role: Role) -> InterfaceFacts {

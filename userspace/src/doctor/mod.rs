@@ -164,6 +164,11 @@ pub enum ConfigFacts {
         /// `node NAME` or `edge`.
         what: String,
     },
+    /// There is no file at `path`.
+    Missing {
+        /// The path given.
+        path: PathBuf,
+    },
     /// It did not: the loader's error, which names file, line and field.
     Invalid {
         /// The file.
@@ -229,6 +234,12 @@ pub fn evaluate(facts: &Facts) -> Report {
                 "config",
                 error.clone(),
                 format!("fix {} as the error says", path.display()),
+            ),
+            ConfigFacts::Missing { path } => Check::not_ok(
+                Status::Fail,
+                "config",
+                format!("no file at {}", path.display()),
+                "pass the edge's or node's TOML with --config (examples: the README's \"Operating the edge\" and \"Operating a node\"; the systemd units read /etc/handoff/)",
             ),
         });
     }
@@ -867,6 +878,24 @@ mod tests {
         });
         expect(&f, "config", Status::Fail, "fix /etc/handoff/fd-a.toml");
         assert!(check(&evaluate(&f), "config").found.contains("keys/ca.pem"));
+    }
+
+    #[test]
+    fn a_missing_config_says_which_file_to_pass() {
+        let mut f = good();
+        f.config = Some(ConfigFacts::Missing {
+            path: "/etc/handoff/fd-z.toml".into(),
+        });
+        expect(
+            &f,
+            "config",
+            Status::Fail,
+            "pass the edge's or node's TOML with --config",
+        );
+        assert_eq!(
+            check(&evaluate(&f), "config").found,
+            "no file at /etc/handoff/fd-z.toml"
+        );
     }
 
     #[test]
