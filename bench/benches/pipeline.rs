@@ -12,8 +12,11 @@
 //!   the MACs and transmits: the I/O and frame-touch cost with no table.
 //!
 //! The host is shared and noisy: each round runs the three back to back, the
-//! rounds repeat, and the medians are compared. Results: a table on stdout
-//! and `results/pipeline.json`.
+//! rounds repeat, and the medians are compared. Beside each median, the
+//! instructions per packet of the same case, counted by callgrind in a
+//! re-run of this benchmark (`bench/src/callgrind.rs`): a figure the host's
+//! noise does not move (`HANDOFF_BENCH_INSTRUCTIONS=0` skips it). Results: a
+//! table on stdout and `results/pipeline.json`.
 
 use anyhow::{ensure, Context, Result};
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
@@ -29,7 +32,7 @@ use handoff::{
     },
     scope::{HashParams, Scope},
 };
-use handoff_bench::measure;
+use handoff_bench::{callgrind, measure};
 use handoff_testbed::frames::{udp4, DST_MAC};
 use serde::Serialize;
 use std::{
@@ -137,18 +140,89 @@ fn timed(
             next = (next + 1) % traffic.order.len();
         }
         let start = Instant::now();
-        let mut handled = 0;
-        while handled < n {
-            handled += port.poll_rx(&mut handle);
-        }
-        sent += port.drain_tx(|frame| {
-            black_box(frame);
-        });
+        sent += drive(port, n, &mut handle);
         elapsed += start.elapsed();
         left -= n;
     }
     ensure!(sent == packets, "transmitted {sent} of {packets} frames");
     Ok(elapsed)
+}
+
+/// The measured work on `n` injected frames: receive, `handle`, transmit.
+/// Out of line and named so that callgrind collects inside it alone
+/// ([`INSTRUCTIONS_IN`]).
+#[inline(never)]
+fn drive(port: &mut MemoryPort, n: usize, mut handle: impl FnMut(&mut MemoryFrame) -> Verdict) -> usize {
+    let mut handled = 0;
+    while handled < n {
+        handled += port.poll_rx(&mut handle);
+    }
+    port.drain_tx(|frame| {
+        black_box(frame);
+    })
+}
+
+/// Callgrind's pattern for [`drive`]'s instances.
+const INSTRUCTIONS_IN: &str = "*pipeline::drive*";
+/// Callgrind's pattern for [`end_of_case`].
+const CASE_MARKER: &str = "*pipeline::end_of_case*";
+/// Set in the child run under callgrind: the flow count it measures.
+const CHILD_ENV: &str = "HANDOFF_BENCH_CALLGRIND_FLOWS";
+/// Packets per established and baseline case under callgrind: the count per
+/// packet is steady long before this (it is a simulation, not a clock).
+const COUNTED_PACKETS: usize = 100_000;
+
+/// Marks the end of a case for callgrind (`--dump-after`); does nothing.
+#[inline(never)]
+fn end_of_case(case: Case) {
+    black_box(case);
+}
+
+/// The child under callgrind: each case once at `flows` flows, in
+/// [`COUNTED_CASES`] order, each followed by [`end_of_case`].
+fn counted_child(flows: usize) -> Result<()> {
+    let traffic = Traffic::new(flows);
+    let mut worker = Worker::new((2 * flows).next_power_of_two())?;
+    worker.empty()?;
+    worker.run(&traffic, flows)?;
+    end_of_case(Case::NewFlows);
+    worker.run(&traffic, COUNTED_PACKETS)?;
+    end_of_case(Case::Established);
+    timed(&mut worker.port, &traffic, COUNTED_PACKETS, swap_macs)?;
+    end_of_case(Case::Baseline);
+    Ok(())
+}
+
+/// The cases [`counted_child`] runs, in order.
+const COUNTED_CASES: [Case; 3] = [Case::NewFlows, Case::Established, Case::Baseline];
+
+/// Instructions per packet of every case at `flows` flows, from a run of
+/// this benchmark under callgrind.
+fn instructions_per_packet(flows: usize) -> Result<Vec<(Case, f64)>> {
+    let program = std::env::current_exe()?;
+    let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../results/callgrind-pipeline-{flows}"));
+    let totals = callgrind::count(&callgrind::Counted {
+        program: &program,
+        args: &[],
+        env: &[(CHILD_ENV.to_string(), flows.to_string())],
+        collect_in: INSTRUCTIONS_IN,
+        dump_after: CASE_MARKER,
+        out_dir: &out_dir,
+    })?;
+    ensure!(
+        totals.len() == COUNTED_CASES.len(),
+        "callgrind wrote {} case dumps, expected {}",
+        totals.len(),
+        COUNTED_CASES.len()
+    );
+    Ok(COUNTED_CASES
+        .iter()
+        .zip(totals)
+        .map(|(&case, ir)| {
+            let packets = if case == Case::NewFlows { flows } else { COUNTED_PACKETS };
+            (case, ir as f64 / packets as f64)
+        })
+        .collect())
 }
 
 fn swap_macs(frame: &mut MemoryFrame) -> Verdict {
@@ -288,6 +362,8 @@ struct Row {
     over_baseline: f64,
     /// Every round's ns per packet.
     samples_ns: Vec<f64>,
+    /// Instructions per packet (callgrind), `None` when not counted.
+    instructions_per_packet: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -347,6 +423,10 @@ fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--list") {
         return Ok(());
     }
+    if let Ok(flows) = std::env::var(CHILD_ENV) {
+        return counted_child(flows.parse().context(CHILD_ENV)?);
+    }
+    let count_instructions = std::env::var("HANDOFF_BENCH_INSTRUCTIONS").map_or(true, |v| v != "0");
     let rounds = measure::repeats(5).max(1);
     let method = format!(
         "median of {rounds} rounds; a round is new flows (an emptied table filled to N, repeated to >= {MIN_SETUPS} setups), \
@@ -358,8 +438,8 @@ fn main() -> Result<()> {
     );
     println!("method: {method}");
     println!(
-        "\n{:>9}  {:<12} {:>8} {:>9} {:>12}",
-        "flows", "case", "Mpps", "ns/pkt", "vs baseline"
+        "\n{:>9}  {:<12} {:>8} {:>9} {:>12} {:>10}",
+        "flows", "case", "Mpps", "ns/pkt", "vs baseline", "instr/pkt"
     );
     let start = Instant::now();
     let mut rows = Vec::new();
@@ -375,6 +455,14 @@ fn main() -> Result<()> {
             .find(|(c, _)| *c == Case::Baseline)
             .map(|(_, s)| measure::median(s.clone()).unwrap_or(f64::NAN))
             .context("no baseline")?;
+        let instructions = if count_instructions {
+            instructions_per_packet(flows).unwrap_or_else(|e| {
+                println!("{flows:>9}  instructions not counted: {e:#} (HANDOFF_BENCH_INSTRUCTIONS=0 skips them)");
+                Vec::new()
+            })
+        } else {
+            Vec::new()
+        };
         for (case, samples_ns) in samples {
             let ns = measure::median(samples_ns.clone()).unwrap_or(f64::NAN);
             let row = Row {
@@ -384,14 +472,17 @@ fn main() -> Result<()> {
                 ns_per_packet: ns,
                 over_baseline: baseline_ns / ns,
                 samples_ns,
+                instructions_per_packet: instructions.iter().find(|(c, _)| *c == case).map(|&(_, i)| i),
             };
             println!(
-                "{:>9}  {:<12} {:>8.2} {:>9.1} {:>12.2}",
+                "{:>9}  {:<12} {:>8.2} {:>9.1} {:>12.2} {:>10}",
                 row.flows,
                 format!("{:?}", row.case),
                 row.mpps,
                 row.ns_per_packet,
-                row.over_baseline
+                row.over_baseline,
+                row.instructions_per_packet
+                    .map_or_else(|| "-".into(), |i| format!("{i:.0}"))
             );
             rows.push(row);
         }

@@ -3,6 +3,7 @@
 //! UDP probe of every datagram size against a real echo server.
 //! The `handoff-bench` binary exposes them; tests use them as a library.
 
+pub mod callgrind;
 pub mod capture;
 pub mod echo;
 pub mod flows;
