@@ -10,6 +10,9 @@
 //! (what any snapshot costs at least); the ratio shows the protocol's
 //! overhead on top. Loss and reordering under load are measured end to end
 //! by the `disengage_e2e` test and `make demo`, not here.
+//! Beside the times, the instructions per connection of the handover and
+//! of the copy, from a re-run under callgrind (`bench/src/callgrind.rs`;
+//! `HANDOFF_BENCH_INSTRUCTIONS=0` skips them).
 //! Results: a table on stdout and `results/migration.json`.
 
 use anyhow::{Context, Result};
@@ -25,6 +28,7 @@ use handoff::{
     node::{handover::RECORDS_PER_CHUNK, view::NodeView},
     scope::{HashParams, Scope},
 };
+use handoff_bench::callgrind;
 use handoff_common::flow_key::FlowKey;
 use serde::Serialize;
 use std::{
@@ -69,6 +73,10 @@ struct Row {
     total_ms: f64,
     baseline_copy_ms: f64,
     total_over_copy: f64,
+    /// Instructions per connection, export to purge (callgrind).
+    instructions_per_connection: Option<f64>,
+    /// Instructions per connection of the baseline copy (callgrind).
+    copy_instructions_per_connection: Option<f64>,
 }
 
 fn table(connections: usize, owner: Owner) -> Result<FlowTable> {
@@ -97,10 +105,12 @@ fn run(connections: usize, policy: &Policy) -> Result<Row> {
         old.install(key, reverse_key, actions, now)?;
     }
 
+    end_of_step();
     let baseline = Instant::now();
     let copy: Vec<FlowRecord> = old.records().collect();
     let baseline_copy_ms = ms(baseline);
     drop(copy);
+    end_of_step();
 
     let start = Instant::now();
     let outgoing = handover::export(&old, &next);
@@ -161,6 +171,7 @@ fn run(connections: usize, policy: &Policy) -> Result<Row> {
         "cut {cut}, purged {purged}"
     );
     let total_ms = ms(start);
+    end_of_step();
     Ok(Row {
         connections,
         export_ms,
@@ -172,7 +183,41 @@ fn run(connections: usize, policy: &Policy) -> Result<Row> {
         total_ms,
         baseline_copy_ms,
         total_over_copy: total_ms / baseline_copy_ms.max(1e-6),
+        instructions_per_connection: None,
+        copy_instructions_per_connection: None,
     })
+}
+
+/// Marks the end of a step of [`run`] for callgrind (`--dump-after`): the
+/// table's set-up, the baseline copy, the handover. Does nothing.
+#[inline(never)]
+fn end_of_step() {
+    std::hint::black_box(());
+}
+
+/// Set in the child run under callgrind: the connection count it measures.
+const CHILD_ENV: &str = "HANDOFF_BENCH_CALLGRIND_CONNECTIONS";
+
+/// Instructions per connection of the handover (export to purge) and of
+/// the baseline copy at `connections`, from one [`run`] of this benchmark
+/// under callgrind (every instruction between two [`end_of_step`] calls).
+fn instructions_per_connection(connections: usize) -> Result<(f64, f64)> {
+    let program = std::env::current_exe()?;
+    let out_dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../results/callgrind-migration-{connections}"));
+    let steps = callgrind::count(&callgrind::Counted {
+        program: &program,
+        args: &[],
+        env: &[(CHILD_ENV.to_string(), connections.to_string())],
+        collect_in: None,
+        dump_after: "*migration::end_of_step*",
+        out_dir: &out_dir,
+    })?;
+    let [_set_up, copy, handover] = steps[..] else {
+        anyhow::bail!("callgrind wrote {} step dumps, expected 3", steps.len());
+    };
+    let per = |ir: u64| ir as f64 / connections as f64;
+    Ok((per(handover), per(copy)))
 }
 
 fn main() -> Result<()> {
@@ -180,9 +225,14 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let policy = Policy::new(PolicyConfig::parse(POLICY, Path::new("policy.toml"))?)?;
+    if let Ok(connections) = std::env::var(CHILD_ENV) {
+        run(connections.parse().context(CHILD_ENV)?, &policy)?;
+        return Ok(());
+    }
+    let count_instructions = std::env::var("HANDOFF_BENCH_INSTRUCTIONS").map_or(true, |v| v != "0");
     println!("handoff migration cost, in process, one worker to one inheritor (best of 3 per size)");
     println!(
-        "{:>11} {:>10} {:>10} {:>12} {:>14} {:>8} {:>9} {:>10} {:>11} {:>8}",
+        "{:>11} {:>10} {:>10} {:>12} {:>14} {:>8} {:>9} {:>10} {:>11} {:>8} {:>11} {:>11}",
         "connections",
         "export ms",
         "encode ms",
@@ -192,19 +242,33 @@ fn main() -> Result<()> {
         "purge ms",
         "total ms",
         "copy ms",
-        "ratio"
+        "ratio",
+        "instr/conn",
+        "copy instr"
     );
     let mut rows = Vec::new();
     for connections in SIZES {
-        let best = (0..3)
+        let mut best = (0..3)
             .map(|_| run(connections, &policy))
             .collect::<Result<Vec<_>>>()
             .with_context(|| format!("{connections} connections"))?
             .into_iter()
             .min_by(|a, b| a.total_ms.total_cmp(&b.total_ms))
             .context("no run")?;
+        if count_instructions {
+            match instructions_per_connection(connections) {
+                Ok((handover, copy)) => {
+                    best.instructions_per_connection = Some(handover);
+                    best.copy_instructions_per_connection = Some(copy);
+                }
+                Err(e) => println!(
+                    "{connections:>11} instructions not counted: {e:#} (HANDOFF_BENCH_INSTRUCTIONS=0 skips them)"
+                ),
+            }
+        }
+        let instructions = |i: Option<f64>| i.map_or_else(|| "-".to_string(), |i| format!("{i:.0}"));
         println!(
-            "{:>11} {:>10.2} {:>10.2} {:>12} {:>14.2} {:>8.2} {:>9.2} {:>10.2} {:>11.2} {:>8.1}",
+            "{:>11} {:>10.2} {:>10.2} {:>12} {:>14.2} {:>8.2} {:>9.2} {:>10.2} {:>11.2} {:>8.1} {:>11} {:>11}",
             best.connections,
             best.export_ms,
             best.encode_ms,
@@ -214,7 +278,9 @@ fn main() -> Result<()> {
             best.purge_ms,
             best.total_ms,
             best.baseline_copy_ms,
-            best.total_over_copy
+            best.total_over_copy,
+            instructions(best.instructions_per_connection),
+            instructions(best.copy_instructions_per_connection)
         );
         rows.push(best);
     }

@@ -205,7 +205,7 @@ fn instructions_per_packet(flows: usize) -> Result<Vec<(Case, f64)>> {
         program: &program,
         args: &[],
         env: &[(CHILD_ENV.to_string(), flows.to_string())],
-        collect_in: INSTRUCTIONS_IN,
+        collect_in: Some(INSTRUCTIONS_IN),
         dump_after: CASE_MARKER,
         out_dir: &out_dir,
     })?;

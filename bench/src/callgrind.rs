@@ -59,8 +59,9 @@ pub struct Counted<'a> {
     pub env: &'a [(String, String)],
     /// Instructions are collected only inside functions matching this
     /// callgrind pattern (`*` wildcards, demangled names), e.g.
-    /// `*pipeline::drive*`.
-    pub collect_in: &'a str,
+    /// `*pipeline::drive*`; `None` collects everywhere (then each case's
+    /// count is everything between two marker calls).
+    pub collect_in: Option<&'a str>,
     /// A dump is written after every call of functions matching this
     /// pattern: the child calls it once at the end of each case.
     pub dump_after: &'a str,
@@ -93,10 +94,14 @@ pub fn count(run: &Counted<'_>) -> Result<Vec<u64>, CallgrindError> {
             std::fs::remove_file(path)?;
         }
     }
-    let output = Command::new("valgrind")
-        .arg("--tool=callgrind")
-        .arg("--collect-atstart=no")
-        .arg(format!("--toggle-collect={}", run.collect_in))
+    let mut valgrind = Command::new("valgrind");
+    valgrind.arg("--tool=callgrind");
+    if let Some(pattern) = run.collect_in {
+        valgrind
+            .arg("--collect-atstart=no")
+            .arg(format!("--toggle-collect={pattern}"));
+    }
+    let output = valgrind
         .arg(format!("--dump-after={}", run.dump_after))
         .arg(format!("--callgrind-out-file={}/callgrind.out", run.out_dir.display()))
         .arg(run.program)
