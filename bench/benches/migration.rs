@@ -28,7 +28,7 @@ use handoff::{
     node::{handover::RECORDS_PER_CHUNK, view::NodeView},
     scope::{HashParams, Scope},
 };
-use handoff_bench::callgrind;
+use handoff_bench::{callgrind, plot};
 use handoff_common::flow_key::FlowKey;
 use serde::Serialize;
 use std::{
@@ -288,5 +288,44 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("migration.json"), serde_json::to_string_pretty(&rows)? + "\n")?;
     println!("wrote results/migration.json");
+    plot_rows(&rows, &dir)?;
+    Ok(())
+}
+
+/// `results/migration-time.svg` (each step's ms and the baseline copy's
+/// against connections) and `results/migration-bytes.svg` (bytes on the
+/// wire against connections), on log axes.
+fn plot_rows(rows: &[Row], dir: &Path) -> Result<()> {
+    let series = |name: &str, value: fn(&Row) -> f64| plot::Series {
+        name: name.into(),
+        points: rows.iter().map(|r| (r.connections as f64, value(r))).collect(),
+    };
+    plot::log_log_lines(
+        &dir.join("migration-time.svg"),
+        plot::Labels {
+            title: "handoff handover in process: time per step (best of 3)",
+            x: "connections",
+            y: "ms",
+        },
+        &[
+            series("total", |r| r.total_ms),
+            series("export", |r| r.export_ms),
+            series("encode", |r| r.encode_ms),
+            series("decode + import", |r| r.decode_import_ms),
+            series("cut", |r| r.cut_ms),
+            series("purge", |r| r.purge_ms),
+            series("baseline: copy the records", |r| r.baseline_copy_ms),
+        ],
+    )?;
+    plot::log_log_lines(
+        &dir.join("migration-bytes.svg"),
+        plot::Labels {
+            title: "handoff handover: bytes on the wire",
+            x: "connections",
+            y: "bytes",
+        },
+        &[series("FlowRecords frames", |r| r.bytes as f64)],
+    )?;
+    println!("wrote results/migration-time.svg and results/migration-bytes.svg");
     Ok(())
 }

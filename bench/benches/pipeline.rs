@@ -32,7 +32,7 @@ use handoff::{
     },
     scope::{HashParams, Scope},
 };
-use handoff_bench::{callgrind, measure};
+use handoff_bench::{callgrind, measure, plot};
 use handoff_testbed::frames::{udp4, DST_MAC};
 use serde::Serialize;
 use std::{
@@ -500,8 +500,53 @@ fn main() -> Result<()> {
     };
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../results");
     std::fs::create_dir_all(&dir)?;
-    let path = dir.canonicalize()?.join("pipeline.json");
+    let dir = dir.canonicalize()?;
+    let path = dir.join("pipeline.json");
     std::fs::write(&path, serde_json::to_string_pretty(&summary)? + "\n")?;
     println!("wrote {}", path.display());
+    plot_rows(&summary.rows, &dir)?;
+    Ok(())
+}
+
+/// `results/pipeline.svg` (ns per packet against flows, every case) and,
+/// when counted, `results/pipeline-instructions.svg` (instructions per packet).
+fn plot_rows(rows: &[Row], dir: &Path) -> Result<()> {
+    let by_case = |value: &dyn Fn(&Row) -> Option<f64>| -> Vec<plot::Series> {
+        [Case::Established, Case::NewFlows, Case::Baseline]
+            .into_iter()
+            .map(|case| plot::Series {
+                name: format!("{case:?}"),
+                points: rows
+                    .iter()
+                    .filter(|r| r.case == case)
+                    .filter_map(|r| Some((r.flows as f64, value(r)?)))
+                    .collect(),
+            })
+            .collect()
+    };
+    let out = dir.join("pipeline.svg");
+    plot::log_log_lines(
+        &out,
+        plot::Labels {
+            title: "handoff per-core pipeline: time per packet (median)",
+            x: "flows in the table",
+            y: "ns per packet",
+        },
+        &by_case(&|r| Some(r.ns_per_packet)),
+    )?;
+    println!("wrote {}", out.display());
+    if rows.iter().any(|r| r.instructions_per_packet.is_some()) {
+        let out = dir.join("pipeline-instructions.svg");
+        plot::log_log_lines(
+            &out,
+            plot::Labels {
+                title: "handoff per-core pipeline: instructions per packet (callgrind)",
+                x: "flows in the table",
+                y: "instructions per packet",
+            },
+            &by_case(&|r| r.instructions_per_packet),
+        )?;
+        println!("wrote {}", out.display());
+    }
     Ok(())
 }

@@ -13,6 +13,7 @@ pub mod impair;
 pub mod link_sender;
 pub mod measure;
 pub mod payload;
+pub mod plot;
 pub mod report;
 pub mod sink;
 pub mod storm;
