@@ -704,14 +704,22 @@ pub fn describe(state: &LabState) -> String {
         format!("handoff stats --admin {}", node_sock.display()),
         format!("handoff disengage {first_node} --admin {edge_sock}"),
         format!("handoff engage {first_node} --admin {edge_sock}"),
-        "handoff lab status".to_string(),
-        format!("handoff lab down --prefix {}", state.prefix),
+    ]);
+    // Where the state file is, when it is not where `lab` looks by default.
+    let place = match state.state_file.parent() {
+        Some(dir) if dir != Path::new(DEFAULT_STATE_DIR) => format!(" --state-dir {}", dir.display()),
+        _ => String::new(),
+    };
+    examples.extend([
+        format!("handoff lab status{place}"),
+        format!("handoff lab down --prefix {}{place}", state.prefix),
     ]);
     format!(
-        "lab {prefix} is up: client, edge, {nodes} nodes ({workers} workers each), {services} services; supervisor pid {sup}, reaper pid {reaper}\nlogs, configurations and keys: {logs}\nstate: {file}\n\n{namespaces}\n\nVIPs {vip} and {vip6}:\n{ports}\n\ntry:\n{examples}",
+        "lab {prefix} is up: client, edge, {nodes} nodes ({workers} {worker_word} each), {services} services; supervisor pid {sup}, reaper pid {reaper}\nlogs, configurations and keys: {logs}\nstate: {file}\n\n{namespaces}\n\nVIPs {vip} and {vip6}:\n{ports}\n\ntry:\n{examples}",
         prefix = state.prefix,
         nodes = state.spec.nodes,
         workers = state.spec.workers,
+        worker_word = if state.spec.workers == 1 { "worker" } else { "workers" },
         services = state.spec.services,
         sup = state.supervisor_pid,
         reaper = state.reaper_pid,
