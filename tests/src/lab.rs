@@ -170,7 +170,11 @@ fn service_ports(spec: &LabSpec) -> Vec<ServicePort> {
     };
     let mut ports = vec![
         port("udp", UDP_PORT, "UDP echo (handoff-bench udp-echo), every service"),
-        port("tcp", TCP_PORT, "request/response (handoff-bench tcp-server), every service"),
+        port(
+            "tcp",
+            TCP_PORT,
+            "request/response (handoff-bench tcp-server), every service",
+        ),
     ];
     if spec.real_servers {
         ports.extend([
@@ -265,7 +269,11 @@ impl Removed {
 
     /// One line per kind, for a person.
     pub fn describe(&self) -> String {
-        let processes: Vec<String> = self.processes.iter().map(|p| format!("{} ({})", p.name, p.pid)).collect();
+        let processes: Vec<String> = self
+            .processes
+            .iter()
+            .map(|p| format!("{} ({})", p.name, p.pid))
+            .collect();
         let files: Vec<String> = self.files.iter().map(|f| f.display().to_string()).collect();
         format!(
             "  {} namespaces (with their veths and bridge): {}\n  {} processes: {}\n  {} files: {}",
@@ -282,10 +290,7 @@ impl Removed {
 /// Whether `prefix` is one [`RunPrefix`] makes: a short run of lowercase
 /// letters and digits, never something that matches other runs' names.
 pub fn valid_prefix(prefix: &str) -> bool {
-    (3..=10).contains(&prefix.len())
-        && prefix
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    (3..=10).contains(&prefix.len()) && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 /// The namespaces named `handoff-<prefix>-*` that exist now.
@@ -337,7 +342,12 @@ pub fn remove_lab(prefix: &str, state_file: Option<&Path>) -> Result<Removed> {
         }
     }
     if !wait_until(KILL_TIMEOUT, || removed.processes.iter().all(|p| !alive(p.pid))) {
-        let left: Vec<u32> = removed.processes.iter().filter(|p| alive(p.pid)).map(|p| p.pid).collect();
+        let left: Vec<u32> = removed
+            .processes
+            .iter()
+            .filter(|p| alive(p.pid))
+            .map(|p| p.pid)
+            .collect();
         bail!("processes {left:?} of lab {prefix} did not end on SIGKILL");
     }
     for ns in namespaces {
@@ -439,7 +449,9 @@ impl Lab {
 
     /// The running cluster.
     pub fn cluster(&mut self) -> &mut Cluster {
-        self.cluster.as_mut().expect("a started lab holds its cluster until dropped")
+        self.cluster
+            .as_mut()
+            .expect("a started lab holds its cluster until dropped")
     }
 
     /// The lab's prefix.
@@ -589,9 +601,8 @@ pub fn edge_members(socket: &Path) -> Result<serde_json::Value> {
 pub fn members_ready(members: &serde_json::Value, nodes: usize) -> bool {
     members.as_array().is_some_and(|m| {
         m.len() == nodes
-            && m.iter().all(|m| {
-                m["status"] == "Active" && m["in_scope"] == true && m["registered"] == true
-            })
+            && m.iter()
+                .all(|m| m["status"] == "Active" && m["in_scope"] == true && m["registered"] == true)
     })
 }
 
@@ -642,7 +653,9 @@ pub fn describe(state: &LabState) -> String {
                 n.name.clone(),
                 n.interfaces.join(" "),
                 n.addresses.join(" "),
-                n.admin_socket.as_ref().map_or_else(String::new, |s| s.display().to_string()),
+                n.admin_socket
+                    .as_ref()
+                    .map_or_else(String::new, |s| s.display().to_string()),
             ]
         })
         .collect();
@@ -822,7 +835,14 @@ pub fn describe_status(status: &LabStatus) -> String {
             let t = table(
                 &["member", "status", "in scope", "buckets", "flows", "scope version"],
                 &rows,
-                &[Align::Left, Align::Left, Align::Left, Align::Right, Align::Right, Align::Right],
+                &[
+                    Align::Left,
+                    Align::Left,
+                    Align::Left,
+                    Align::Right,
+                    Align::Right,
+                    Align::Right,
+                ],
             );
             text.push_str(&format!("\n\n{t}"));
         }
@@ -877,14 +897,18 @@ mod tests {
 
     #[test]
     fn members_are_ready_only_when_all_are_active_registered_and_in_scope() {
-        let member = |status: &str, in_scope: bool| {
-            serde_json::json!({"name": "fd-a", "status": status, "in_scope": in_scope, "registered": true})
-        };
+        let member = |status: &str, in_scope: bool| serde_json::json!({"name": "fd-a", "status": status, "in_scope": in_scope, "registered": true});
         let ready = serde_json::json!([member("Active", true), member("Active", true)]);
         assert!(members_ready(&ready, 2));
         assert!(!members_ready(&ready, 3));
-        assert!(!members_ready(&serde_json::json!([member("Active", true), member("Joining", false)]), 2));
-        assert!(!members_ready(&serde_json::json!([member("Active", true), member("Active", false)]), 2));
+        assert!(!members_ready(
+            &serde_json::json!([member("Active", true), member("Joining", false)]),
+            2
+        ));
+        assert!(!members_ready(
+            &serde_json::json!([member("Active", true), member("Active", false)]),
+            2
+        ));
         assert!(!members_ready(&serde_json::Value::Null, 2));
     }
 }

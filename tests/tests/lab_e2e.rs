@@ -87,7 +87,10 @@ fn up(dir: &StateDir, args: &[&str]) -> Up {
         text(&out.stdout)
     );
     let state: LabState = serde_json::from_slice(&out.stdout).unwrap();
-    println!("lab {} up: supervisor {}, reaper {}", state.prefix, state.supervisor_pid, state.reaper_pid);
+    println!(
+        "lab {} up: supervisor {}, reaper {}",
+        state.prefix, state.supervisor_pid, state.reaper_pid
+    );
     Up { state }
 }
 
@@ -143,7 +146,16 @@ fn leftovers(state: &LabState) -> Vec<String> {
 fn in_client(state: &LabState, limit_s: u32, program: &str, args: &[String]) -> Output {
     let client = &state.namespaces.iter().find(|n| n.role == "client").unwrap().name;
     Command::new("ip")
-        .args(["netns", "exec", client, "timeout", "-k", "2", &limit_s.to_string(), program])
+        .args([
+            "netns",
+            "exec",
+            client,
+            "timeout",
+            "-k",
+            "2",
+            &limit_s.to_string(),
+            program,
+        ])
         .args(args)
         .output()
         .unwrap()
@@ -161,14 +173,14 @@ fn a_lab_of_two_nodes_answers_ping_and_curl_and_down_leaves_nothing() {
     assert_eq!(state.spec.nodes, 2);
     assert!(state.state_file.starts_with(&dir.0), "{}", state.state_file.display());
 
-    let ping = in_client(
-        state,
-        12,
-        "ping",
-        &[arg("-c"), arg(3), arg("-W"), arg(2), arg(VIP)],
-    );
+    let ping = in_client(state, 12, "ping", &[arg("-c"), arg(3), arg("-W"), arg(2), arg(VIP)]);
     let stdout = text(&ping.stdout);
-    assert_eq!(parse_ping(&stdout), Some((3, 3)), "ping {VIP}: {stdout}{}", text(&ping.stderr));
+    assert_eq!(
+        parse_ping(&stdout),
+        Some((3, 3)),
+        "ping {VIP}: {stdout}{}",
+        text(&ping.stderr)
+    );
 
     let size = 27_000;
     let body = state.log_dir.join("curl-body.bin");
@@ -205,8 +217,15 @@ fn a_lab_of_two_nodes_answers_ping_and_curl_and_down_leaves_nothing() {
     assert!(!status.processes.is_empty());
     let dead: Vec<_> = status.processes.iter().filter(|p| !p.alive).collect();
     assert!(dead.is_empty(), "processes not running: {dead:?}");
-    let members = status.members.as_ref().and_then(|m| m.as_array()).expect("the edge's members");
-    let states: Vec<_> = members.iter().map(|m| (m["name"].clone(), m["status"].clone())).collect();
+    let members = status
+        .members
+        .as_ref()
+        .and_then(|m| m.as_array())
+        .expect("the edge's members");
+    let states: Vec<_> = members
+        .iter()
+        .map(|m| (m["name"].clone(), m["status"].clone()))
+        .collect();
     assert_eq!(
         states,
         [
@@ -260,13 +279,23 @@ fn up_removes_a_stale_lab_whose_supervisor_and_reaper_are_dead() {
     }
     assert!(wait_until(Duration::from_secs(10), || !is_lab_process(
         stale.state.supervisor_pid
-    ) && !is_lab_process(stale.state.reaper_pid)));
+    ) && !is_lab_process(
+        stale.state.reaper_pid
+    )));
     assert!(
         !namespaces_of(&stale.state.prefix).unwrap().is_empty() && stale.state.state_file.exists(),
         "with its reaper killed first, the lab stays behind"
     );
 
-    let out = lab(&["up", "--state-dir", &dir_arg, "--json", "--nodes", "1", "--no-real-servers"]);
+    let out = lab(&[
+        "up",
+        "--state-dir",
+        &dir_arg,
+        "--json",
+        "--nodes",
+        "1",
+        "--no-real-servers",
+    ]);
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "lab up: {stderr}");
     let fresh = Up {
@@ -306,10 +335,7 @@ fn up_with_a_bad_argument_says_why_and_creates_nothing() {
         let supervisors: Vec<_> = std::fs::read_dir("/proc")
             .unwrap()
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|&pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| text(&c).contains(&dir_arg))
-            })
+            .filter(|&pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| text(&c).contains(&dir_arg)))
             .collect();
         assert!(supervisors.is_empty(), "{args:?} left processes {supervisors:?}");
         println!("{args:?}: {}", stderr.trim());

@@ -182,11 +182,11 @@ fn main() -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     let disengaged_at = t0.elapsed().as_secs_f64();
-    migrate(&cluster, "disengage", "fd-a", t0)?;
+    migrate(cluster, "disengage", "fd-a", t0)?;
     sleep_unless(&stop, Duration::from_secs(4))?;
     println!("t={:.2}s: engaging fd-a again", t0.elapsed().as_secs_f64());
     let engaged_at = t0.elapsed().as_secs_f64();
-    migrate(&cluster, "engage", "fd-a", t0)?;
+    migrate(cluster, "engage", "fd-a", t0)?;
 
     let deadline = Instant::now() + Duration::from_secs(SECONDS + 60);
     for idx in [load.traffic, load.tcp] {

@@ -363,7 +363,11 @@ fn down(prefix: Option<&str>, all: bool, place: &Place) -> Result<()> {
         None => bail!(
             "{} labs are up ({}): say which with --prefix, or --all",
             states.len(),
-            states.iter().map(|(_, s)| s.prefix.as_str()).collect::<Vec<_>>().join(", ")
+            states
+                .iter()
+                .map(|(_, s)| s.prefix.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     };
     let mut removed = Vec::new();
