@@ -161,6 +161,11 @@ pub struct LabState {
     pub processes: Vec<ProcessInfo>,
 }
 
+/// `1 worker`, `2 workers`.
+fn workers(n: u32) -> String {
+    format!("{n} worker{}", if n == 1 { "" } else { "s" })
+}
+
 /// The VIPs' ports for `spec`.
 fn service_ports(spec: &LabSpec) -> Vec<ServicePort> {
     let port = |protocol: &str, port: u16, served_by: &str| ServicePort {
@@ -431,8 +436,9 @@ impl Lab {
             cluster.start_real_services(&objects)?;
         }
         step(&format!(
-            "starting {} nodes ({} workers each, AF_XDP)",
-            spec.nodes, spec.workers
+            "starting {} nodes (AF_XDP, {} each)",
+            spec.nodes,
+            workers(spec.workers)
         ));
         cluster.start_nodes(spec.workers)?;
         step("waiting until every node is ACTIVE in the edge's scope");
@@ -687,6 +693,9 @@ pub fn describe(state: &LabState) -> String {
         .and_then(|n| n.admin_socket.clone())
         .unwrap_or_default();
     let edge_sock = state.edge_admin_socket.display();
+    // Full paths: the binaries are seldom on the PATH, and never on `ip netns exec`'s.
+    let bin = |name: &str| crate::binaries::binary(name).map_or_else(|_| name.to_string(), |p| p.display().to_string());
+    let (handoff, bench) = (bin("handoff"), bin("handoff-bench"));
     let mut examples = vec![
         format!("ip netns exec {client} ping -c 3 {}", state.vip),
         format!("ip netns exec {client} ping -6 -c 3 {}", state.vip6),
@@ -704,7 +713,7 @@ pub fn describe(state: &LabState) -> String {
         ));
     }
     examples.push(format!(
-        "ip netns exec {client} handoff-bench tcp-client --connect {}:{TCP_PORT} --connections 10 --requests-per-connection 100 --duration 30 --json /tmp/tcp.json",
+        "ip netns exec {client} {bench} tcp-client --connect {}:{TCP_PORT} --connections 10 --requests-per-connection 100 --duration 30 --json /tmp/tcp.json",
         state.vip
     ));
     examples.push(format!("ip netns exec {edge} tcpdump -ni {edge_if} -c 20"));
@@ -713,10 +722,10 @@ pub fn describe(state: &LabState) -> String {
         examples.push(format!("ip netns exec {} tcpdump -ni {ifname} -c 20 not arp", svc.name));
     }
     examples.extend([
-        format!("handoff status --admin {edge_sock}"),
-        format!("handoff stats --admin {}", node_sock.display()),
-        format!("handoff disengage {first_node} --admin {edge_sock}"),
-        format!("handoff engage {first_node} --admin {edge_sock}"),
+        format!("{handoff} status --admin {edge_sock}"),
+        format!("{handoff} stats --admin {}", node_sock.display()),
+        format!("{handoff} disengage {first_node} --admin {edge_sock}"),
+        format!("{handoff} engage {first_node} --admin {edge_sock}"),
     ]);
     // Where the state file is, when it is not where `lab` looks by default.
     let place = match state.state_file.parent() {
@@ -724,15 +733,14 @@ pub fn describe(state: &LabState) -> String {
         _ => String::new(),
     };
     examples.extend([
-        format!("handoff lab status{place}"),
-        format!("handoff lab down --prefix {}{place}", state.prefix),
+        format!("{handoff} lab status{place}"),
+        format!("{handoff} lab down --prefix {}{place}", state.prefix),
     ]);
     format!(
-        "lab {prefix} is up: client, edge, {nodes} nodes ({workers} {worker_word} each), {services} services; supervisor pid {sup}, reaper pid {reaper}\nlogs, configurations and keys: {logs}\nstate: {file}\n\n{namespaces}\n\nVIPs {vip} and {vip6}:\n{ports}\n\ntry:\n{examples}",
+        "lab {prefix} is up: client, edge, {nodes} nodes ({workers} each), {services} services; supervisor pid {sup}, reaper pid {reaper}\nlogs, configurations and keys: {logs}\nstate: {file}\n\n{namespaces}\n\nVIPs {vip} and {vip6}:\n{ports}\n\ntry:\n{examples}",
         prefix = state.prefix,
         nodes = state.spec.nodes,
-        workers = state.spec.workers,
-        worker_word = if state.spec.workers == 1 { "worker" } else { "workers" },
+        workers = workers(state.spec.workers),
         services = state.spec.services,
         sup = state.supervisor_pid,
         reaper = state.reaper_pid,
