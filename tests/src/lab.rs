@@ -356,7 +356,13 @@ pub fn remove_lab(prefix: &str, state_file: Option<&Path>) -> Result<Removed> {
         bail!("processes {left:?} of lab {prefix} did not end on SIGKILL");
     }
     for ns in namespaces {
-        ip(&["netns", "del", &ns])?;
+        if let Err(e) = ip(&["netns", "del", &ns]) {
+            // Someone else (the reaper, `down`) may have deleted it meanwhile.
+            if namespaces_of(prefix)?.contains(&ns) {
+                return Err(e);
+            }
+            continue;
+        }
         removed.namespaces.push(ns);
     }
     sweep_stale_bpffs();
