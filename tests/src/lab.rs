@@ -404,8 +404,9 @@ impl Lab {
     /// service listens, every node is ACTIVE in the edge's scope. A reaper
     /// starts first, so the lab goes even if this process is killed from
     /// here on. `state_dir`: where [`Self::write_state`] will write.
-    /// `step` hears what is being done, one line at a time.
-    pub fn start(spec: &LabSpec, state_dir: Option<&Path>, step: &mut dyn FnMut(&str)) -> Result<Self> {
+    /// `step` hears what is being done, one line at a time; an error it
+    /// returns (no one listens any more) stops the start and removes the lab.
+    pub fn start(spec: &LabSpec, state_dir: Option<&Path>, step: &mut dyn FnMut(&str) -> Result<()>) -> Result<Self> {
         spec.validate()?;
         let prefix = RunPrefix::new();
         let state_file = state_dir.map(|d| d.join(format!("{prefix}.json")));
@@ -420,7 +421,7 @@ impl Lab {
         step(&format!(
             "creating namespaces handoff-{prefix}-*: client, edge, fabric, {} nodes, {} services",
             spec.nodes, spec.services
-        ));
+        ))?;
         let mut cluster = Cluster::create_with_prefix(
             &ClusterSpec {
                 nodes: spec.nodes,
@@ -432,10 +433,10 @@ impl Lab {
         )?;
         cluster.kill_processes_with_this_one();
         let cluster = lab.cluster.insert(cluster);
-        step("starting the edge (XDP sprayer, migration manager)");
+        step("starting the edge (XDP sprayer, migration manager)")?;
         let edge = cluster.edge_config(true);
         cluster.start_edge(&edge)?;
-        step("starting the services");
+        step("starting the services")?;
         cluster.start_services()?;
         if spec.real_servers {
             let objects = HttpObjects::generate(&cluster.log_dir.join("www"), OBJECTS_SEED)?;
@@ -445,9 +446,9 @@ impl Lab {
             "starting {} nodes (AF_XDP, {} each)",
             spec.nodes,
             workers(spec.workers)
-        ));
+        ))?;
         cluster.start_nodes(spec.workers)?;
-        step("waiting until every node is ACTIVE in the edge's scope");
+        step("waiting until every node is ACTIVE in the edge's scope")?;
         let socket = cluster.admin_socket();
         let mut last = serde_json::Value::Null;
         if !wait_until(READY_TIMEOUT, || {

@@ -145,7 +145,7 @@ fn main() -> Result<()> {
             real_servers: false,
         },
         None,
-        &mut |_| {},
+        &mut |_| Ok(()),
     )?;
     let cluster = lab.cluster();
     println!(

@@ -152,7 +152,9 @@ fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            use std::io::Write;
+            // The supervisor's stderr may be a pipe no one reads any more.
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -242,7 +244,11 @@ fn up(shape: &Shape, place: &Place) -> Result<()> {
             Ok(Ok(line)) => match line.strip_prefix(READY) {
                 Some(file) => break PathBuf::from(file),
                 None => {
-                    eprintln!("  {line}");
+                    use std::io::Write;
+                    // Leaving here closes the pipe: the supervisor's next
+                    // line fails and it removes what it built.
+                    writeln!(std::io::stderr(), "  {line}")
+                        .context("printing the lab's progress; the lab is removed")?;
                     said.push(line);
                 }
             },
@@ -293,9 +299,18 @@ fn redirect_output(path: &Path) -> Result<()> {
 
 fn supervise(spec: &LabSpec, state_dir: &Path) -> Result<()> {
     let stop = handoff::shutdown::stop_on_signals()?;
-    let mut lab = Lab::start(spec, Some(state_dir), &mut |step| println!("{step}"))?;
+    // A line `up` cannot read any more (it was interrupted) ends the start,
+    // and the lab is removed.
+    let mut tell = |line: &str| {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")
+            .and_then(|()| out.flush())
+            .context("`handoff-lab up` is gone (its end of the pipe is closed)")
+    };
+    let mut lab = Lab::start(spec, Some(state_dir), &mut tell)?;
     let file = lab.write_state()?;
-    println!("{READY}{}", file.display());
+    tell(&format!("{READY}{}", file.display()))?;
     redirect_output(&lab.cluster().log_dir.join("supervisor.log"))?;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(200));
