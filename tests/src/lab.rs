@@ -911,6 +911,55 @@ mod tests {
     }
 
     #[test]
+    fn the_description_names_namespaces_vips_sockets_and_commands_to_copy() {
+        let ns = |role: &str, ifname: &str, sock: Option<&str>| NamespaceInfo {
+            role: role.into(),
+            name: format!("handoff-habcde0-{role}"),
+            interfaces: vec![ifname.into()],
+            addresses: vec!["10.77.0.2".into()],
+            admin_socket: sock.map(PathBuf::from),
+        };
+        let state = LabState {
+            prefix: "habcde0".into(),
+            spec: LabSpec::default(),
+            supervisor_pid: 10,
+            reaper_pid: 11,
+            state_file: PathBuf::from("/tmp/labs/habcde0.json"),
+            log_dir: PathBuf::from("/tmp/handoff-habcde0"),
+            vip: VIP,
+            vip6: VIP6,
+            ports: service_ports(&LabSpec::default()),
+            edge_admin_socket: PathBuf::from("/tmp/handoff-habcde0/edge.sock"),
+            namespaces: vec![
+                ns("client", "habcde0c0", None),
+                ns("edge", "habcde0e0", Some("/tmp/handoff-habcde0/edge.sock")),
+                ns("fd-a", "habcde0n0", Some("/tmp/handoff-habcde0/fd-a.sock")),
+                ns("svc-1", "habcde0s0", None),
+            ],
+            processes: Vec::new(),
+        };
+        let text = describe(&state);
+        for want in [
+            "ip netns exec handoff-habcde0-client ping -c 3 10.77.9.1",
+            "ip netns exec handoff-habcde0-client ping -6 -c 3 fd77:9::1",
+            "curl -sS -o /dev/null -w '%{http_code} %{size_download}\\n' http://10.77.9.1/object-27000.bin",
+            "ip netns exec handoff-habcde0-edge tcpdump -ni habcde0e0",
+            "ip netns exec handoff-habcde0-svc-1 tcpdump -ni habcde0s0",
+            "status --admin /tmp/handoff-habcde0/edge.sock",
+            "stats --admin /tmp/handoff-habcde0/fd-a.sock",
+            "lab down --prefix habcde0 --state-dir /tmp/labs",
+            "VIPs 10.77.9.1 and fd77:9::1",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from:\n{text}");
+        }
+        let http = text
+            .lines()
+            .find(|l| l.starts_with("tcp") && l.contains(" 80 "))
+            .unwrap_or_default();
+        assert!(http.contains("nginx"), "{text}");
+    }
+
+    #[test]
     fn members_are_ready_only_when_all_are_active_registered_and_in_scope() {
         let member = |status: &str, in_scope: bool| serde_json::json!({"name": "fd-a", "status": status, "in_scope": in_scope, "registered": true});
         let ready = serde_json::json!([member("Active", true), member("Active", true)]);

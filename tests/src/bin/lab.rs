@@ -274,12 +274,18 @@ fn up(shape: &Shape, place: &Place) -> Result<()> {
         }
     };
     let state: LabState = handoff_testbed::cluster::read_json(&state_file)?;
-    if place.json {
-        println!("{}", serde_json::to_string_pretty(&state)?);
+    let text = if place.json {
+        serde_json::to_string_pretty(&state)?
     } else {
-        println!("{}", describe(&state));
-    }
-    Ok(())
+        describe(&state)
+    };
+    use std::io::Write;
+    writeln!(std::io::stdout(), "{text}").with_context(|| {
+        format!(
+            "printing how to reach lab {} (it is up: `handoff lab status` shows it)",
+            state.prefix
+        )
+    })
 }
 
 /// Points this process's stdout and stderr at `path` (created): the pipe
