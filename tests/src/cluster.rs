@@ -180,6 +180,9 @@ pub struct Host {
 #[derive(Debug)]
 pub struct Cluster {
     processes: Vec<Spawned>,
+    /// Whether processes started from now on get SIGKILL when this
+    /// process ends ([`Self::kill_processes_with_this_one`]).
+    die_with_parent: bool,
     /// This run's bpffs, when the edge pins its sprayer ([`Self::mount_bpffs`]):
     /// unmounted once the processes are gone, which drops every pin.
     bpffs: Option<BpfFs>,
@@ -209,6 +212,11 @@ fn mac(kind: u8, index: u8) -> [u8; 6] {
     [0x02, 0x68, 0x6f, 0x00, kind, index]
 }
 
+/// The directory of a run's logs, configurations and keys.
+pub fn log_dir_of(prefix: &RunPrefix) -> PathBuf {
+    std::env::temp_dir().join(format!("handoff-{prefix}"))
+}
+
 /// The role name of the bridge end of node `i`'s veth (before the run prefix).
 fn node_bridge_role(i: usize) -> String {
     format!("pn{i}")
@@ -222,10 +230,16 @@ pub fn node_name(i: usize) -> String {
 impl Cluster {
     /// Creates every namespace, link, address and route of `spec`.
     pub fn create(spec: &ClusterSpec) -> Result<Self> {
+        Self::create_with_prefix(spec, RunPrefix::new())
+    }
+
+    /// [`Self::create`] under a prefix the caller made (with
+    /// [`RunPrefix::new`], in this process): one that something else, such
+    /// as a reaper of the lab, already knows before the first namespace exists.
+    pub fn create_with_prefix(spec: &ClusterSpec, prefix: RunPrefix) -> Result<Self> {
         sweep_stale();
         sweep_stale_bpffs();
-        let prefix = RunPrefix::new();
-        let log_dir = std::env::temp_dir().join(format!("handoff-{prefix}"));
+        let log_dir = log_dir_of(&prefix);
         std::fs::create_dir_all(&log_dir)?;
         create_keys(&log_dir.join(KEYS_DIR), spec.nodes)?;
         let client = Netns::create(&prefix, "client")?;
@@ -354,6 +368,7 @@ impl Cluster {
         }
         Ok(Self {
             processes: Vec::new(),
+            die_with_parent: false,
             bpffs: None,
             prefix,
             log_dir,
@@ -387,9 +402,36 @@ impl Cluster {
         cmd.args(args)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .envs(env.iter().map(|(k, v)| (k, v)));
+        if self.die_with_parent {
+            crate::process::die_with_parent(&mut cmd);
+        }
         let spawned = Spawned::start(name, cmd, &self.log_dir)?;
         self.processes.push(spawned);
         Ok(self.processes.len() - 1)
+    }
+
+    /// From now on, every process [`Self::spawn`] starts gets SIGKILL when
+    /// the thread that started it ends (PR_SET_PDEATHSIG): a supervisor
+    /// that is killed takes its daemons with it. Only for a cluster driven
+    /// from one long-lived thread, such as the lab's supervisor.
+    pub fn kill_processes_with_this_one(&mut self) {
+        self.die_with_parent = true;
+    }
+
+    /// Stops every process started with [`Self::spawn`], the last started
+    /// first ([`Spawned::stop`]: SIGTERM, then SIGKILL after two seconds).
+    pub fn stop_processes(&mut self) {
+        for p in self.processes.iter_mut().rev() {
+            if let Err(e) = p.stop() {
+                eprintln!("warning: stopping {} (pid {}): {e:#}", p.name(), p.pid());
+            }
+        }
+    }
+
+    /// Every process started with [`Self::spawn`], as (name, pid), in the
+    /// order they started.
+    pub fn process_pids(&self) -> Vec<(String, u32)> {
+        self.processes.iter().map(|p| (p.name().to_string(), p.pid())).collect()
     }
 
     /// The processes started with [`Self::spawn`] that are no longer

@@ -8,6 +8,7 @@
 pub mod binaries;
 pub mod cluster;
 pub mod frames;
+pub mod lab;
 pub mod netns;
 pub mod privilege;
 pub mod process;

@@ -22,6 +22,11 @@ impl RunPrefix {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         Self(format!("h{}{}", base36(std::process::id(), 5), base36(n, 1)))
     }
+    /// The prefix of another process's run, as [`Self::as_str`] gave it.
+    pub fn from_existing(prefix: &str) -> Self {
+        Self(prefix.to_string())
+    }
+
     /// The prefix itself.
     pub fn as_str(&self) -> &str {
         &self.0

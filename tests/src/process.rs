@@ -8,6 +8,38 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// Makes `cmd`'s process receive SIGKILL when the thread that spawns it
+/// ends (PR_SET_PDEATHSIG, prctl(2)); the setting survives `ip netns exec`,
+/// which execs the program in place. If the parent is already gone by the
+/// time the child runs, the child does not start.
+pub fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the closure runs between fork and exec and calls only
+    // prctl(2) and getppid(2), both async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Whether process `pid` exists and has not ended: a zombie (ended, not
+/// yet reaped) counts as ended.
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| Some(stat.rsplit_once(") ")?.1.starts_with(|c| c != 'Z' && c != 'X')))
+        .unwrap_or(false)
+}
+
 /// A child process whose stdout and stderr go to files. Dropping it sends
 /// SIGTERM, then SIGKILL if it has not exited within two seconds.
 #[derive(Debug)]

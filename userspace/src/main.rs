@@ -94,6 +94,17 @@ enum Command {
         #[command(flatten)]
         output: Output,
     },
+    /// A network-namespace lab cluster for your own tools: `handoff lab up
+    /// [--nodes N]`, `handoff lab status`, `handoff lab down`. Runs the
+    /// `handoff-lab` binary from the directory this one is in (the test
+    /// bed's crate builds it: `make build`) with these arguments;
+    /// `handoff lab --help` shows its own help.
+    #[command(disable_help_flag = true)]
+    Lab {
+        /// `up`, `status` or `down`, and their options.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Create the cluster's keys: its CA, and the certificates the nodes and
     /// the manager authenticate with (mutual TLS on every control connection).
     Keys {
@@ -224,6 +235,25 @@ fn migrate(admin: &AdminArgs, request: AdminRequest) -> Result<()> {
     }
 }
 
+/// The lab's own binary, beside this one.
+const LAB_BINARY: &str = "handoff-lab";
+
+/// Replaces this process with `handoff-lab args...` from this binary's
+/// directory; returns only on failure.
+fn exec_lab(args: &[std::ffi::OsString]) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let me = std::env::current_exe().context("finding the handoff binary")?;
+    let lab = me.with_file_name(LAB_BINARY);
+    if !lab.exists() {
+        anyhow::bail!(
+            "{} is missing: `handoff lab` runs {LAB_BINARY} from the directory handoff is in; build it with `cargo build --release -p handoff-testbed --bin {LAB_BINARY}` (make build does) and keep it beside handoff",
+            lab.display()
+        );
+    }
+    let error = std::process::Command::new(&lab).args(args).exec();
+    Err(error).with_context(|| format!("running {}", lab.display()))
+}
+
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -293,6 +323,7 @@ fn run() -> Result<()> {
             }
             Ok(())
         }
+        Command::Lab { args } => exec_lab(&args),
         Command::Disengage { node, inheritor, admin } => migrate(&admin, AdminRequest::Disengage { node, inheritor }),
         Command::Engage { node, admin } => migrate(&admin, AdminRequest::Engage { node }),
         Command::Status(admin) => admin_call(&admin, AdminRequest::Status),

@@ -3,8 +3,10 @@
 //! traffic through it, fd-a disengaged mid-run (phases printed live) and
 //! engaged again, a report, and a plot of packets/s per node.
 //!
-//! Everything it creates carries a per-run prefix and is removed on every
-//! exit path, including Ctrl-C.
+//! The cluster is a lab (`handoff_testbed::lab`, as `handoff lab up` builds
+//! it, held in this process): everything it creates carries a per-run
+//! prefix and is removed on every exit path, including Ctrl-C, and by the
+//! lab's reaper if the demo is killed.
 
 use anyhow::{bail, Result};
 use handoff::{
@@ -13,6 +15,7 @@ use handoff::{
 };
 use handoff_testbed::{
     cluster::node_name,
+    lab::{Lab, LabSpec},
     privilege::missing_privilege,
     service_path::{LoadReports, LoadSpec},
     Cluster,
@@ -134,7 +137,17 @@ fn main() -> Result<()> {
     }
     let stop = handoff::shutdown::stop_on_signals()?;
     println!("== handoff demo: client -> edge (XDP sprayer) -> fd-a, fd-b, fd-c (handoff node) -> svc-1..3, and back");
-    let mut cluster = Cluster::service_path(2)?;
+    let mut lab = Lab::start(
+        &LabSpec {
+            nodes: 3,
+            services: 3,
+            workers: 2,
+            real_servers: false,
+        },
+        None,
+        &mut |_| Ok(()),
+    )?;
+    let cluster = lab.cluster();
     println!(
         "test bed up: namespaces prefixed handoff-{}-*, logs in {}",
         cluster.prefix,
@@ -169,11 +182,11 @@ fn main() -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     let disengaged_at = t0.elapsed().as_secs_f64();
-    migrate(&cluster, "disengage", "fd-a", t0)?;
+    migrate(cluster, "disengage", "fd-a", t0)?;
     sleep_unless(&stop, Duration::from_secs(4))?;
     println!("t={:.2}s: engaging fd-a again", t0.elapsed().as_secs_f64());
     let engaged_at = t0.elapsed().as_secs_f64();
-    migrate(&cluster, "engage", "fd-a", t0)?;
+    migrate(cluster, "engage", "fd-a", t0)?;
 
     let deadline = Instant::now() + Duration::from_secs(SECONDS + 60);
     for idx in [load.traffic, load.tcp] {
@@ -246,7 +259,7 @@ fn main() -> Result<()> {
     plot(&samples, &[(disengaged_at, "disengage"), (engaged_at, "engage")], &svg)?;
     println!("plot of packets/s per node: {}", svg.display());
     let ok = lost == 0 && sink.reordered == 0 && sink.duplicated == 0 && tcp.ok();
-    drop(cluster);
+    lab.down()?;
     println!("test bed removed.");
     if !ok {
         bail!("packets were lost, reordered or duplicated, or a TCP connection broke");
