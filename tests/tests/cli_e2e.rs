@@ -68,6 +68,23 @@ fn top_shows_the_traffic_and_a_paced_copy_reports_while_it_runs() {
         assert!(member["sprayed_pps"].as_f64().unwrap() > 0.0, "{frame}");
     }
 
+    // For people: a table with a line for each node and one per worker.
+    let mut human = std::process::Command::new(binary("handoff").unwrap());
+    human
+        .args(["top", "--count", "1", "--interval", "0.5", "--admin"])
+        .arg(cluster.admin_socket())
+        .arg("--node")
+        .arg(cluster.node_admin_socket(0));
+    let out = human.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for row in [["fd-a", "Active"], ["fd-a", "all"], ["fd-a", "0"], ["fd-a", "1"]] {
+        assert!(
+            text.lines().any(|l| l.split_whitespace().take(2).eq(row)),
+            "a row {row:?}: {text}"
+        );
+    }
+
     let printed = cluster.migrate(&["disengage", "fd-a", "--json"]).unwrap();
     let lines: Vec<serde_json::Value> = printed.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     let done = lines

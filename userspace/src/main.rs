@@ -220,7 +220,8 @@ fn node_of(request: &AdminRequest) -> &str {
 /// above an indicatif bar that shows the current phase and, during the
 /// copy, connections copied of the total, bytes and the rate.
 fn progress_bar() -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(0);
+    // Length 1, position 0: an empty bar until the copy gives a total.
+    let bar = indicatif::ProgressBar::new(1);
     // The template is a constant: it parses.
     if let Ok(style) = indicatif::ProgressStyle::with_template(
         "{spinner} {prefix:<9} [{elapsed_precise}] [{bar:30}] {percent:>3}% {msg}",
