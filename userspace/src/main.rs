@@ -376,7 +376,7 @@ fn run() -> Result<()> {
                     println!("{}", serde_json::to_string(frame)?);
                 } else if live {
                     // Clear the screen and home the cursor (ANSI), then draw.
-                    print!("\x1b[2J\x1b[H{}\n", render::top_frame(frame));
+                    println!("\x1b[2J\x1b[H{}", render::top_frame(frame));
                 } else {
                     println!("{}\n", render::top_frame(frame));
                 }

@@ -156,6 +156,9 @@ fn rate_series(samples: &[Sample], counter: impl Fn(&Sample) -> u64) -> Vec<(f64
         .collect()
 }
 
+/// A line of the plot: its label, its colour, its points (seconds, packets/s).
+type Series = (String, plotters::style::RGBColor, Vec<(f64, f64)>);
+
 /// The plot: packets/s received per node and their total above, the
 /// services' UDP and TCP packets/s and their sum below; the disengage's
 /// `phases` shaded (each from its start to the next, the last to
@@ -169,7 +172,7 @@ fn plot(
 ) -> Result<()> {
     use plotters::prelude::*;
     let nodes = samples.first().map_or(0, |s| s.rx.len());
-    let mut upper: Vec<(String, RGBColor, Vec<(f64, f64)>)> = (0..nodes)
+    let mut upper: Vec<Series> = (0..nodes)
         .zip([RED, BLUE, GREEN].into_iter().cycle())
         .map(|(n, color)| (node_name(n), color, rate_series(samples, |s| s.rx[n])))
         .collect();
