@@ -10,7 +10,8 @@
 //!   connections of moved buckets stay with their owners (their ownership
 //!   entries steer them there); the node takes new ones.
 //!
-//! Every phase is reported to the operator as it starts. Before the flip a
+//! Every phase is reported to the operator as it starts, and the copy as
+//! the node reports it (every 100 ms at most, [`copy_progress`]). Before the flip a
 //! failure aborts: the scope is unchanged and the node keeps serving. After
 //! the flip nothing is undone; the failure is reported as it is.
 
