@@ -93,7 +93,9 @@ pub enum AdminResponse {
         /// Active generation after the flip.
         generation: u32,
     },
-    /// A migration entered a phase; more lines follow.
+    /// A migration entered a phase (`{"phase", "at_ms", "detail"}`), or
+    /// its copy moved on (`{"phase": "Copy", "at_ms", "progress": {...}}`,
+    /// see `edge::driver::copy_progress`); more lines follow.
     Progress(serde_json::Value),
     /// A migration finished; what it did.
     Done(serde_json::Value),

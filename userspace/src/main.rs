@@ -54,8 +54,11 @@ enum Command {
     /// Take NODE out of service with its connections. The edge's migration
     /// manager runs it: select, copy, broadcast, flip, drain, purge; each
     /// phase is printed as it starts, then a table of every phase with its
-    /// duration and what it did. `--json`: the admin socket's lines as they
-    /// come, one JSON object each (`progress` lines, then `done` or `error`).
+    /// duration and what it did. On a terminal a progress bar shows the
+    /// phase and, during the copy, connections copied of the total, bytes
+    /// and the rate. `--json`: the admin socket's lines as they come, one
+    /// JSON object each (`progress` lines, those within the copy with a
+    /// `progress` object, then `done` or `error`).
     Disengage {
         /// The node's name.
         node: String,
@@ -71,6 +74,23 @@ enum Command {
     Engage {
         /// The node's name.
         node: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// A live view, refreshed every interval: each member's status, flows
+    /// and packets/s sprayed to it (from the edge), and with `--node` each
+    /// node's and worker's packets/s received and sent, flows, and drops/s
+    /// with the reasons that drop most. `--json`: one line per refresh.
+    Top {
+        /// A node's admin socket (its `admin_socket`); repeat for each node.
+        #[arg(long = "node", value_name = "SOCKET")]
+        nodes: Vec<PathBuf>,
+        /// Seconds between refreshes (rates are over this interval).
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Exit after this many refreshes (default: until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -207,19 +227,61 @@ fn node_of(request: &AdminRequest) -> &str {
     }
 }
 
+/// A migration's live display on a terminal: the phase lines printed
+/// above an indicatif bar that shows the current phase and, during the
+/// copy, connections copied of the total, bytes and the rate.
+fn progress_bar() -> indicatif::ProgressBar {
+    // Length 1, position 0: an empty bar until the copy gives a total.
+    let bar = indicatif::ProgressBar::new(1);
+    // The template is a constant: it parses.
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} {prefix:<9} [{elapsed_precise}] [{bar:30}] {percent:>3}% {msg}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
 /// Runs a migration through the edge, printing each phase as it starts
 /// and a table of the phases at the end (`--json`: every line as sent).
+/// On a terminal a progress bar moves with the copy; otherwise the lines
+/// within the copy are left out of the human output.
 fn migrate(admin: &AdminArgs, request: AdminRequest) -> Result<()> {
+    use std::io::IsTerminal;
     let json = admin.output.json;
     let line_json = |response: &AdminResponse| serde_json::to_string(response).map(|line| println!("{line}"));
+    let bar = (!json && std::io::stderr().is_terminal()).then(progress_bar);
+    let mut view = handoff::progress::MigrationView::default();
     let response = admin::call_with_progress(&admin.admin, &request, request.patience(), |line| {
         if json {
             // A line the daemon sent parsed as JSON serializes back.
             let _ = line_json(&AdminResponse::Progress(line.clone()));
-        } else {
-            println!("{}", render::progress_line(line));
+            return;
         }
-    })?;
+        let event = view.apply(line);
+        if event == handoff::progress::Event::PhaseStarted {
+            match &bar {
+                Some(bar) => bar.println(render::progress_line(line)),
+                None => println!("{}", render::progress_line(line)),
+            }
+        }
+        if let Some(bar) = &bar {
+            bar.set_prefix(view.phase.clone());
+            let (done, total) = match (view.copying(), view.copy) {
+                (true, Some(c)) => (c.flows_copied, c.flows_total.max(1)),
+                // Another phase: nothing to count, the bar stays empty.
+                (true, None) | (false, _) => (0, 1),
+            };
+            bar.set_length(total);
+            bar.set_position(done);
+            bar.set_message(view.message());
+        }
+    });
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let response = response?;
     if json {
         line_json(&response)?;
     }
@@ -326,6 +388,35 @@ fn run() -> Result<()> {
         Command::Lab { args } => exec_lab(&args),
         Command::Disengage { node, inheritor, admin } => migrate(&admin, AdminRequest::Disengage { node, inheritor }),
         Command::Engage { node, admin } => migrate(&admin, AdminRequest::Engage { node }),
+        Command::Top {
+            nodes,
+            interval,
+            count,
+            admin,
+        } => {
+            if !(interval.is_finite() && interval > 0.0) {
+                anyhow::bail!("--interval {interval}: give a number of seconds above 0, e.g. --interval 1");
+            }
+            let stop = handoff::shutdown::stop_on_signals()?;
+            let mut source = handoff::top::AdminSource {
+                edge: admin.admin.clone(),
+                nodes,
+                timeout: Duration::from_secs(5),
+            };
+            let live = !admin.output.json && std::io::IsTerminal::is_terminal(&std::io::stdout());
+            handoff::top::run(&mut source, Duration::from_secs_f64(interval), count, &stop, |frame| {
+                if admin.output.json {
+                    println!("{}", serde_json::to_string(frame)?);
+                } else if live {
+                    // Clear the screen and home the cursor (ANSI), then draw.
+                    println!("\x1b[2J\x1b[H{}", render::top_frame(frame));
+                } else {
+                    println!("{}\n", render::top_frame(frame));
+                }
+                std::io::Write::flush(&mut std::io::stdout())?;
+                Ok(())
+            })
+        }
         Command::Status(admin) => admin_call(&admin, AdminRequest::Status),
         Command::Stats(admin) => admin_call(&admin, AdminRequest::Stats),
         Command::Scope {

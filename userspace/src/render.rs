@@ -297,9 +297,18 @@ pub fn phase_detail(phase: &Value) -> String {
 
 /// A migration's progress line, printed as its phase starts:
 /// `[   12.3 ms] Copy: started`, or with what the phase starts with
-/// (`Select: buckets_by_inheritor {1: 21845, 2: 21846}`).
+/// (`Select: buckets_by_inheritor {1: 21845, 2: 21846}`); a report within
+/// the copy as `[  512.0 ms] Copy: 1200/3400 connections, 117.19 KiB`.
 pub fn progress_line(line: &Value) -> String {
-    let detail = phase_detail(line);
+    let detail = match line.get("progress") {
+        Some(p) if p.is_object() => format!(
+            "{}/{} connections, {}",
+            cell(&p["flows_copied"]),
+            cell(&p["flows_total"]),
+            indicatif::HumanBytes(p["bytes_sent"].as_u64().unwrap_or(0))
+        ),
+        _ => phase_detail(line),
+    };
     format!(
         "[{:>9.1} ms] {}: {}",
         line["at_ms"].as_f64().unwrap_or(0.0),
@@ -335,6 +344,94 @@ pub fn migration_report(node: &str, report: &Value) -> String {
             &[Align::Left, Align::Right, Align::Left]
         )
     )
+}
+
+/// A rate as an operator reads it: whole numbers, `-` when unknown.
+fn per_second(rate: Option<f64>) -> String {
+    // `+ 0.0` turns an empty sum's -0 into 0.
+    rate.map_or_else(|| "-".into(), |r| format!("{:.0}", r + 0.0))
+}
+
+/// `handoff top`'s frame: a table of the edge's members (status, flows,
+/// packets/s sprayed to each), then one of the nodes, a line per node
+/// (worker `all`) and one per worker: packets/s received and sent, flows,
+/// drops/s and the top drop reasons as `reason rate/s (total)`.
+pub fn top_frame(frame: &crate::top::Frame) -> String {
+    let members: Vec<Vec<String>> = frame
+        .members
+        .iter()
+        .map(|m| {
+            vec![
+                m.name.clone(),
+                m.status.clone(),
+                m.flows.map_or_else(|| "-".into(), |f| f.to_string()),
+                per_second(Some(m.sprayed_pps)),
+            ]
+        })
+        .collect();
+    let drops = |r: &crate::top::Rates| {
+        if r.top_drops.is_empty() {
+            "-".to_string()
+        } else {
+            r.top_drops
+                .iter()
+                .map(|d| format!("{} {:.0}/s ({})", d.reason, d.per_second, d.total))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let row = |node: &str, worker: String, r: Option<&crate::top::Rates>| {
+        vec![
+            node.to_string(),
+            worker,
+            per_second(r.map(|r| r.rx_pps)),
+            per_second(r.map(|r| r.tx_pps)),
+            r.map_or_else(|| "-".into(), |r| r.flows.to_string()),
+            per_second(r.map(|r| r.drops_per_second)),
+            r.map_or_else(|| "-".into(), drops),
+        ]
+    };
+    let mut nodes = Vec::new();
+    for n in &frame.nodes {
+        if let Some(error) = &n.error {
+            let mut cells = vec![n.node.clone()];
+            cells.resize(6, "-".into());
+            cells.push(format!("unreachable: {error}"));
+            nodes.push(cells);
+            continue;
+        }
+        nodes.push(row(&n.node, "all".into(), n.total.as_ref()));
+        for (worker, rates) in &n.workers {
+            nodes.push(row(&n.node, worker.to_string(), Some(rates)));
+        }
+    }
+    let right = [
+        Align::Left,
+        Align::Left,
+        Align::Right,
+        Align::Right,
+        Align::Right,
+        Align::Right,
+    ];
+    let mut out = format!(
+        "refresh {}, rates over {:.1} s\n\n{}",
+        frame.refresh,
+        frame.interval_s,
+        table(
+            &["member", "status", "flows", "sprayed/s"],
+            &members,
+            &[Align::Left, Align::Left, Align::Right, Align::Right]
+        )
+    );
+    if !nodes.is_empty() {
+        out.push_str("\n\n");
+        out.push_str(&table(
+            &["node", "worker", "rx/s", "tx/s", "flows", "drops/s", "top drops"],
+            &nodes,
+            &right,
+        ));
+    }
+    out
 }
 
 /// Any answer but a migration's, for a human: status and stats as a
@@ -514,6 +611,84 @@ mod tests {
         assert_eq!(progress_line(&copy_started), "[      3.2 ms] Copy: started");
         let flip = json!({"phase": "Flip", "at_ms": 331.4, "detail": {"scope_version": 2}});
         assert_eq!(progress_line(&flip), "[    331.4 ms] Flip: scope_version 2");
+    }
+
+    #[test]
+    fn a_report_within_the_copy_shows_its_counts() {
+        let within = json!({"phase": "Copy", "at_ms": 512.0,
+            "progress": {"flows_copied": 1200, "flows_total": 3400, "deltas_sent": 0, "bytes_sent": 120_000}});
+        assert_eq!(
+            progress_line(&within),
+            "[    512.0 ms] Copy: 1200/3400 connections, 117.19 KiB"
+        );
+    }
+
+    #[test]
+    fn a_top_frame_lines_up_nodes_and_workers() {
+        use crate::top::{DropRate, Frame, MemberRow, NodeRow, Rates};
+        let rates = |rx: f64, flows: u64, drops: Vec<DropRate>| Rates {
+            rx_pps: rx,
+            tx_pps: rx,
+            flows,
+            drops_per_second: drops.iter().map(|d| d.per_second).sum(),
+            top_drops: drops,
+        };
+        let frame = Frame {
+            refresh: 2,
+            interval_s: 1.0,
+            members: vec![MemberRow {
+                name: "fd-a".into(),
+                status: "Active".into(),
+                flows: Some(3400),
+                sprayed_pps: 2000.4,
+            }],
+            nodes: vec![
+                NodeRow {
+                    node: "fd-a".into(),
+                    total: Some(rates(
+                        12000.0,
+                        3400,
+                        vec![DropRate {
+                            reason: "drop_no_flow".into(),
+                            per_second: 3.0,
+                            total: 40,
+                        }],
+                    )),
+                    workers: vec![(0, rates(5.0, 1, Vec::new()))],
+                    error: None,
+                },
+                NodeRow {
+                    node: "/run/handoff/fd-b.sock".into(),
+                    total: None,
+                    workers: Vec::new(),
+                    error: Some("no admin socket".into()),
+                },
+            ],
+        };
+        let text = top_frame(&frame);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "refresh 2, rates over 1.0 s");
+        let row = |first: &str, second: &str| {
+            *lines
+                .iter()
+                .find(|l| l.split_whitespace().take(2).eq([first, second]))
+                .unwrap_or_else(|| panic!("no row {first} {second}:\n{text}"))
+        };
+        assert_eq!(
+            row("fd-a", "Active").split_whitespace().collect::<Vec<_>>(),
+            ["fd-a", "Active", "3400", "2000"]
+        );
+        let header = row("node", "worker");
+        let all = row("fd-a", "all");
+        let worker = row("fd-a", "0");
+        assert!(worker.contains(" 0  -"), "no -0 for no drops: {text}");
+        assert_eq!(end_of(all, "12000"), end_of(header, "rx/s"), "{text}");
+        assert_eq!(end_of(worker, " 5"), end_of(header, "rx/s"), "{text}");
+        assert!(all.ends_with("drop_no_flow 3/s (40)"), "{text}");
+        assert!(
+            row("/run/handoff/fd-b.sock", "-").ends_with("unreachable: no admin socket"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -416,12 +416,16 @@ pub struct Progress {
     pub serial: MigrationSerial,
     /// The phase entered or in progress.
     pub phase: Phase,
-    /// Flows sent in the snapshot so far.
+    /// Connections of the snapshot sent so far.
     pub flows_copied: u64,
     /// Delta operations sent so far.
     pub deltas_sent: u64,
-    /// Flows still in the node's table.
+    /// Connections of the snapshot not yet sent: `flows_copied +
+    /// flows_remaining` is the snapshot's size.
     pub flows_remaining: u64,
+    /// Bytes the handover streams sent so far (frames with their headers,
+    /// on every stream of the attempt).
+    pub bytes_sent: u64,
 }
 
 /// Every inheritor acknowledged the cut and every peer the broadcast.

@@ -137,6 +137,7 @@ pub(super) fn every_body() -> Vec<Body> {
             flows_copied: 100,
             deltas_sent: 20,
             flows_remaining: 3,
+            bytes_sent: 9_600,
         }
         .into(),
         ReadyToFlip {

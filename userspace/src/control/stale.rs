@@ -208,6 +208,7 @@ mod tests {
             flows_copied: 1,
             deltas_sent: 0,
             flows_remaining: 1,
+            bytes_sent: 0,
         }
     }
 

@@ -10,7 +10,8 @@
 //!   connections of moved buckets stay with their owners (their ownership
 //!   entries steer them there); the node takes new ones.
 //!
-//! Every phase is reported to the operator as it starts. Before the flip a
+//! Every phase is reported to the operator as it starts, and the copy as
+//! the node reports it (every 100 ms at most, [`copy_progress`]). Before the flip a
 //! failure aborts: the scope is unchanged and the node keeps serving. After
 //! the flip nothing is undone; the failure is reported as it is.
 
@@ -19,7 +20,7 @@ use crate::{
     admin::AdminResponse,
     control::{
         ids::{Capabilities, Incarnation, NodeId},
-        message::{Abort, AbortReason, Body, Flipped, MemberStatus, MigrateStart, MigrationMode, Phase},
+        message::{Abort, AbortReason, Body, Flipped, MemberStatus, MigrateStart, MigrationMode, Phase, Progress},
         scope_wire::WireScope,
     },
     edge::migration::Running,
@@ -277,13 +278,17 @@ impl Driver {
                 Ok(Body::Progress(p)) => {
                     if p.phase > self.running.phase {
                         self.enter(p.phase, serde_json::Value::Null);
+                    } else if p.phase == Phase::Copy && self.running.phase == Phase::Copy {
+                        // Within the copy: the operator sees it move.
+                        let line = copy_progress(ms(self.started.elapsed()), &p);
+                        let _ = self.reply.send(AdminResponse::Progress(line));
                     }
                     // The counters are the copy's totals so far, whichever
                     // phase the report enters: the one entering Broadcast
                     // closes the copy. They are the Copy phase's facts.
-                    // (`flows_remaining` is left out: no node fills it in.)
                     self.note_on(Phase::Copy, "flows_copied", p.flows_copied.into());
                     self.note_on(Phase::Copy, "deltas_sent", p.deltas_sent.into());
+                    self.note_on(Phase::Copy, "bytes_sent", p.bytes_sent.into());
                 }
                 Ok(Body::Abort(a)) => {
                     let why = format!("{} ({})", a.reason, a.detail);
@@ -385,6 +390,23 @@ impl Driver {
     }
 }
 
+/// An admin progress line within the copy, `at_ms` after the migration
+/// started: `{"phase": "Copy", "at_ms", "progress": {"flows_copied",
+/// "flows_total", "deltas_sent", "bytes_sent"}}`. A phase's first line
+/// carries `detail` instead; `progress` marks a line as one within it.
+pub fn copy_progress(at_ms: f64, p: &Progress) -> serde_json::Value {
+    serde_json::json!({
+        "phase": Phase::Copy,
+        "at_ms": at_ms,
+        "progress": {
+            "flows_copied": p.flows_copied,
+            "flows_total": p.flows_copied + p.flows_remaining,
+            "deltas_sent": p.deltas_sent,
+            "bytes_sent": p.bytes_sent,
+        },
+    })
+}
+
 /// A migration mode as a metric label.
 pub fn mode_label(mode: MigrationMode) -> &'static str {
     match mode {
@@ -422,7 +444,7 @@ mod tests {
     use crate::{
         control::{
             ids::{Incarnation, MigrationSerial},
-            message::{Drained, InheritorChoice, Progress, Purged, ReadyToFlip},
+            message::{Drained, InheritorChoice, Purged, ReadyToFlip},
         },
         edge::{
             manager::FAILURE_AFTER,
@@ -522,7 +544,8 @@ mod tests {
             phase,
             flows_copied,
             deltas_sent,
-            flows_remaining: 0,
+            flows_remaining: 3400u64.saturating_sub(flows_copied),
+            bytes_sent: flows_copied * 100,
         })
     }
 
@@ -551,6 +574,7 @@ mod tests {
             let recv = || to_node.recv_timeout(Duration::from_secs(5)).unwrap();
             assert!(matches!(recv(), Body::MigrateStart(m) if m.serial == serial && m.from_version == 1));
             events.send(progress(serial, Phase::Copy, 0, 0)).unwrap();
+            events.send(progress(serial, Phase::Copy, 1500, 0)).unwrap();
             events.send(progress(serial, Phase::Copy, 3000, 0)).unwrap();
             // Entering Broadcast, the node reports what the copy did.
             events.send(progress(serial, Phase::Broadcast, 3400, 12)).unwrap();
@@ -580,7 +604,23 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(phases, ["Select", "Copy", "Broadcast", "Flip", "Drain", "Purge"]);
+        assert_eq!(
+            phases,
+            ["Select", "Copy", "Copy", "Copy", "Broadcast", "Flip", "Drain", "Purge"]
+        );
+        // The reports within the copy reach the operator as it runs, each
+        // with the copy's own counters.
+        let within: Vec<&serde_json::Value> = lines
+            .iter()
+            .filter_map(|l| match l {
+                AdminResponse::Progress(p) if p.get("progress").is_some() => Some(&p["progress"]),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(within.len(), 2, "{lines:?}");
+        assert_eq!(within[1]["flows_copied"], 3000);
+        assert_eq!(within[1]["flows_total"], 3400);
+        assert_eq!(within[1]["bytes_sent"], 300_000);
         let AdminResponse::Done(report) = lines.last().unwrap() else {
             panic!("{lines:?}")
         };
@@ -590,6 +630,8 @@ mod tests {
         // (from the report that entered Broadcast), none on Broadcast.
         assert_eq!(report["phases"][1]["flows_copied"], 3400, "{report}");
         assert_eq!(report["phases"][1]["deltas_sent"], 12, "{report}");
+        assert_eq!(report["phases"][1]["bytes_sent"], 340_000, "{report}");
+        assert_eq!(report["phases"].as_array().unwrap().len(), 6, "{report}");
         assert!(report["phases"][2].get("flows_copied").is_none(), "{report}");
         assert!(report["phases"][2]["detail"].is_null(), "{report}");
         assert!(

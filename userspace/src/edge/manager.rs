@@ -622,6 +622,7 @@ mod tests {
             flows_copied: 1,
             deltas_sent: 0,
             flows_remaining: 2,
+            bytes_sent: 180,
         };
         send(&mut stream, NODE_RUN, 6, progress);
         assert_eq!(

@@ -122,6 +122,25 @@ const MAX_DELTA_BATCHES: usize = 8;
 /// A round cuts once a batch carries fewer changes than this: the last
 /// batch then goes out while the cut connections' packets wait.
 const CUT_BELOW_DELTAS: u64 = 1024;
+/// How often a copy reports its progress to the manager at most: often
+/// enough for the operator's display to move, rare enough to cost nothing.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
+/// Where a handover round stands, as the manager hears it in `Progress`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct CopyState {
+    /// Connections of the snapshot sent.
+    flows_copied: u64,
+    /// Connections in the snapshot.
+    flows_total: u64,
+    /// Delta operations sent.
+    deltas_sent: u64,
+    /// Bytes the round's streams sent.
+    bytes_sent: u64,
+}
+
+/// Hears a round's progress: the phase and where the round stands.
+type ProgressSink<'p> = &'p dyn Fn(Phase, CopyState);
 
 fn member_name(members: &[NodeMember], id: u16) -> String {
     members
@@ -195,6 +214,33 @@ impl<'a> Streams<'a> {
         }
         self.deltas_sent += sent;
         Ok(sent)
+    }
+
+    /// Bytes every stream of the round sent so far, the closed ones and
+    /// the open ones but `except`'s.
+    fn bytes_sent_except(&self, except: Option<u16>) -> u64 {
+        self.bytes
+            + self
+                .open
+                .iter()
+                .filter(|(node, _)| Some(**node) != except)
+                .map(|(_, stream)| stream.bytes())
+                .sum::<u64>()
+    }
+
+    /// Streams `records` to `node`'s inheritor as its snapshot; `report`
+    /// hears, after each chunk, the records of this call sent and the
+    /// bytes of the round so far.
+    fn snapshot(
+        &mut self,
+        node: u16,
+        records: &[FlowRecordV2],
+        report: &mut dyn FnMut(u64, u64),
+    ) -> Result<(), RoundError> {
+        let others = self.bytes_sent_except(Some(node));
+        let stream = self.stream(node, records.len() as u64)?;
+        let sent = stream.snapshot(records, &mut |copied, bytes| report(copied, others + bytes));
+        sent.map_err(|source| self.lost(node, source))
     }
 
     /// Ends every stream with its cut; returns the inheritors that did not
@@ -600,12 +646,12 @@ impl Node {
     /// last changes and the cut, and release the waiting packets once every
     /// inheritor installed its share. An inheritor that did not gets its
     /// connections taken back before the packets go on: then nothing
-    /// changed for them. `progress` hears the copy's and the broadcast's
-    /// starts.
+    /// changed for them. `progress` hears the copy's start, its progress
+    /// every [`PROGRESS_EVERY`] at most, and the broadcast's start.
     fn handover_round(
         &mut self,
         next: &Arc<NodeView>,
-        progress: &dyn Fn(Phase, u64, u64),
+        progress: ProgressSink<'_>,
     ) -> Result<serde_json::Value, RoundError> {
         self.handovers += 1;
         let serial = MigrationSerial(self.handovers);
@@ -659,7 +705,15 @@ impl Node {
             return Err(RoundError::Inheritor { node, name, source });
         }
         let copied = started.elapsed();
-        progress(Phase::Broadcast, redirected.len() as u64, streams.deltas_sent);
+        progress(
+            Phase::Broadcast,
+            CopyState {
+                flows_copied: redirected.len() as u64,
+                flows_total: redirected.len() as u64,
+                deltas_sent: streams.deltas_sent,
+                bytes_sent: streams.bytes,
+            },
+        );
         let owners = handover::owners_of(&redirected);
         let version = self.identity.clock.stamp();
         // This node remembers the new owners too: once its table is purged,
@@ -698,7 +752,7 @@ impl Node {
         &self,
         next: &Arc<NodeView>,
         streams: &mut Streams<'_>,
-        progress: &dyn Fn(Phase, u64, u64),
+        progress: ProgressSink<'_>,
         started: Instant,
     ) -> Result<CutOutcome, RoundError> {
         let exported = self.ask_workers(
@@ -715,16 +769,29 @@ impl Node {
         for c in exported.iter().flat_map(|e| &e.connections) {
             by_inheritor.entry(c.inheritor).or_default().push(c.record);
         }
-        let snapshot: usize = by_inheritor.values().map(Vec::len).sum();
-        progress(Phase::Copy, snapshot as u64, 0);
+        let mut state = CopyState {
+            flows_total: by_inheritor.values().map(|r| r.len() as u64).sum(),
+            ..CopyState::default()
+        };
+        progress(Phase::Copy, state);
+        let mut reported = Instant::now();
         for (&node, records) in &by_inheritor {
-            let sent = streams.stream(node, records.len() as u64)?.snapshot(records);
-            sent.map_err(|source| streams.lost(node, source))?;
+            let before = state.flows_copied;
+            streams.snapshot(node, records, &mut |copied, bytes| {
+                state.flows_copied = before + copied;
+                state.bytes_sent = bytes;
+                if reported.elapsed() >= PROGRESS_EVERY {
+                    reported = Instant::now();
+                    progress(Phase::Copy, state);
+                }
+            })?;
         }
         for _ in 0..MAX_DELTA_BATCHES {
             let batch = self.ask_workers(|reply| WorkerCommand::Deltas { reply }, HANDOVER_STEP)?;
             let sent = streams.send_deltas(batch.iter())?;
-            progress(Phase::Copy, snapshot as u64, streams.deltas_sent);
+            state.deltas_sent = streams.deltas_sent;
+            state.bytes_sent = streams.bytes_sent_except(None);
+            progress(Phase::Copy, state);
             if sent < CUT_BELOW_DELTAS || started.elapsed() > HANDOVER_STEP {
                 break;
             }
@@ -750,7 +817,7 @@ impl Node {
         let next = Arc::clone(&self.view);
         let mut rounds = Vec::new();
         for _ in 0..MAX_RELEASE_ROUNDS {
-            let round = self.handover_round(&next, &|_, _, _| {})?;
+            let round = self.handover_round(&next, &|_, _| {})?;
             let moved = round["connections"].as_u64().unwrap_or(0);
             rounds.push(round);
             if moved == 0 {
@@ -873,16 +940,17 @@ impl Node {
             return Err(cancelled("the plan does not take every bucket from this node".into()));
         }
         self.migration = Some(serial);
-        let progress = |phase: Phase, flows: u64, deltas: u64| {
+        let progress = |phase: Phase, state: CopyState| {
             let _ = answers.send(Body::Progress(Progress {
                 serial,
                 phase,
-                flows_copied: flows,
-                deltas_sent: deltas,
-                flows_remaining: 0,
+                flows_copied: state.flows_copied,
+                deltas_sent: state.deltas_sent,
+                flows_remaining: state.flows_total.saturating_sub(state.flows_copied),
+                bytes_sent: state.bytes_sent,
             }));
         };
-        progress(Phase::Copy, 0, 0);
+        progress(Phase::Copy, CopyState::default());
         let next = Arc::new(NodeView {
             scope: plan,
             ..(*self.view).clone()

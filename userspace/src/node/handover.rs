@@ -103,8 +103,9 @@ impl<'a> Stream<'a> {
         self.bytes
     }
 
-    /// Sends the snapshot, in chunks, paced by the rate limit.
-    pub fn snapshot(&mut self, records: &[FlowRecordV2]) -> Result<()> {
+    /// Sends the snapshot, in chunks, paced by the rate limit; after each
+    /// chunk `sent` hears the records sent so far and this stream's bytes.
+    pub fn snapshot(&mut self, records: &[FlowRecordV2], sent: &mut dyn FnMut(u64, u64)) -> Result<()> {
         let started = Instant::now();
         for (i, chunk) in records.chunks(RECORDS_PER_CHUNK).enumerate() {
             if let Some(rate) = self.rate_limit {
@@ -119,6 +120,7 @@ impl<'a> Stream<'a> {
                 records: chunk.iter().copied().map(WireRecord::V2).collect(),
             }))?;
             self.chunks += 1;
+            sent((i * RECORDS_PER_CHUNK + chunk.len()) as u64, self.bytes);
         }
         Ok(())
     }
