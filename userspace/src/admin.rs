@@ -26,9 +26,11 @@ pub const ADMIN_SOCKET_MODE: u32 = 0o600;
 /// Longest request line accepted.
 const MAX_LINE: u64 = 64 * 1024;
 
-/// A request.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A request. `AdminRequest::VARIANTS` (strum) lists every `cmd`, as serde
+/// names them: the HTTP API's routes ([`crate::api`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::VariantNames)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+#[strum(serialize_all = "snake_case")]
 pub enum AdminRequest {
     /// Members and scope.
     Status,
@@ -66,6 +68,12 @@ fn auto() -> String {
 }
 
 impl AdminRequest {
+    /// Whether the request only reads (the HTTP API serves it on `GET`
+    /// too); a request that changes something is `POST` only.
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, Self::Status | Self::Stats)
+    }
+
     /// How long the caller waits for each response line: a migration reports
     /// every phase as it starts, and ends by its own deadline.
     pub fn patience(&self) -> Duration {

@@ -3,8 +3,12 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use handoff::{
-    admin::{self, AdminRequest, AdminResponse},
-    control::keys::{self, Party},
+    admin::{AdminRequest, AdminResponse},
+    api::client::{ApiClient, Transport},
+    control::{
+        keys::{self, Party},
+        tls::TlsPaths,
+    },
     edge::{config::EdgeConfig, Edge},
     node::{config::NodeConfig, daemon::Node},
     render,
@@ -137,8 +141,46 @@ struct AdminArgs {
     /// configuration).
     #[arg(long, default_value = "/run/handoff/edge.sock")]
     admin: PathBuf,
+    /// Use the HTTP API of the edge or of a node instead of the admin
+    /// socket (`[api] listen` in its configuration): http://127.0.0.1:9480,
+    /// or https://ADDRESS:PORT with --ca, --cert and --key.
+    #[arg(long, conflicts_with = "admin")]
+    api: Option<String>,
+    /// HTTPS: the cluster CA certificate (`ca.pem` of `handoff keys init`).
+    #[arg(long, requires = "api")]
+    ca: Option<PathBuf>,
+    /// HTTPS: a certificate the cluster CA issued (`handoff keys issue`).
+    #[arg(long, requires_all = ["api", "ca", "key"])]
+    cert: Option<PathBuf>,
+    /// HTTPS: that certificate's key.
+    #[arg(long, requires_all = ["api", "ca", "cert"])]
+    key: Option<PathBuf>,
+    /// HTTPS: the identity the server's certificate must carry when --api
+    /// gives its address (manager.handoff.cluster for the edge,
+    /// node-ID.handoff.cluster for a node).
+    #[arg(long, requires = "api")]
+    server_name: Option<String>,
     #[command(flatten)]
     output: Output,
+}
+
+impl AdminArgs {
+    /// The admin socket, or the API when --api is given.
+    fn transport(&self) -> Result<Transport> {
+        let Some(url) = &self.api else {
+            return Ok(Transport::Socket(self.admin.clone()));
+        };
+        let tls = match (&self.ca, &self.cert, &self.key) {
+            (Some(ca), Some(cert), Some(key)) => Some(TlsPaths {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None, None) => None,
+            _ => anyhow::bail!("HTTPS needs all of --ca, --cert and --key"),
+        };
+        Ok(Transport::Api(ApiClient::new(url, tls.as_ref(), self.server_name.as_deref())?))
+    }
 }
 
 #[derive(clap::Args, Debug, Clone, Copy)]
@@ -179,7 +221,7 @@ enum ScopeChange {
 }
 
 fn admin_call(admin: &AdminArgs, request: AdminRequest) -> Result<()> {
-    let response = admin::call(&admin.admin, &request, Duration::from_secs(35))?;
+    let response = admin.transport()?.call(&request, Duration::from_secs(35))?;
     if let AdminResponse::Error { message } = &response {
         if admin.output.json {
             println!("{}", serde_json::to_string_pretty(&response)?);
@@ -201,7 +243,7 @@ fn node_of(request: &AdminRequest) -> &str {
 fn migrate(admin: &AdminArgs, request: AdminRequest) -> Result<()> {
     let json = admin.output.json;
     let line_json = |response: &AdminResponse| serde_json::to_string(response).map(|line| println!("{line}"));
-    let response = admin::call_with_progress(&admin.admin, &request, request.patience(), |line| {
+    let response = admin.transport()?.call_with_progress(&request, request.patience(), |line| {
         if json {
             // A line the daemon sent parsed as JSON serializes back.
             let _ = line_json(&AdminResponse::Progress(line.clone()));

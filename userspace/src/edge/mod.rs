@@ -556,10 +556,19 @@ impl Edge {
     /// Serves the admin socket until `stop` is set, then detaches.
     pub fn run(mut self, stop: Arc<AtomicBool>) -> Result<()> {
         let (tx, rx) = crossbeam::channel::unbounded::<AdminCall>();
-        let _socket = admin::serve(&self.config.admin_socket, tx, Arc::clone(&stop))?;
+        let _socket = admin::serve(&self.config.admin_socket, tx.clone(), Arc::clone(&stop))?;
         let (scrape_tx, scrapes) = crossbeam::channel::bounded::<ScrapeCall>(metrics::HTTP_THREADS);
         let metrics_server = match self.config.metrics {
             Some(listen) => Some(metrics::serve(listen, scrape_tx, Arc::clone(&stop))?),
+            None => None,
+        };
+        let api_server = match self.config.api {
+            Some(listen) => Some(crate::api::serve(
+                listen,
+                self.config.tls.clone(),
+                tx.clone(),
+                Arc::clone(&stop),
+            )?),
             None => None,
         };
         if let Some(address) = self.config.control_listen {
@@ -610,7 +619,7 @@ impl Edge {
             }
             self.fail_over(now);
         }
-        if let Some(server) = metrics_server {
+        for server in [metrics_server, api_server].into_iter().flatten() {
             server.join();
         }
         match self.program.pin_dir() {

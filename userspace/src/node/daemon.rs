@@ -967,10 +967,19 @@ impl Node {
     /// workers and detaches.
     pub fn run(mut self) -> Result<()> {
         let (tx, rx) = crossbeam::channel::unbounded::<AdminCall>();
-        let _socket = admin::serve(&self.config.admin_socket, tx, Arc::clone(&self.stop))?;
+        let _socket = admin::serve(&self.config.admin_socket, tx.clone(), Arc::clone(&self.stop))?;
         let (scrape_tx, scrapes) = bounded::<ScrapeCall>(metrics::HTTP_THREADS);
         let metrics_server = match self.config.metrics {
             Some(listen) => Some(metrics::serve(listen, scrape_tx, Arc::clone(&self.stop))?),
+            None => None,
+        };
+        let api_server = match self.config.api {
+            Some(listen) => Some(crate::api::serve(
+                listen,
+                self.config.tls.clone(),
+                tx.clone(),
+                Arc::clone(&self.stop),
+            )?),
             None => None,
         };
         // Readiness line for scripts and tests.
@@ -999,7 +1008,7 @@ impl Node {
             }
         }
         self.program.detach()?;
-        if let Some(server) = metrics_server {
+        for server in [metrics_server, api_server].into_iter().flatten() {
             server.join();
         }
         for thread in self.threads.drain(..) {
