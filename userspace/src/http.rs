@@ -384,7 +384,10 @@ fn read_request(conn: &mut dyn Connection, limits: Limits) -> Result<Result<Requ
             match parse_head(&buffer) {
                 Some(Ok(parsed)) => {
                     if parsed.2 > limits.max_body {
-                        let message = format!("the body is {} bytes; at most {} are accepted", parsed.2, limits.max_body);
+                        let message = format!(
+                            "the body is {} bytes; at most {} are accepted",
+                            parsed.2, limits.max_body
+                        );
                         return Ok(Err((413, message)));
                     }
                     head = Some(parsed);
@@ -399,7 +402,12 @@ fn read_request(conn: &mut dyn Connection, limits: Limits) -> Result<Result<Requ
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        let timeout = || Ok(Err((408, format!("the request did not arrive within {:?}", limits.request_timeout))));
+        let timeout = || {
+            Ok(Err((
+                408,
+                format!("the request did not arrive within {:?}", limits.request_timeout),
+            )))
+        };
         if left.is_zero() {
             return timeout();
         }
@@ -435,10 +443,24 @@ mod tests {
                 body.chunk(b"{\"n\":2}\n")?;
                 return body.finish();
             }
-            let text = format!("{} {} {:?} {}", request.method, request.path, request.query, request.body.len());
+            let text = format!(
+                "{} {} {:?} {}",
+                request.method,
+                request.path,
+                request.query,
+                request.body.len()
+            );
             responder.send(200, "text/plain", &["X-Test: 1".into()], text.as_bytes())
         });
-        let server = serve("test-http", "127.0.0.1:0".parse().unwrap(), None, LIMITS, handler, Arc::clone(&stop)).unwrap();
+        let server = serve(
+            "test-http",
+            "127.0.0.1:0".parse().unwrap(),
+            None,
+            LIMITS,
+            handler,
+            Arc::clone(&stop),
+        )
+        .unwrap();
         (server, stop)
     }
 
@@ -457,10 +479,16 @@ mod tests {
         let at = server.local_addr;
         let ok = ask(at, b"POST /v1/x?y=1 HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello");
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
-        assert!(ok.contains("X-Test: 1\r\n") && ok.ends_with("POST /v1/x Some(\"y=1\") 5"), "{ok}");
+        assert!(
+            ok.contains("X-Test: 1\r\n") && ok.ends_with("POST /v1/x Some(\"y=1\") 5"),
+            "{ok}"
+        );
         let big = format!("POST / HTTP/1.1\r\nContent-Length: 65\r\n\r\n{}", "a".repeat(65));
         let refused = ask(at, big.as_bytes());
-        assert!(refused.starts_with("HTTP/1.1 413 ") && refused.contains("\"error\":\"the body is 65 bytes"), "{refused}");
+        assert!(
+            refused.starts_with("HTTP/1.1 413 ") && refused.contains("\"error\":\"the body is 65 bytes"),
+            "{refused}"
+        );
         let chunked = ask(at, b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
         assert!(chunked.starts_with("HTTP/1.1 411 "), "{chunked}");
         let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(2000));

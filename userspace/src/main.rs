@@ -179,7 +179,11 @@ impl AdminArgs {
             (None, None, None) => None,
             _ => anyhow::bail!("HTTPS needs all of --ca, --cert and --key"),
         };
-        Ok(Transport::Api(ApiClient::new(url, tls.as_ref(), self.server_name.as_deref())?))
+        Ok(Transport::Api(ApiClient::new(
+            url,
+            tls.as_ref(),
+            self.server_name.as_deref(),
+        )?))
     }
 }
 
@@ -243,14 +247,16 @@ fn node_of(request: &AdminRequest) -> &str {
 fn migrate(admin: &AdminArgs, request: AdminRequest) -> Result<()> {
     let json = admin.output.json;
     let line_json = |response: &AdminResponse| serde_json::to_string(response).map(|line| println!("{line}"));
-    let response = admin.transport()?.call_with_progress(&request, request.patience(), |line| {
-        if json {
-            // A line the daemon sent parsed as JSON serializes back.
-            let _ = line_json(&AdminResponse::Progress(line.clone()));
-        } else {
-            println!("{}", render::progress_line(line));
-        }
-    })?;
+    let response = admin
+        .transport()?
+        .call_with_progress(&request, request.patience(), |line| {
+            if json {
+                // A line the daemon sent parsed as JSON serializes back.
+                let _ = line_json(&AdminResponse::Progress(line.clone()));
+            } else {
+                println!("{}", render::progress_line(line));
+            }
+        })?;
     if json {
         line_json(&response)?;
     }

@@ -494,7 +494,10 @@ mod tests {
                 method: method.into(),
                 path: path.into(),
                 query: None,
-                headers: accept.map(|a| ("Accept".to_string(), a.to_string())).into_iter().collect(),
+                headers: accept
+                    .map(|a| ("Accept".to_string(), a.to_string()))
+                    .into_iter()
+                    .collect(),
                 body: Vec::new(),
             })
         };

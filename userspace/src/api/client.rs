@@ -132,9 +132,9 @@ impl ApiClient {
                     host = name.to_string();
                 }
             }
-            (true, None) => bail!(
-                "{url} is HTTPS: give the cluster CA and a certificate it issued with --ca, --cert and --key"
-            ),
+            (true, None) => {
+                bail!("{url} is HTTPS: give the cluster CA and a certificate it issued with --ca, --cert and --key")
+            }
             (false, Some(_)) => bail!("{url} is plain HTTP: --ca, --cert and --key are for https:// only"),
             (false, None) => {}
         }
@@ -219,10 +219,18 @@ mod tests {
             }
         );
         assert_eq!(parse_base("http://[::1]:80").unwrap().host, "[::1]");
-        for bad in ["10.0.0.1:9480", "ftp://x:1", "http://x", "http://x:1/v1/status", "http://:1"] {
+        for bad in [
+            "10.0.0.1:9480",
+            "ftp://x:1",
+            "http://x",
+            "http://x:1/v1/status",
+            "http://:1",
+        ] {
             assert!(parse_base(bad).is_err(), "{bad}");
         }
-        let e = ApiClient::new("https://127.0.0.1:9480", None, None).unwrap_err().to_string();
+        let e = ApiClient::new("https://127.0.0.1:9480", None, None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--ca, --cert and --key"), "{e}");
     }
 }

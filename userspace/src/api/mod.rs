@@ -107,14 +107,14 @@ pub fn serve(
         (true, Some(tls)) => Some(tls),
         (true, None) => bail!("the API on {listen} (not loopback) needs a [tls] section"),
     };
-    let handler: Handler = Arc::new(move |request: &http::Request, responder: Responder<'_>| {
-        match route(request) {
+    let handler: Handler = Arc::new(
+        move |request: &http::Request, responder: Responder<'_>| match route(request) {
             Ok(call) => answer(call, &calls, wants_stream(request.header("accept")), responder),
             Err((status, message, extra)) => {
                 responder.send(status, http::JSON, &extra, http::error_body(&message).as_bytes())
             }
-        }
-    });
+        },
+    );
     http::serve("api", listen, tls, LIMITS, handler, stop)
 }
 
@@ -148,7 +148,12 @@ fn route(request: &http::Request) -> Result<AdminRequest, Refusal> {
             } else {
                 match serde_json::from_str::<serde_json::Value>(body) {
                     Ok(serde_json::Value::Object(fields)) => fields,
-                    Ok(_) => return Err(refuse(400, "the body must be a JSON object of the request's fields".into())),
+                    Ok(_) => {
+                        return Err(refuse(
+                            400,
+                            "the body must be a JSON object of the request's fields".into(),
+                        ))
+                    }
                     Err(e) => return Err(refuse(400, format!("the body is not JSON: {e}"))),
                 }
             }
@@ -195,7 +200,12 @@ fn status_of(response: &AdminResponse) -> u16 {
 }
 
 /// Hands `call` to the daemon and writes its answer.
-fn answer(call: AdminRequest, calls: &Sender<AdminCall>, stream: bool, responder: Responder<'_>) -> std::io::Result<()> {
+fn answer(
+    call: AdminRequest,
+    calls: &Sender<AdminCall>,
+    stream: bool,
+    responder: Responder<'_>,
+) -> std::io::Result<()> {
     let patience = call.patience();
     let (tx, rx) = unbounded();
     if calls.send((call, tx)).is_err() {

@@ -75,9 +75,15 @@ fn the_openapi_document_has_a_path_for_every_admin_request() {
     );
     let extra: Vec<&String> = paths
         .keys()
-        .filter(|p| !p.strip_prefix(PREFIX).is_some_and(|c| AdminRequest::VARIANTS.contains(&c)))
+        .filter(|p| {
+            !p.strip_prefix(PREFIX)
+                .is_some_and(|c| AdminRequest::VARIANTS.contains(&c))
+        })
         .collect();
-    assert!(extra.is_empty(), "docs/openapi.json describes {extra:?}, which no verb serves");
+    assert!(
+        extra.is_empty(),
+        "docs/openapi.json describes {extra:?}, which no verb serves"
+    );
     // GET exactly where the route serves it, POST everywhere; every
     // operation documents its errors.
     for cmd in AdminRequest::VARIANTS {
@@ -132,13 +138,22 @@ fn a_loopback_listener_answers_streams_migrations_and_maps_errors() {
     let at = server.local_addr;
     let status = raw(at, "GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(status.starts_with("HTTP/1.1 200 OK\r\n"), "{status}");
-    assert!(status.ends_with("{\"result\":\"status\",\"scope_version\":3}\n"), "{status}");
+    assert!(
+        status.ends_with("{\"result\":\"status\",\"scope_version\":3}\n"),
+        "{status}"
+    );
     let body = r#"{"node":"fd-a"}"#;
     let streamed = raw(
         at,
-        &format!("POST /v1/disengage HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}", body.len()),
+        &format!(
+            "POST /v1/disengage HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
     );
-    assert!(streamed.contains("Content-Type: application/x-ndjson\r\n"), "{streamed}");
+    assert!(
+        streamed.contains("Content-Type: application/x-ndjson\r\n"),
+        "{streamed}"
+    );
     assert!(
         streamed.contains("{\"result\":\"progress\",\"phase\":\"copy\"}\n")
             && streamed.contains("{\"result\":\"done\",\"outcome\":\"completed\"}\n"),
@@ -152,10 +167,18 @@ fn a_loopback_listener_answers_streams_migrations_and_maps_errors() {
         ),
     );
     assert!(
-        last.contains("Content-Type: application/json\r\n") && last.ends_with("{\"result\":\"done\",\"outcome\":\"completed\"}\n"),
+        last.contains("Content-Type: application/json\r\n")
+            && last.ends_with("{\"result\":\"done\",\"outcome\":\"completed\"}\n"),
         "{last}"
     );
-    let refused = raw(at, "POST /v1/scope_remove HTTP/1.1\r\nContent-Length: 16\r\n\r\n{\"member\":\"fd\"}");
+    let body = r#"{"member":"fd"}"#;
+    let refused = raw(
+        at,
+        &format!(
+            "POST /v1/scope_remove HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
     assert!(refused.starts_with("HTTP/1.1 409 Conflict\r\n"), "{refused}");
     assert!(refused.contains("{\"error\":\"refused ScopeRemove"), "{refused}");
     let big = format!("POST /v1/status HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
@@ -165,7 +188,9 @@ fn a_loopback_listener_answers_streams_migrations_and_maps_errors() {
     let client = ApiClient::new(&format!("http://{at}"), None, None).unwrap();
     let timeout = Duration::from_secs(10);
     assert_eq!(
-        client.call_with_progress(&AdminRequest::Status, timeout, |_| {}).unwrap(),
+        client
+            .call_with_progress(&AdminRequest::Status, timeout, |_| {})
+            .unwrap(),
         AdminResponse::Status(serde_json::json!({"scope_version": 3}))
     );
     let mut phases = Vec::new();
@@ -216,15 +241,21 @@ fn a_non_loopback_listener_needs_tls_and_a_client_certificate() {
     let timeout = Duration::from_secs(10);
     let client = ApiClient::new(&url, Some(&node), Some(MANAGER_NAME)).unwrap();
     assert_eq!(
-        client.call_with_progress(&AdminRequest::Status, timeout, |_| {}).unwrap(),
+        client
+            .call_with_progress(&AdminRequest::Status, timeout, |_| {})
+            .unwrap(),
         AdminResponse::Status(serde_json::json!({"scope_version": 3}))
     );
     // The server's certificate is the manager's: another name is refused.
     let wrong = ApiClient::new(&url, Some(&node), Some("node-1.handoff.cluster")).unwrap();
-    assert!(wrong.call_with_progress(&AdminRequest::Status, timeout, |_| {}).is_err());
+    assert!(wrong
+        .call_with_progress(&AdminRequest::Status, timeout, |_| {})
+        .is_err());
     // Plain HTTP gets nothing from an HTTPS listener.
     let plain = ApiClient::new(&format!("http://127.0.0.1:{}", server.local_addr.port()), None, None).unwrap();
-    assert!(plain.call_with_progress(&AdminRequest::Status, timeout, |_| {}).is_err());
+    assert!(plain
+        .call_with_progress(&AdminRequest::Status, timeout, |_| {})
+        .is_err());
     // A TLS client without a certificate is refused at the handshake.
     let roots = {
         let mut roots = rustls::RootCertStore::empty();

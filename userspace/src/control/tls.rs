@@ -145,7 +145,9 @@ pub fn client_config(paths: &TlsPaths) -> Result<Arc<ClientConfig>, TlsError> {
     let key = read_key(&paths.key)?;
     let mut roots = RootCertStore::empty();
     for cert in ca {
-        roots.add(cert).map_err(|e| TlsError::Verifier(format!("{}: {e}", paths.ca.display())))?;
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::Verifier(format!("{}: {e}", paths.ca.display())))?;
     }
     let provider = provider();
     let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))

@@ -624,7 +624,9 @@ interface = "e1"
         assert_eq!(c.api, Some("127.0.0.1:9480".parse().unwrap()));
         let e = err(&with("10.0.1.1:9480", ""));
         assert!(
-            e.starts_with("edge.toml:7: field `api.listen`") && e.contains("not a loopback address") && e.contains("[tls]"),
+            e.starts_with("edge.toml:7: field `api.listen`")
+                && e.contains("not a loopback address")
+                && e.contains("[tls]"),
             "{e}"
         );
         let tls = "\n[tls]\nca = \"ca.pem\"\ncert = \"m.pem\"\nkey = \"m.key\"\n";
