@@ -61,6 +61,24 @@ pub enum AdminRequest {
         /// Node name.
         node: String,
     },
+    /// (Edge) Add a member: it may then register, and be put into the
+    /// scope with `scope_add` or `engage`. Not written to the edge's file.
+    MemberAdd {
+        /// Its name (unique), e.g. `fd-d`.
+        member: String,
+        /// Its id (unique, below the edge's member limit): the value in
+        /// scope tables, and the `--node` of its certificate.
+        id: u32,
+        /// Its fabric MAC address, `aa:bb:cc:dd:ee:ff`.
+        mac: String,
+        /// The edge's interface towards it.
+        interface: String,
+    },
+    /// (Edge) Remove a member that is out of the scope and not connected.
+    MemberRemove {
+        /// Member name.
+        member: String,
+    },
 }
 
 fn auto() -> String {
@@ -100,6 +118,16 @@ pub enum AdminResponse {
         moved_buckets: usize,
         /// Active generation after the flip.
         generation: u32,
+    },
+    /// A member was added or removed (answer to [`AdminRequest::MemberAdd`]
+    /// and [`AdminRequest::MemberRemove`]).
+    MemberChanged {
+        /// Member name.
+        member: String,
+        /// Its id.
+        id: u32,
+        /// `added` or `removed`.
+        change: String,
     },
     /// A migration entered a phase; more lines follow.
     Progress(serde_json::Value),

@@ -83,6 +83,12 @@ enum Command {
         #[command(subcommand)]
         change: ScopeChange,
     },
+    /// Add or remove an edge member while the edge runs (not written to
+    /// edge.toml: add it there too to keep it across a restart).
+    Member {
+        #[command(subcommand)]
+        change: MemberChange,
+    },
     /// Check what this machine lacks to run the edge or a node: privileges,
     /// kernel, BPF JIT, bpffs, memlock, and each interface's link, driver,
     /// offloads, MTU and queues. Each check is ok, warn or fail, with what
@@ -204,6 +210,35 @@ impl Output {
         }
         Ok(())
     }
+}
+
+#[derive(Subcommand, Debug)]
+enum MemberChange {
+    /// Add MEMBER: it may then register, and be put in the scope with
+    /// `handoff engage` or `handoff scope add`.
+    Add {
+        /// Member name (unique).
+        member: String,
+        /// Its id (unique): the id its node's certificate and node.toml carry.
+        #[arg(long)]
+        id: u32,
+        /// Its fabric MAC address.
+        #[arg(long)]
+        mac: String,
+        /// The edge's interface towards it.
+        #[arg(long)]
+        interface: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Remove MEMBER: it must be out of the scope (disengage it first) and
+    /// its node stopped.
+    Remove {
+        /// Member name.
+        member: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -349,6 +384,27 @@ fn run() -> Result<()> {
         Command::Scope {
             change: ScopeChange::Add { member, admin },
         } => admin_call(&admin, AdminRequest::ScopeAdd { member }),
+        Command::Member {
+            change:
+                MemberChange::Add {
+                    member,
+                    id,
+                    mac,
+                    interface,
+                    admin,
+                },
+        } => admin_call(
+            &admin,
+            AdminRequest::MemberAdd {
+                member,
+                id,
+                mac,
+                interface,
+            },
+        ),
+        Command::Member {
+            change: MemberChange::Remove { member, admin },
+        } => admin_call(&admin, AdminRequest::MemberRemove { member }),
         Command::Keys {
             action: KeysAction::Init { dir, output },
         } => {

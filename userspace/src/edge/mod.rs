@@ -5,6 +5,7 @@
 pub mod config;
 pub mod driver;
 pub mod manager;
+pub mod members;
 pub mod membership;
 pub mod migration;
 
@@ -399,6 +400,13 @@ impl Edge {
                 Ok(()) => return,
                 Err(e) => Err(e),
             },
+            AdminRequest::MemberAdd {
+                member,
+                id,
+                mac,
+                interface,
+            } => self.member_add(&member, id, &mac, &interface),
+            AdminRequest::MemberRemove { member } => self.member_remove(&member),
         };
         let _ = reply.send(result.unwrap_or_else(|e| AdminResponse::Error {
             message: format!("{e:#}"),

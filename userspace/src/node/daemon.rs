@@ -957,6 +957,9 @@ impl Node {
             AdminRequest::Disengage { .. } | AdminRequest::Engage { .. } => Err(anyhow::anyhow!(
                 "migrations are run by the manager: ask the edge's admin socket"
             )),
+            AdminRequest::MemberAdd { .. } | AdminRequest::MemberRemove { .. } => Err(anyhow::anyhow!(
+                "the edge keeps the members: ask the edge's admin socket or API"
+            )),
         };
         result.unwrap_or_else(|e| AdminResponse::Error {
             message: format!("{e:#}"),
