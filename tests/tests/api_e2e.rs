@@ -85,7 +85,9 @@ fn the_http_api_serves_the_admin_verbs_over_http_and_https() {
             .is_ok_and(|o| o.status.success()),
         "curl is missing: run scripts/bootstrap"
     );
+    // Four nodes; the edge's file names only fd-a..fd-c: fd-d is added live.
     let mut cluster = Cluster::create(&ClusterSpec {
+        nodes: 4,
         node_queues: 2,
         ..ClusterSpec::default()
     })
@@ -94,7 +96,8 @@ fn the_http_api_serves_the_admin_verbs_over_http_and_https() {
 
     // A non-loopback API without TLS is refused at load, before anything
     // is attached.
-    let plain = cluster.edge_config(true);
+    let full = cluster.edge_config(true);
+    let plain = full[..full.find("\n[[members]]\nname = \"fd-d\"").unwrap()].to_string();
     let tls_at = plain.find("\n[tls]").unwrap();
     let members_at = plain.find("\n[[members]]").unwrap();
     let without_tls = format!(
@@ -127,7 +130,7 @@ fn the_http_api_serves_the_admin_verbs_over_http_and_https() {
     cluster.start_edge(&edge).unwrap();
     cluster.start_services().unwrap();
     let node_api = format!("\n[api]\nlisten = \"0.0.0.0:{API_PORT}\"\n");
-    cluster
+    let nodes = cluster
         .start_nodes_with(
             2,
             &NodeTuning {
@@ -140,7 +143,7 @@ fn the_http_api_serves_the_admin_verbs_over_http_and_https() {
         handoff_testbed::cluster::wait_until(Duration::from_secs(20), || {
             edge_api(&cluster, "GET", "status", "").0["members"]
                 .as_array()
-                .is_some_and(|m| m.iter().all(|m| m["registered"] == true))
+                .is_some_and(|m| m.len() == 3 && m.iter().all(|m| m["registered"] == true))
         }),
         "the nodes did not register"
     );
@@ -251,9 +254,79 @@ fn the_http_api_serves_the_admin_verbs_over_http_and_https() {
     let node_socket = cluster.node_admin_socket(0).display().to_string();
     assert_eq!(over_https, cli(&cluster, &["status", "--admin", &node_socket]).unwrap());
 
-    // A disengage and an engage of fd-a through the API under load: each
-    // streams its phases and ends `done`; no echo is lost, no connection
-    // breaks.
+    // Members, live: bad additions and the removal of a member in the
+    // scope are refused and change nothing; fd-d, added, registers and is
+    // engaged, and carries its share of the load below; out of the scope
+    // again and its node stopped, it is removed.
+    let before = settled(&cli(&cluster, &["status", "--api", &api]).unwrap());
+    let fabric = cluster.edge_fabric_port.ifname.clone();
+    let fd_d_mac = handoff_testbed::netns::mac_string(cluster.nodes[3].port.mac);
+    let add = |name: &str, id: &str, interface: &str| {
+        cli(
+            &cluster,
+            &[
+                "member",
+                "add",
+                name,
+                "--id",
+                id,
+                "--mac",
+                &fd_d_mac,
+                "--interface",
+                interface,
+                "--api",
+                &api,
+            ],
+        )
+    };
+    let e = add("fd-d", "0", &fabric).unwrap_err();
+    assert!(e.contains("id 0 is fd-a's"), "{e}");
+    let e = add("fd-a", "3", &fabric).unwrap_err();
+    assert!(e.contains("named \"fd-a\" already"), "{e}");
+    let e = add("fd-d", "3", "nosuchif0").unwrap_err();
+    assert!(e.contains("no interface \"nosuchif0\""), "{e}");
+    let e = add("fd-d", "256", &fabric).unwrap_err();
+    assert!(e.contains("not below 256"), "{e}");
+    let (refused, code) = edge_api(&cluster, "POST", "member_remove", r#"{"member": "fd-a"}"#);
+    assert!(
+        code == 409 && refused["error"].as_str().unwrap().contains("handoff disengage fd-a"),
+        "{refused}"
+    );
+    assert_eq!(settled(&cli(&cluster, &["status", "--api", &api]).unwrap()), before);
+    let added = add("fd-d", "3", &fabric).unwrap();
+    assert_eq!(
+        (&added["change"], &added["id"]),
+        (&"added".into(), &3.into()),
+        "{added}"
+    );
+    let member = |name: &str| {
+        cli(&cluster, &["status", "--api", &api]).unwrap()["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .cloned()
+    };
+    let mut last = None;
+    assert!(
+        handoff_testbed::cluster::wait_until(Duration::from_secs(20), || {
+            last = member("fd-d");
+            last.as_ref()
+                .is_some_and(|m| m["registered"] == true && m["status"] == "Disengaged")
+        }),
+        "fd-d did not register once added: {last:?}"
+    );
+    let engage = format!("http://127.0.0.1:{API_PORT}/v1/engage");
+    let out = curl(&cluster, &["--fail", "-d", r#"{"node": "fd-d"}"#, &engage]).unwrap();
+    assert!(
+        out.trim_end().lines().last().unwrap().contains("\"result\":\"done\""),
+        "{out}"
+    );
+    let d = member("fd-d").unwrap();
+    assert!(d["in_scope"] == true && d["buckets"].as_u64().unwrap() > 0, "{d}");
+    // A disengage and an engage of fd-a through the API under load (fd-d
+    // in the scope): each streams its phases and ends `done`; no echo is
+    // lost, no connection breaks.
     let load = cluster.start_client_load(&LOAD).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     for (cmd, body) in [
@@ -282,62 +355,43 @@ fn the_http_api_serves_the_admin_verbs_over_http_and_https() {
         "UDP echoes across a disengage and engage through the API",
     );
     assert!(tcp.ok(), "{tcp:?}");
-
-    // Members, live: a new one appears in the status and goes again; bad
-    // additions and the removal of a member in the scope are refused and
-    // change nothing.
-    let before = settled(&cli(&cluster, &["status", "--api", &api]).unwrap());
-    let fabric = cluster.edge_fabric_port.ifname.clone();
-    let add = |name: &str, id: &str, interface: &str| {
-        cli(
-            &cluster,
-            &[
-                "member",
-                "add",
-                name,
-                "--id",
-                id,
-                "--mac",
-                "02:68:6f:00:03:09",
-                "--interface",
-                interface,
-                "--api",
-                &api,
-            ],
-        )
-    };
-    let e = add("fd-x", "0", &fabric).unwrap_err();
-    assert!(e.contains("id 0 is fd-a's"), "{e}");
-    let e = add("fd-a", "7", &fabric).unwrap_err();
-    assert!(e.contains("named \"fd-a\" already"), "{e}");
-    let e = add("fd-x", "7", "nosuchif0").unwrap_err();
-    assert!(e.contains("no interface \"nosuchif0\""), "{e}");
-    let (refused, code) = edge_api(&cluster, "POST", "member_remove", r#"{"member": "fd-a"}"#);
-    assert!(
-        code == 409 && refused["error"].as_str().unwrap().contains("handoff disengage fd-a"),
-        "{refused}"
-    );
-    assert_eq!(settled(&cli(&cluster, &["status", "--api", &api]).unwrap()), before);
-    let added = add("fd-x", "7", &fabric).unwrap();
-    assert_eq!(added["change"], "added", "{added}");
-    let status = cli(&cluster, &["status", "--api", &api]).unwrap();
-    let x = status["members"]
+    let stats = cli(&cluster, &["stats", "--api", &api]).unwrap();
+    let sprayed = stats["members"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|m| m["name"] == "fd-x")
+        .find(|m| m["name"] == "fd-d")
         .cloned();
+    assert!(sprayed.is_some_and(|m| m["packets"].as_u64().unwrap() > 0), "{stats}");
+    let disengage = format!("http://127.0.0.1:{API_PORT}/v1/disengage");
+    let out = curl(&cluster, &["--fail", "-d", r#"{"node": "fd-d"}"#, &disengage]).unwrap();
     assert!(
-        x.as_ref()
-            .is_some_and(|x| x["id"] == 7 && x["in_scope"] == false && x["registered"] == false),
-        "{status}"
+        out.trim_end().lines().last().unwrap().contains("\"result\":\"done\""),
+        "{out}"
     );
-    let removed = cli(&cluster, &["member", "remove", "fd-x", "--admin", &admin]).unwrap();
-    assert_eq!(removed["change"], "removed", "{removed}");
-    assert_eq!(settled(&cli(&cluster, &["status", "--api", &api]).unwrap()), before);
+    let e = cli(&cluster, &["member", "remove", "fd-d", "--api", &api]).unwrap_err();
+    assert!(e.contains("connected to the manager: stop it first"), "{e}");
+    cluster.process(nodes[3]).stop().unwrap();
+    let mut removed = Err(String::new());
+    assert!(
+        handoff_testbed::cluster::wait_until(Duration::from_secs(20), || {
+            removed = cli(&cluster, &["member", "remove", "fd-d", "--admin", &admin]);
+            removed.is_ok()
+        }),
+        "fd-d was not removed once its node stopped: {removed:?}"
+    );
+    assert_eq!(removed.unwrap()["change"], "removed");
+    let after = cli(&cluster, &["status", "--api", &api]).unwrap();
+    let left: Vec<_> = after["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap(), m["in_scope"] == true))
+        .collect();
+    assert_eq!(left, [("fd-a", true), ("fd-b", true), ("fd-c", true)], "{after}");
     let stats = cli(&cluster, &["stats", "--api", &api]).unwrap();
     assert!(
-        !stats["members"].as_array().unwrap().iter().any(|m| m["name"] == "fd-x"),
+        !stats["members"].as_array().unwrap().iter().any(|m| m["name"] == "fd-d"),
         "{stats}"
     );
 }
