@@ -62,7 +62,8 @@ pub enum AdminRequest {
         node: String,
     },
     /// (Edge) Add a member: it may then register, and be put into the
-    /// scope with `scope_add` or `engage`. Not written to the edge's file.
+    /// scope with `scope_add` or `engage`. Not written to the edge's file;
+    /// the nodes' files must list it (nodes find their peers there).
     MemberAdd {
         /// Its name (unique), e.g. `fd-d`.
         member: String,
