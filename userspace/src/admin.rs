@@ -26,9 +26,11 @@ pub const ADMIN_SOCKET_MODE: u32 = 0o600;
 /// Longest request line accepted.
 const MAX_LINE: u64 = 64 * 1024;
 
-/// A request.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A request. `AdminRequest::VARIANTS` (strum) lists every `cmd`, as serde
+/// names them: the HTTP API's routes ([`crate::api`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::VariantNames)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+#[strum(serialize_all = "snake_case")]
 pub enum AdminRequest {
     /// Members and scope.
     Status,
@@ -59,6 +61,25 @@ pub enum AdminRequest {
         /// Node name.
         node: String,
     },
+    /// (Edge) Add a member: it may then register, and be put into the
+    /// scope with `scope_add` or `engage`. Not written to the edge's file;
+    /// the nodes' files must list it (nodes find their peers there).
+    MemberAdd {
+        /// Its name (unique), e.g. `fd-d`.
+        member: String,
+        /// Its id (unique, below the edge's member limit): the value in
+        /// scope tables, and the `--node` of its certificate.
+        id: u32,
+        /// Its fabric MAC address, `aa:bb:cc:dd:ee:ff`.
+        mac: String,
+        /// The edge's interface towards it.
+        interface: String,
+    },
+    /// (Edge) Remove a member that is out of the scope and not connected.
+    MemberRemove {
+        /// Member name.
+        member: String,
+    },
 }
 
 fn auto() -> String {
@@ -66,6 +87,12 @@ fn auto() -> String {
 }
 
 impl AdminRequest {
+    /// Whether the request only reads (the HTTP API serves it on `GET`
+    /// too); a request that changes something is `POST` only.
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, Self::Status | Self::Stats)
+    }
+
     /// How long the caller waits for each response line: a migration reports
     /// every phase as it starts, and ends by its own deadline.
     pub fn patience(&self) -> Duration {
@@ -92,6 +119,16 @@ pub enum AdminResponse {
         moved_buckets: usize,
         /// Active generation after the flip.
         generation: u32,
+    },
+    /// A member was added or removed (answer to [`AdminRequest::MemberAdd`]
+    /// and [`AdminRequest::MemberRemove`]).
+    MemberChanged {
+        /// Member name.
+        member: String,
+        /// Its id.
+        id: u32,
+        /// `added` or `removed`.
+        change: String,
     },
     /// A migration entered a phase (`{"phase", "at_ms", "detail"}`), or
     /// its copy moved on (`{"phase": "Copy", "at_ms", "progress": {...}}`,

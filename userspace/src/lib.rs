@@ -5,10 +5,12 @@
 //! state machine) as plain `std` code, and the I/O behind traits.
 
 pub mod admin;
+pub mod api;
 pub mod control;
 pub mod doctor;
 pub mod edge;
 pub mod flow;
+pub mod http;
 pub mod icmp;
 pub mod io;
 pub mod metrics;

@@ -3,8 +3,12 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use handoff::{
-    admin::{self, AdminRequest, AdminResponse},
-    control::keys::{self, Party},
+    admin::{AdminRequest, AdminResponse},
+    api::client::{ApiClient, Transport},
+    control::{
+        keys::{self, Party},
+        tls::TlsPaths,
+    },
     edge::{config::EdgeConfig, Edge},
     node::{config::NodeConfig, daemon::Node},
     render,
@@ -99,6 +103,12 @@ enum Command {
         #[command(subcommand)]
         change: ScopeChange,
     },
+    /// Add or remove an edge member while the edge runs (not written to
+    /// edge.toml: add it there too to keep it across a restart).
+    Member {
+        #[command(subcommand)]
+        change: MemberChange,
+    },
     /// Check what this machine lacks to run the edge or a node: privileges,
     /// kernel, BPF JIT, bpffs, memlock, and each interface's link, driver,
     /// offloads, MTU and queues. Each check is ok, warn or fail, with what
@@ -168,8 +178,50 @@ struct AdminArgs {
     /// configuration).
     #[arg(long, default_value = "/run/handoff/edge.sock")]
     admin: PathBuf,
+    /// Use the HTTP API of the edge or of a node instead of the admin
+    /// socket (`[api] listen` in its configuration): http://127.0.0.1:9480,
+    /// or https://ADDRESS:PORT with --ca, --cert and --key.
+    #[arg(long, conflicts_with = "admin")]
+    api: Option<String>,
+    /// HTTPS: the cluster CA certificate (`ca.pem` of `handoff keys init`).
+    #[arg(long, requires = "api")]
+    ca: Option<PathBuf>,
+    /// HTTPS: a certificate the cluster CA issued (`handoff keys issue`).
+    #[arg(long, requires_all = ["api", "ca", "key"])]
+    cert: Option<PathBuf>,
+    /// HTTPS: that certificate's key.
+    #[arg(long, requires_all = ["api", "ca", "cert"])]
+    key: Option<PathBuf>,
+    /// HTTPS: the identity the server's certificate must carry when --api
+    /// gives its address (manager.handoff.cluster for the edge,
+    /// node-ID.handoff.cluster for a node).
+    #[arg(long, requires = "api")]
+    server_name: Option<String>,
     #[command(flatten)]
     output: Output,
+}
+
+impl AdminArgs {
+    /// The admin socket, or the API when --api is given.
+    fn transport(&self) -> Result<Transport> {
+        let Some(url) = &self.api else {
+            return Ok(Transport::Socket(self.admin.clone()));
+        };
+        let tls = match (&self.ca, &self.cert, &self.key) {
+            (Some(ca), Some(cert), Some(key)) => Some(TlsPaths {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None, None) => None,
+            _ => anyhow::bail!("HTTPS needs all of --ca, --cert and --key"),
+        };
+        Ok(Transport::Api(ApiClient::new(
+            url,
+            tls.as_ref(),
+            self.server_name.as_deref(),
+        )?))
+    }
 }
 
 #[derive(clap::Args, Debug, Clone, Copy)]
@@ -192,6 +244,35 @@ impl Output {
 }
 
 #[derive(Subcommand, Debug)]
+enum MemberChange {
+    /// Add MEMBER: it may then register, and be put in the scope with
+    /// `handoff engage` or `handoff scope add`.
+    Add {
+        /// Member name (unique).
+        member: String,
+        /// Its id (unique): the id its node's certificate and node.toml carry.
+        #[arg(long)]
+        id: u32,
+        /// Its fabric MAC address.
+        #[arg(long)]
+        mac: String,
+        /// The edge's interface towards it.
+        #[arg(long)]
+        interface: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Remove MEMBER: it must be out of the scope (disengage it first) and
+    /// its node stopped.
+    Remove {
+        /// Member name.
+        member: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum ScopeChange {
     /// Flip the scope without MEMBER. Its flows move without their state.
     Remove {
@@ -210,7 +291,7 @@ enum ScopeChange {
 }
 
 fn admin_call(admin: &AdminArgs, request: AdminRequest) -> Result<()> {
-    let response = admin::call(&admin.admin, &request, Duration::from_secs(35))?;
+    let response = admin.transport()?.call(&request, Duration::from_secs(35))?;
     if let AdminResponse::Error { message } = &response {
         if admin.output.json {
             println!("{}", serde_json::to_string_pretty(&response)?);
@@ -253,7 +334,9 @@ fn migrate(admin: &AdminArgs, request: AdminRequest) -> Result<()> {
     let line_json = |response: &AdminResponse| serde_json::to_string(response).map(|line| println!("{line}"));
     let bar = (!json && std::io::stderr().is_terminal()).then(progress_bar);
     let mut view = handoff::progress::MigrationView::default();
-    let response = admin::call_with_progress(&admin.admin, &request, request.patience(), |line| {
+    let response = admin
+        .transport()?
+        .call_with_progress(&request, request.patience(), |line| {
         if json {
             // A line the daemon sent parsed as JSON serializes back.
             let _ = line_json(&AdminResponse::Progress(line.clone()));
@@ -425,6 +508,27 @@ fn run() -> Result<()> {
         Command::Scope {
             change: ScopeChange::Add { member, admin },
         } => admin_call(&admin, AdminRequest::ScopeAdd { member }),
+        Command::Member {
+            change:
+                MemberChange::Add {
+                    member,
+                    id,
+                    mac,
+                    interface,
+                    admin,
+                },
+        } => admin_call(
+            &admin,
+            AdminRequest::MemberAdd {
+                member,
+                id,
+                mac,
+                interface,
+            },
+        ),
+        Command::Member {
+            change: MemberChange::Remove { member, admin },
+        } => admin_call(&admin, AdminRequest::MemberRemove { member }),
         Command::Keys {
             action: KeysAction::Init { dir, output },
         } => {

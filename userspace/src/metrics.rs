@@ -18,17 +18,14 @@
 //! counter families are named with their `_total` suffix there, and the
 //! `# EOF` marker is left out.
 //!
-//! The listener: `std::net::TcpListener` with [`HTTP_THREADS`] threads and
-//! `httparse` for the request head. Not hyper or axum: both need an async
-//! runtime (tokio) in the packet process for one GET a few seconds apart,
-//! and `tiny_http` starts a thread per waiting connection without a bound.
-//! Here at most [`HTTP_THREADS`] connections are served at once (others
-//! wait in the kernel's backlog), a request head is at most
+//! The listener is [`crate::http`]'s (why not hyper or axum: see there)
+//! with [`HTTP_THREADS`] threads: a request head is at most
 //! [`MAX_REQUEST`] bytes and must arrive within [`REQUEST_TIMEOUT`], and
 //! only `GET /metrics` is served (404 for another path, 405 for another
 //! method).
 
-use anyhow::{Context, Result};
+use crate::http;
+use anyhow::Result;
 use crossbeam::channel::{bounded, Sender};
 use prometheus_client::{
     encoding::text,
@@ -42,14 +39,9 @@ use prometheus_client::{
 };
 use std::{
     collections::BTreeMap,
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    thread::JoinHandle,
-    time::{Duration, Instant},
+    net::SocketAddr,
+    sync::{atomic::AtomicBool, Arc},
+    time::Duration,
 };
 
 /// Threads serving scrapes: connections served at once.
@@ -63,14 +55,6 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a response may take to write.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often an idle listener thread looks at the stop flag.
-const ACCEPT_POLL: Duration = Duration::from_millis(50);
-/// After a response: unread request bytes read and discarded at most, and
-/// for how long.
-const MAX_DRAIN: u64 = 64 * 1024;
-const DRAIN_TIMEOUT: Duration = Duration::from_millis(200);
-/// Headers parsed at most in a request.
-const MAX_HEADERS: usize = 32;
 
 /// The only path served.
 pub const METRICS_PATH: &str = "/metrics";
@@ -347,160 +331,46 @@ impl HandoverMetrics {
 /// A scrape's request to the daemon loop: where to send its exposition.
 pub type ScrapeCall = Sender<Result<Exposition>>;
 
-/// The running listener; dropping it does not stop it (the daemon's stop
-/// flag does).
-#[derive(Debug)]
-pub struct MetricsServer {
-    /// Where it listens (the configured address; its port when 0 was given
-    /// in a test).
-    pub local_addr: SocketAddr,
-    threads: Vec<JoinHandle<()>>,
-}
+/// The running listener.
+pub type MetricsServer = http::Server;
 
-impl MetricsServer {
-    /// Waits for the listener threads, once the stop flag is set.
-    pub fn join(self) {
-        for thread in self.threads {
-            if thread.join().is_err() {
-                tracing::error!("a metrics listener thread panicked");
-            }
-        }
-    }
-}
+/// The listener's bounds: no request body.
+const LIMITS: http::Limits = http::Limits {
+    threads: HTTP_THREADS,
+    max_head: MAX_REQUEST,
+    max_body: 0,
+    request_timeout: REQUEST_TIMEOUT,
+    write_timeout: WRITE_TIMEOUT,
+};
 
 /// Serves `GET /metrics` on `listen` until `stop` is set: each scrape sends
 /// a [`ScrapeCall`] on `scrapes` and encodes the answer.
 ///
 /// Errors: binding `listen` failed (in use, an address the host lacks).
 pub fn serve(listen: SocketAddr, scrapes: Sender<ScrapeCall>, stop: Arc<AtomicBool>) -> Result<MetricsServer> {
-    let listener = TcpListener::bind(listen).with_context(|| format!("binding the metrics listener {listen}"))?;
-    listener.set_nonblocking(true)?;
-    let local_addr = listener.local_addr()?;
-    let mut threads = Vec::with_capacity(HTTP_THREADS);
-    for index in 0..HTTP_THREADS {
-        let listener = listener.try_clone()?;
-        let (scrapes, stop) = (scrapes.clone(), Arc::clone(&stop));
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("metrics-{index}"))
-                .spawn(move || accept_loop(&listener, &scrapes, &stop))?,
-        );
-    }
-    tracing::info!(%local_addr, "metrics listener ready");
-    Ok(MetricsServer { local_addr, threads })
-}
-
-fn accept_loop(listener: &TcpListener, scrapes: &Sender<ScrapeCall>, stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((stream, peer)) => {
-                if let Err(e) = handle(stream, scrapes) {
-                    tracing::debug!(%peer, error = %format!("{e:#}"), "metrics request");
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(ACCEPT_POLL),
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics accept");
-                std::thread::sleep(ACCEPT_POLL);
-            }
-        }
-    }
-}
-
-/// What a request asked for.
-#[derive(Debug, PartialEq, Eq)]
-enum Request {
-    /// `GET /metrics` with the format its `Accept` header asks for.
-    Metrics(Format),
-    /// Answered with this status and reason, no scrape.
-    Refused(u16, &'static str),
-}
-
-/// Parses a complete request head; `None` while it is incomplete.
-fn parse_request(head: &[u8]) -> Option<Request> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
-    match request.parse(head) {
-        Ok(httparse::Status::Partial) => None,
-        Err(_) => Some(Request::Refused(400, "Bad Request")),
-        Ok(httparse::Status::Complete(_)) => {
-            let path = request.path.unwrap_or("");
-            let path = path.split_once('?').map_or(path, |(p, _)| p);
-            if path != METRICS_PATH {
-                return Some(Request::Refused(404, "Not Found"));
-            }
-            if request.method != Some("GET") {
-                return Some(Request::Refused(405, "Method Not Allowed"));
-            }
-            let accept = request
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("accept"))
-                .and_then(|h| std::str::from_utf8(h.value).ok());
-            Some(Request::Metrics(Format::negotiate(accept)))
-        }
-    }
-}
-
-/// Reads the request head within [`REQUEST_TIMEOUT`] and [`MAX_REQUEST`].
-fn read_request(stream: &mut TcpStream) -> Result<Request> {
-    let deadline = Instant::now() + REQUEST_TIMEOUT;
-    let mut head = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(Request::Refused(408, "Request Timeout"));
-        }
-        stream.set_read_timeout(Some(left))?;
-        let n = match stream.read(&mut chunk) {
-            Ok(0) => anyhow::bail!("the client closed the connection mid-request"),
-            Ok(n) => n,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                return Ok(Request::Refused(408, "Request Timeout"))
-            }
-            Err(e) => return Err(e.into()),
+    let handler: http::Handler = Arc::new(move |request: &http::Request, responder: http::Responder<'_>| {
+        let (status, content_type, body) = match route(request) {
+            Err(status) => (status, PROMETHEUS_CONTENT_TYPE, format!("{}\n", http::reason(status))),
+            Ok(format) => match scrape(&scrapes).and_then(|e| Ok(e.encode(format)?)) {
+                Ok(body) => (200, format.content_type(), body),
+                Err(e) => (503, PROMETHEUS_CONTENT_TYPE, format!("no metrics: {e:#}\n")),
+            },
         };
-        head.extend_from_slice(&chunk[..n]);
-        if let Some(request) = parse_request(&head) {
-            return Ok(request);
-        }
-        if head.len() >= MAX_REQUEST {
-            return Ok(Request::Refused(431, "Request Header Fields Too Large"));
-        }
-    }
+        responder.send(status, content_type, &[], body.as_bytes())
+    });
+    http::serve("metrics", listen, None, LIMITS, handler, stop)
 }
 
-fn handle(mut stream: TcpStream, scrapes: &Sender<ScrapeCall>) -> Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    let response = match read_request(&mut stream)? {
-        Request::Refused(status, reason) => (status, reason, PROMETHEUS_CONTENT_TYPE, format!("{reason}\n")),
-        Request::Metrics(format) => match scrape(scrapes).and_then(|e| Ok(e.encode(format)?)) {
-            Ok(body) => (200, "OK", format.content_type(), body),
-            Err(e) => (
-                503,
-                "Service Unavailable",
-                PROMETHEUS_CONTENT_TYPE,
-                format!("no metrics: {e:#}\n"),
-            ),
-        },
-    };
-    let (status, reason, content_type, body) = response;
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())?;
-    stream.flush()?;
-    // A refused request may leave unread bytes; closing over them would
-    // reset the connection before the client reads the answer. Read what
-    // is left, boundedly, once the client has the whole response.
-    stream.shutdown(std::net::Shutdown::Write)?;
-    stream.set_read_timeout(Some(DRAIN_TIMEOUT))?;
-    let _ = std::io::copy(&mut (&stream).take(MAX_DRAIN), &mut std::io::sink());
-    Ok(())
+/// The format a request asks for, or the status that refuses it: only
+/// `GET /metrics` is served (404 for another path, 405 for another method).
+fn route(request: &http::Request) -> Result<Format, u16> {
+    if request.path != METRICS_PATH {
+        return Err(404);
+    }
+    if request.method != "GET" {
+        return Err(405);
+    }
+    Ok(Format::negotiate(request.header("accept")))
 }
 
 /// Asks the daemon loop for an exposition.
@@ -516,6 +386,11 @@ fn scrape(scrapes: &Sender<ScrapeCall>) -> Result<Exposition> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::{
+        io::{Read, Write},
+        net::TcpStream,
+        sync::atomic::Ordering,
+    };
 
     fn sample() -> Exposition {
         let mut e = Exposition::default();
@@ -614,25 +489,29 @@ mod tests {
 
     #[test]
     fn only_get_metrics_is_served() {
-        let get = |head: &str| parse_request(head.as_bytes());
+        let get = |method: &str, path: &str, accept: Option<&str>| {
+            route(&http::Request {
+                method: method.into(),
+                path: path.into(),
+                query: None,
+                headers: accept
+                    .map(|a| ("Accept".to_string(), a.to_string()))
+                    .into_iter()
+                    .collect(),
+                body: Vec::new(),
+            })
+        };
+        assert_eq!(get("GET", "/metrics", None), Ok(Format::Prometheus));
         assert_eq!(
-            get("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Some(Request::Metrics(Format::Prometheus))
+            get(
+                "GET",
+                "/metrics",
+                Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5")
+            ),
+            Ok(Format::OpenMetrics)
         );
-        assert_eq!(
-            get("GET /metrics?x=1 HTTP/1.1\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n\r\n"),
-            Some(Request::Metrics(Format::OpenMetrics))
-        );
-        assert_eq!(get("GET /metrics HTTP/1.1\r\nHost: x\r\n"), None, "incomplete");
-        assert_eq!(get("GET / HTTP/1.1\r\n\r\n"), Some(Request::Refused(404, "Not Found")));
-        assert_eq!(
-            get("POST /metrics HTTP/1.1\r\n\r\n"),
-            Some(Request::Refused(405, "Method Not Allowed"))
-        );
-        assert_eq!(
-            get("\x01\x02 nonsense\r\n\r\n"),
-            Some(Request::Refused(400, "Bad Request"))
-        );
+        assert_eq!(get("GET", "/", None), Err(404));
+        assert_eq!(get("POST", "/metrics", None), Err(405));
     }
 
     #[test]

@@ -444,6 +444,7 @@ pub fn response(response: &AdminResponse) -> String {
             moved_buckets,
             generation,
         } => format!("scope version {version} (generation {generation}): {moved_buckets} buckets moved"),
+        AdminResponse::MemberChanged { member, id, change } => format!("member {member} (id {id}) {change}"),
         AdminResponse::Progress(line) => progress_line(line),
         AdminResponse::Done(report) => migration_report(report["node"].as_str().unwrap_or("node"), report),
         AdminResponse::Error { message } => format!("error: {message}"),

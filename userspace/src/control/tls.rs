@@ -135,6 +135,32 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
+/// A TLS client configuration from `paths`: servers are verified against
+/// the cluster CA (chain and name), and the client presents the certificate
+/// and key of `paths`, whichever party they belong to. For the CLI's HTTPS
+/// API client; daemons use [`TlsIdentity`].
+pub fn client_config(paths: &TlsPaths) -> Result<Arc<ClientConfig>, TlsError> {
+    let ca = read_certs(&paths.ca)?;
+    let chain = read_certs(&paths.cert)?;
+    let key = read_key(&paths.key)?;
+    let mut roots = RootCertStore::empty();
+    for cert in ca {
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::Verifier(format!("{}: {e}", paths.ca.display())))?;
+    }
+    let provider = provider();
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    Ok(Arc::new(
+        ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_webpki_verifier(verifier)
+            .with_client_auth_cert(chain, key)?,
+    ))
+}
+
 /// One party's TLS identity: its certificate and key, and the cluster CA it
 /// verifies peers by. Cheap to clone.
 #[derive(Clone)]
@@ -401,6 +427,13 @@ impl SecureStream {
             return false;
         };
         webpki::EndEntityCert::try_from(cert).is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
+    }
+
+    /// Tells the peer that nothing more follows (a TLS `close_notify`
+    /// alert, RFC 8446 §6.1), so it can tell the end from a cut.
+    pub fn close_notify(&mut self) -> io::Result<()> {
+        lock(&self.session).conn.send_close_notify();
+        self.send_pending()
     }
 
     /// Writes whatever TLS bytes the session holds to the socket.

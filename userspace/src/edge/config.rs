@@ -26,6 +26,9 @@
 //! cert = "keys/manager.pem"         # `handoff keys issue --dir keys --manager`
 //! key = "keys/manager.key"
 //!
+//! [api]                             # optional: the HTTP API (docs/openapi.json)
+//! listen = "127.0.0.1:9480"         # not loopback: HTTPS with client certificates, needs [tls]
+//!
 //! [[members]]
 //! name = "fd-a"
 //! id = 0
@@ -95,6 +98,8 @@ struct RawFile {
     tls: Option<RawTls>,
     #[serde(default)]
     metrics: Option<crate::metrics::RawMetrics>,
+    #[serde(default)]
+    api: Option<crate::api::RawApi>,
 }
 
 /// A `[tls]` section: the party's certificate and key, the cluster CA.
@@ -318,6 +323,9 @@ pub struct EdgeConfig {
     /// Where the Prometheus metrics listener binds (`[metrics] listen`);
     /// `None`: no listener.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Where the HTTP API listens (`[api] listen`); `None`: no API. Not
+    /// loopback: HTTPS with the `[tls]` identity ([`crate::api`]).
+    pub api: Option<std::net::SocketAddr>,
 }
 
 /// The line in `text` where `needle` first appears after `section`, for error messages.
@@ -477,6 +485,14 @@ impl EdgeConfig {
                 crate::metrics::parse_listen(&m.listen).map_err(|e| invalid("[metrics]", "metrics.listen", "listen", e))
             })
             .transpose()?;
+        let api = raw
+            .api
+            .as_ref()
+            .map(|a| {
+                crate::api::parse_listen(&a.listen, raw.tls.is_some())
+                    .map_err(|e| invalid("[api]", "api.listen", "listen", e))
+            })
+            .transpose()?;
         let sources = prefixes(&raw.cluster.sources, "cluster.sources")?;
         let mut members = Vec::new();
         let mut checks = MemberChecks::default();
@@ -551,6 +567,7 @@ impl EdgeConfig {
             tls_files: raw.tls.as_ref().map(|t| t.paths(path)),
             tls: None,
             metrics,
+            api,
         })
     }
 }
@@ -594,6 +611,28 @@ interface = "e1"
         assert!(e.contains("metrics.listen") && e.contains("address:port"), "{e}");
         let e = err(&GOOD.replace("[cluster]", "[metrics]\nport = 9464\n\n[cluster]"));
         assert!(e.contains("port"), "{e}");
+    }
+
+    #[test]
+    fn the_api_listener_is_loopback_unless_tls_is_configured() {
+        let c = EdgeConfig::parse(GOOD, Path::new("edge.toml")).unwrap();
+        assert_eq!(c.api, None, "off unless asked");
+        let with = |listen: &str, tls: &str| {
+            GOOD.replace("[cluster]", &format!("[api]\nlisten = {listen:?}\n{tls}\n[cluster]"))
+        };
+        let c = EdgeConfig::parse(&with("127.0.0.1:9480", ""), Path::new("edge.toml")).unwrap();
+        assert_eq!(c.api, Some("127.0.0.1:9480".parse().unwrap()));
+        let e = err(&with("10.0.1.1:9480", ""));
+        assert!(
+            e.starts_with("edge.toml:7: field `api.listen`")
+                && e.contains("not a loopback address")
+                && e.contains("[tls]"),
+            "{e}"
+        );
+        let tls = "\n[tls]\nca = \"ca.pem\"\ncert = \"m.pem\"\nkey = \"m.key\"\n";
+        let c = EdgeConfig::parse(&with("10.0.1.1:9480", tls), Path::new("edge.toml")).unwrap();
+        assert_eq!(c.api, Some("10.0.1.1:9480".parse().unwrap()));
+        assert!(err(&with("127.0.0.1:0", "")).contains("other than 0"));
     }
 
     #[test]

@@ -140,6 +140,11 @@ impl Membership {
         }
     }
 
+    /// Forgets `node` (a member the operator removed); whether it was known.
+    pub fn forget(&mut self, node: u16) -> bool {
+        self.members.remove(&node).is_some()
+    }
+
     /// Enters a member a restarted manager found in the scope it took over,
     /// before the node registers again (nodes reconnect on their own). It
     /// counts as seen `grace` from `now`, time for the control port to come

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod driver;
 pub mod manager;
+pub mod members;
 pub mod membership;
 pub mod migration;
 
@@ -399,6 +400,13 @@ impl Edge {
                 Ok(()) => return,
                 Err(e) => Err(e),
             },
+            AdminRequest::MemberAdd {
+                member,
+                id,
+                mac,
+                interface,
+            } => self.member_add(&member, id, &mac, &interface),
+            AdminRequest::MemberRemove { member } => self.member_remove(&member),
         };
         let _ = reply.send(result.unwrap_or_else(|e| AdminResponse::Error {
             message: format!("{e:#}"),
@@ -556,10 +564,19 @@ impl Edge {
     /// Serves the admin socket until `stop` is set, then detaches.
     pub fn run(mut self, stop: Arc<AtomicBool>) -> Result<()> {
         let (tx, rx) = crossbeam::channel::unbounded::<AdminCall>();
-        let _socket = admin::serve(&self.config.admin_socket, tx, Arc::clone(&stop))?;
+        let _socket = admin::serve(&self.config.admin_socket, tx.clone(), Arc::clone(&stop))?;
         let (scrape_tx, scrapes) = crossbeam::channel::bounded::<ScrapeCall>(metrics::HTTP_THREADS);
         let metrics_server = match self.config.metrics {
             Some(listen) => Some(metrics::serve(listen, scrape_tx, Arc::clone(&stop))?),
+            None => None,
+        };
+        let api_server = match self.config.api {
+            Some(listen) => Some(crate::api::serve(
+                listen,
+                self.config.tls.clone(),
+                tx.clone(),
+                Arc::clone(&stop),
+            )?),
             None => None,
         };
         if let Some(address) = self.config.control_listen {
@@ -610,7 +627,7 @@ impl Edge {
             }
             self.fail_over(now);
         }
-        if let Some(server) = metrics_server {
+        for server in [metrics_server, api_server].into_iter().flatten() {
             server.join();
         }
         match self.program.pin_dir() {

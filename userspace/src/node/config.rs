@@ -30,6 +30,9 @@
 //! cert = "keys/node-0.pem"        # `handoff keys issue --dir keys --node 0`
 //! key = "keys/node-0.key"
 //!
+//! [api]                           # optional: the HTTP API (docs/openapi.json)
+//! listen = "127.0.0.1:9480"       # not loopback: HTTPS with client certificates
+//!
 //! [hash]                          # must equal the edge's
 //! buckets = 65536
 //! symmetric_hash = false
@@ -86,6 +89,8 @@ struct RawFile {
     tls: Option<RawTls>,
     #[serde(default)]
     metrics: Option<RawMetrics>,
+    #[serde(default)]
+    api: Option<crate::api::RawApi>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -252,6 +257,9 @@ pub struct NodeConfig {
     /// Where the Prometheus metrics listener binds (`[metrics] listen`);
     /// `None`: no listener.
     pub metrics: Option<SocketAddr>,
+    /// Where the HTTP API listens (`[api] listen`); `None`: no API. Not
+    /// loopback: HTTPS with the `[tls]` identity ([`crate::api`]).
+    pub api: Option<SocketAddr>,
 }
 
 impl NodeMember {
@@ -420,6 +428,14 @@ impl NodeConfig {
             .as_ref()
             .map(|m| parse_listen(&m.listen).map_err(|e| invalid("[metrics]", "metrics.listen", "listen", e)))
             .transpose()?;
+        let api = raw
+            .api
+            .as_ref()
+            .map(|a| {
+                crate::api::parse_listen(&a.listen, raw.tls.is_some())
+                    .map_err(|e| invalid("[api]", "api.listen", "listen", e))
+            })
+            .transpose()?;
         let members = members(&raw.members, &invalid)?;
         if !members.iter().any(|m| m.id == id) {
             return Err(invalid(
@@ -467,6 +483,7 @@ impl NodeConfig {
             tls_files: raw.tls.as_ref().map(|t| t.paths(path)),
             tls: None,
             metrics,
+            api,
         })
     }
 

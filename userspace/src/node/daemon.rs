@@ -1025,6 +1025,9 @@ impl Node {
             AdminRequest::Disengage { .. } | AdminRequest::Engage { .. } => Err(anyhow::anyhow!(
                 "migrations are run by the manager: ask the edge's admin socket"
             )),
+            AdminRequest::MemberAdd { .. } | AdminRequest::MemberRemove { .. } => Err(anyhow::anyhow!(
+                "the edge keeps the members: ask the edge's admin socket or API"
+            )),
         };
         result.unwrap_or_else(|e| AdminResponse::Error {
             message: format!("{e:#}"),
@@ -1035,10 +1038,19 @@ impl Node {
     /// workers and detaches.
     pub fn run(mut self) -> Result<()> {
         let (tx, rx) = crossbeam::channel::unbounded::<AdminCall>();
-        let _socket = admin::serve(&self.config.admin_socket, tx, Arc::clone(&self.stop))?;
+        let _socket = admin::serve(&self.config.admin_socket, tx.clone(), Arc::clone(&self.stop))?;
         let (scrape_tx, scrapes) = bounded::<ScrapeCall>(metrics::HTTP_THREADS);
         let metrics_server = match self.config.metrics {
             Some(listen) => Some(metrics::serve(listen, scrape_tx, Arc::clone(&self.stop))?),
+            None => None,
+        };
+        let api_server = match self.config.api {
+            Some(listen) => Some(crate::api::serve(
+                listen,
+                self.config.tls.clone(),
+                tx.clone(),
+                Arc::clone(&self.stop),
+            )?),
             None => None,
         };
         // Readiness line for scripts and tests.
@@ -1067,7 +1079,7 @@ impl Node {
             }
         }
         self.program.detach()?;
-        if let Some(server) = metrics_server {
+        for server in [metrics_server, api_server].into_iter().flatten() {
             server.join();
         }
         for thread in self.threads.drain(..) {
