@@ -18,3 +18,4 @@ pub mod render;
 pub mod rewrite;
 pub mod scope;
 pub mod shutdown;
+pub mod tcp_reset;

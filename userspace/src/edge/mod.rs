@@ -399,6 +399,14 @@ impl Edge {
                 Ok(()) => return,
                 Err(e) => Err(e),
             },
+            AdminRequest::Services
+            | AdminRequest::PolicyReload { .. }
+            | AdminRequest::BackendAdd { .. }
+            | AdminRequest::BackendRemove { .. }
+            | AdminRequest::BackendWeight { .. }
+            | AdminRequest::BackendDrain { .. } => Err(anyhow::anyhow!(
+                "services and backends are each node's policy: ask the nodes' admin sockets"
+            )),
         };
         let _ = reply.send(result.unwrap_or_else(|e| AdminResponse::Error {
             message: format!("{e:#}"),
