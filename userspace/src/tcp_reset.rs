@@ -195,12 +195,12 @@ mod tests {
                 let h = ip.header();
                 assert_eq!(h.to_header().calc_header_checksum(), h.header_checksum());
                 let (s, d) = (IpAddr::from(h.source()), IpAddr::from(h.destination()));
-                (s, d, tcp.calc_checksum_ipv4(&h.to_header(), tcp.payload()).unwrap())
+                (s, d, tcp.calc_checksum_ipv4(h.source(), h.destination()).unwrap())
             }
             etherparse::NetSlice::Ipv6(ip) => {
                 let h = ip.header();
                 let (s, d) = (IpAddr::from(h.source()), IpAddr::from(h.destination()));
-                (s, d, tcp.calc_checksum_ipv6(&h.to_header(), tcp.payload()).unwrap())
+                (s, d, tcp.calc_checksum_ipv6(h.source(), h.destination()).unwrap())
             }
             other => panic!("{other:?}"),
         };
@@ -254,7 +254,7 @@ mod tests {
             false,
             b"x",
         );
-        let headers = parse_frame(&frame).unwrap();
+        let headers = parse_frame(&frame[..]).unwrap();
         let mut buf = MemoryFrame::new(2048, 64);
         buf.load(&frame, 64).unwrap();
         let v6: IpAddr = "fd00::1".parse().unwrap();
