@@ -223,12 +223,15 @@ struct ChangeArgs {
 /// Makes a policy change on every node of `change`, all validated first.
 fn change_policy(change: &ChangeArgs, request: AdminRequest) -> Result<()> {
     let answers = admin::change_everywhere(&change.admins, &request)?;
-    for (admin, answer) in change.admins.iter().zip(&answers) {
-        change.output.print(answer, || {
-            format!("{}:\n{}", admin.display(), render::response(answer))
-        })?;
-    }
-    Ok(())
+    change.output.print(&answers, || {
+        change
+            .admins
+            .iter()
+            .zip(&answers)
+            .map(|(admin, answer)| format!("{}:\n{}", admin.display(), render::response(answer)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
 }
 
 #[derive(clap::Args, Debug)]

@@ -132,6 +132,20 @@ pub enum EditError {
     },
 }
 
+impl std::fmt::Display for PolicyEdit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b = self.backend();
+        let at = std::net::SocketAddr::new(b.address, b.port);
+        match self {
+            Self::Add { weight: Some(w), .. } => write!(f, "add {at} to {} (weight {w})", b.service),
+            Self::Add { weight: None, .. } => write!(f, "add {at} to {}", b.service),
+            Self::Remove(_) => write!(f, "remove {at} from {}", b.service),
+            Self::Weight { weight, .. } => write!(f, "weight {weight} for {at} of {}", b.service),
+            Self::Drain(_) => write!(f, "drain {at} of {}", b.service),
+        }
+    }
+}
+
 impl PolicyEdit {
     /// The backend this edit is about.
     pub fn backend(&self) -> &BackendRef {

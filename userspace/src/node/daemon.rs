@@ -971,7 +971,7 @@ impl Node {
                 Some((edit, dry_run)) => edit
                     .apply(self.policy.config())
                     .map_err(|e| anyhow::Error::new(e).context("the change is refused; nothing changed"))
-                    .and_then(|next| self.change_policy(next, format!("{edit:?}"), dry_run)),
+                    .and_then(|next| self.change_policy(next, edit.to_string(), dry_run)),
                 None => Err(anyhow::anyhow!("not a backend change")),
             },
         };
