@@ -100,7 +100,10 @@ fn backend<'a>(listing: &'a serde_json::Value, service: &str, address: &str) -> 
 fn connections_on(cluster: &Cluster, i: usize) -> BTreeSet<u16> {
     let out = cluster
         .ns(NsRef::Service(i))
-        .exec("ss", &["-Htn", "state", "established", &format!("( sport = :{TCP_PORT} )")])
+        .exec(
+            "ss",
+            &["-Htn", "state", "established", &format!("( sport = :{TCP_PORT} )")],
+        )
         .unwrap();
     out.lines()
         .filter_map(|line| {
@@ -112,7 +115,9 @@ fn connections_on(cluster: &Cluster, i: usize) -> BTreeSet<u16> {
 
 /// Every service's connections.
 fn all_connections(cluster: &Cluster) -> Vec<BTreeSet<u16>> {
-    (0..cluster.services.len()).map(|i| connections_on(cluster, i)).collect()
+    (0..cluster.services.len())
+        .map(|i| connections_on(cluster, i))
+        .collect()
 }
 
 /// Starts the bench's TCP client: `connections` kernel connections to the
@@ -144,7 +149,11 @@ fn start_tcp_client(cluster: &mut Cluster, name: &str, connections: u32, request
 /// Waits (bounded) for the TCP client at `idx` to end and reads its report.
 fn tcp_report(cluster: &mut Cluster, idx: usize, json: &Path) -> TcpClientReport {
     let status = cluster.process(idx).wait_timeout(Duration::from_secs(70)).unwrap();
-    assert!(status.is_some(), "the TCP client did not end: {}", cluster.process(idx).stderr());
+    assert!(
+        status.is_some(),
+        "the TCP client did not end: {}",
+        cluster.process(idx).stderr()
+    );
     read_json(json).unwrap()
 }
 
@@ -242,14 +251,26 @@ fn backends_drain_leave_return_and_reweigh_under_load_and_bad_changes_change_not
     );
     let long_on = all_connections(&cluster);
     let long_ports: BTreeSet<u16> = long_on.iter().flatten().copied().collect();
-    println!("long connections per backend: {:?}", long_on.iter().map(BTreeSet::len).collect::<Vec<_>>());
+    println!(
+        "long connections per backend: {:?}",
+        long_on.iter().map(BTreeSet::len).collect::<Vec<_>>()
+    );
     assert!(
         long_on.iter().all(|c| !c.is_empty()),
         "every backend should hold some of {LONG_CONNECTIONS} connections: {long_on:?}"
     );
 
     // Drain svc-1 (index 0): its connections stay, new ones avoid it.
-    let drain = ["backend", "drain", "--service", TCP_SERVICE, "--address", &svc[0], "--port", "7100"];
+    let drain = [
+        "backend",
+        "drain",
+        "--service",
+        TCP_SERVICE,
+        "--address",
+        &svc[0],
+        "--port",
+        "7100",
+    ];
     let answers = change(&cluster, &drain);
     for answer in answers.as_array().unwrap() {
         assert_eq!(answer["dry_run"], false);
@@ -260,10 +281,22 @@ fn backends_drain_leave_return_and_reweigh_under_load_and_bad_changes_change_not
     let seen = watch_short_client(&mut cluster, short, Duration::from_secs(20));
     let report = tcp_report(&mut cluster, short, &short_json);
     assert_eq!(report.completed, u64::from(SHORT_CONNECTIONS), "{report:?}");
-    let new_on: Vec<BTreeSet<u16>> = seen.iter().map(|s| s.difference(&long_ports).copied().collect()).collect();
-    println!("new connections seen per backend after the drain: {:?}", new_on.iter().map(BTreeSet::len).collect::<Vec<_>>());
-    assert!(new_on[0].is_empty(), "new connections reached the draining backend: {new_on:?}");
-    assert!(!new_on[1].is_empty() || !new_on[2].is_empty(), "the new connections were never seen: {new_on:?}");
+    let new_on: Vec<BTreeSet<u16>> = seen
+        .iter()
+        .map(|s| s.difference(&long_ports).copied().collect())
+        .collect();
+    println!(
+        "new connections seen per backend after the drain: {:?}",
+        new_on.iter().map(BTreeSet::len).collect::<Vec<_>>()
+    );
+    assert!(
+        new_on[0].is_empty(),
+        "new connections reached the draining backend: {new_on:?}"
+    );
+    assert!(
+        !new_on[1].is_empty() || !new_on[2].is_empty(),
+        "the new connections were never seen: {new_on:?}"
+    );
     assert_eq!(
         connections_on(&cluster, 0),
         long_on[0],
@@ -280,7 +313,19 @@ fn backends_drain_leave_return_and_reweigh_under_load_and_bad_changes_change_not
     let resets_before = node_total(&cluster, "backend_resets");
     for service in [TCP_SERVICE, UDP_SERVICE] {
         let port = if service == TCP_SERVICE { "7100" } else { "7000" };
-        let answers = change(&cluster, &["backend", "remove", "--service", service, "--address", &svc[1], "--port", port]);
+        let answers = change(
+            &cluster,
+            &[
+                "backend",
+                "remove",
+                "--service",
+                service,
+                "--address",
+                &svc[1],
+                "--port",
+                port,
+            ],
+        );
         for answer in answers.as_array().unwrap() {
             assert!(
                 answer["removed_backends"]
@@ -294,7 +339,8 @@ fn backends_drain_leave_return_and_reweigh_under_load_and_bad_changes_change_not
     // Every connection it held is reset at its next request (10 ms).
     let expected_resets = long_on[1].len() as u64;
     assert!(
-        wait_until(Duration::from_secs(5), || node_total(&cluster, "backend_resets") - resets_before
+        wait_until(Duration::from_secs(5), || node_total(&cluster, "backend_resets")
+            - resets_before
             >= expected_resets),
         "resets: {} of {expected_resets}",
         node_total(&cluster, "backend_resets") - resets_before
@@ -304,9 +350,15 @@ fn backends_drain_leave_return_and_reweigh_under_load_and_bad_changes_change_not
     std::thread::sleep(Duration::from_secs(1));
     let rx_after_removal = rx_packets(&cluster, 1) - rx_before;
     println!("svc-2 received {rx_while_live} packets in 1 s while live, {rx_after_removal} after its removal");
-    assert!(rx_while_live > 200, "the removed backend had little traffic before: {rx_while_live}");
+    assert!(
+        rx_while_live > 200,
+        "the removed backend had little traffic before: {rx_while_live}"
+    );
     // Neighbor discovery may still reach it; no flow does.
-    assert!(rx_after_removal < 10, "the removed backend still gets traffic: {rx_after_removal}");
+    assert!(
+        rx_after_removal < 10,
+        "the removed backend still gets traffic: {rx_after_removal}"
+    );
     assert_eq!(
         node_total(&cluster, "backend_moved"),
         udp_on_removed,
@@ -317,15 +369,40 @@ fn backends_drain_leave_return_and_reweigh_under_load_and_bad_changes_change_not
     // Add it back, re-weight it: new connections reach it.
     change(
         &cluster,
-        &["backend", "add", "--service", TCP_SERVICE, "--address", &svc[1], "--port", "7100", "--mac", &macs[1]],
+        &[
+            "backend",
+            "add",
+            "--service",
+            TCP_SERVICE,
+            "--address",
+            &svc[1],
+            "--port",
+            "7100",
+            "--mac",
+            &macs[1],
+        ],
     );
     let answers = change(
         &cluster,
-        &["backend", "weight", "--service", TCP_SERVICE, "--address", &svc[1], "--port", "7100", "--weight", "3"],
+        &[
+            "backend",
+            "weight",
+            "--service",
+            TCP_SERVICE,
+            "--address",
+            &svc[1],
+            "--port",
+            "7100",
+            "--weight",
+            "3",
+        ],
     );
     for answer in answers.as_array().unwrap() {
         let back = backend(answer, TCP_SERVICE, &svc[1]);
-        assert_eq!((back["state"].as_str(), back["weight"].as_u64()), (Some("active"), Some(3)));
+        assert_eq!(
+            (back["state"].as_str(), back["weight"].as_u64()),
+            (Some("active"), Some(3))
+        );
         // svc-1 drains: svc-2 has 3 of the 4 weights, svc-3 the last one.
         assert_eq!(back["table_entries"], 3072);
         assert_eq!(backend(answer, TCP_SERVICE, &svc[2])["table_entries"], 1024);
@@ -334,25 +411,70 @@ fn backends_drain_leave_return_and_reweigh_under_load_and_bad_changes_change_not
     let seen = watch_short_client(&mut cluster, short, Duration::from_secs(20));
     let report = tcp_report(&mut cluster, short, &short_json);
     assert_eq!(report.completed, u64::from(SHORT_CONNECTIONS), "{report:?}");
-    let new_on: Vec<BTreeSet<u16>> = seen.iter().map(|s| s.difference(&long_ports).copied().collect()).collect();
-    println!("new connections seen per backend after the add: {:?}", new_on.iter().map(BTreeSet::len).collect::<Vec<_>>());
-    assert!(new_on[0].is_empty(), "new connections reached the draining backend: {new_on:?}");
-    assert!(!new_on[1].is_empty(), "no new connection reached the added backend: {new_on:?}");
+    let new_on: Vec<BTreeSet<u16>> = seen
+        .iter()
+        .map(|s| s.difference(&long_ports).copied().collect())
+        .collect();
+    println!(
+        "new connections seen per backend after the add: {:?}",
+        new_on.iter().map(BTreeSet::len).collect::<Vec<_>>()
+    );
+    assert!(
+        new_on[0].is_empty(),
+        "new connections reached the draining backend: {new_on:?}"
+    );
+    assert!(
+        !new_on[1].is_empty(),
+        "no new connection reached the added backend: {new_on:?}"
+    );
 
     // The long client: the removed backend's connections were reset, all
     // others (the draining backend's too) completed.
     let report = tcp_report(&mut cluster, long, &long_json);
     println!("long client: {report:?}");
     assert_eq!(report.reset, expected_resets, "{report:?}");
-    assert_eq!(report.completed, u64::from(LONG_CONNECTIONS) - expected_resets, "{report:?}");
+    assert_eq!(
+        report.completed,
+        u64::from(LONG_CONNECTIONS) - expected_resets,
+        "{report:?}"
+    );
 
     // A refused change changes nothing, on any node: a weight of 0, an
     // unknown backend, and a policy file that does not parse.
     let before = listings(&cluster);
     for args in [
-        vec!["backend", "weight", "--service", TCP_SERVICE, "--address", &svc[2], "--port", "7100", "--weight", "0"],
-        vec!["backend", "remove", "--service", TCP_SERVICE, "--address", "10.99.99.99", "--port", "7100"],
-        vec!["backend", "drain", "--service", "no-such-service", "--address", &svc[2], "--port", "7100"],
+        vec![
+            "backend",
+            "weight",
+            "--service",
+            TCP_SERVICE,
+            "--address",
+            &svc[2],
+            "--port",
+            "7100",
+            "--weight",
+            "0",
+        ],
+        vec![
+            "backend",
+            "remove",
+            "--service",
+            TCP_SERVICE,
+            "--address",
+            "10.99.99.99",
+            "--port",
+            "7100",
+        ],
+        vec![
+            "backend",
+            "drain",
+            "--service",
+            "no-such-service",
+            "--address",
+            &svc[2],
+            "--port",
+            "7100",
+        ],
     ] {
         let (ok, printed) = handoff_on_nodes(&cluster, &args);
         assert!(!ok, "{args:?} was accepted: {printed}");

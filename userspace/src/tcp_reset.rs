@@ -183,7 +183,16 @@ mod tests {
         buf.load(frame, 64).unwrap();
         let vip: IpAddr = headers.key.dst_ip();
         let client = headers.key.src_ip();
-        write_reset(&mut buf, &headers, of, (vip, 80), (client, 40_000), [2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 0, 8]).unwrap();
+        write_reset(
+            &mut buf,
+            &headers,
+            of,
+            (vip, 80),
+            (client, 40_000),
+            [2, 0, 0, 0, 0, 9],
+            [2, 0, 0, 0, 0, 8],
+        )
+        .unwrap();
         let out = crate::io::FrameBuf::bytes(&buf).to_vec();
         assert_eq!(&out[0..6], &[2, 0, 0, 0, 0, 8]);
         let sliced = SlicedPacket::from_ethernet(&out).unwrap();
@@ -202,7 +211,6 @@ mod tests {
                 let (s, d) = (IpAddr::from(h.source()), IpAddr::from(h.destination()));
                 (s, d, tcp.calc_checksum_ipv6(h.source(), h.destination()).unwrap())
             }
-            other => panic!("{other:?}"),
         };
         assert_eq!(sum, tcp.checksum(), "TCP checksum");
         assert!(tcp.rst() && tcp.payload().is_empty());

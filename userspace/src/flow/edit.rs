@@ -105,9 +105,7 @@ pub enum EditError {
         value: String,
     },
     /// The change would leave no backend to take new flows.
-    #[error(
-        "service {service:?} would have no backend left for new flows: add or undrain another backend first"
-    )]
+    #[error("service {service:?} would have no backend left for new flows: add or undrain another backend first")]
     NoActiveBackend {
         /// The service.
         service: String,
@@ -301,15 +299,9 @@ fn neighbor_for(neighbors: &mut Vec<Neighbor>, text: &str, backend: &BackendRef)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow::{
-        config::OnBackendRemoved, Decision, FlowActions, NetworkAction, Policy,
-    };
+    use crate::flow::{config::OnBackendRemoved, Decision, FlowActions, NetworkAction, Policy};
     use handoff_common::flow_key::FlowKey;
-    use std::{
-        collections::BTreeMap,
-        net::Ipv4Addr,
-        path::Path,
-    };
+    use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
     const CONFIG: &str = r#"
 [[neighbor]]
@@ -413,7 +405,10 @@ port = 8080
         let after = before.reload(removed).unwrap();
         let address: IpAddr = "10.1.0.1".parse().unwrap();
         assert!(after.is_retired(address, 8080, 6));
-        assert!(!after.is_retired(address, 8080, 17), "another protocol is another backend");
+        assert!(
+            !after.is_retired(address, 8080, 17),
+            "another protocol is another backend"
+        );
         assert!(!after.is_retired("10.1.0.2".parse().unwrap(), 8080, 6));
         // Its stray replies are no client's traffic: never forwarded.
         let stray = FlowKey::new(address, "10.100.0.1".parse().unwrap(), 8080, 5000, 6);
@@ -492,7 +487,8 @@ port = 8080
     #[test]
     fn invalid_edits_are_refused_and_say_why() {
         let c = config();
-        let cases: Vec<(PolicyEdit, fn(&EditError) -> bool)> = vec![
+        type Case = (PolicyEdit, fn(&EditError) -> bool);
+        let cases: Vec<Case> = vec![
             (
                 PolicyEdit::Drain(BackendRef {
                     service: "nope".into(),
@@ -573,7 +569,10 @@ port = 8080
         .apply(&next)
         .unwrap();
         assert!(!back.services[0].backends[0].draining);
-        assert_eq!(back.services[0].backends[0].next_hop, c.services[0].backends[0].next_hop);
+        assert_eq!(
+            back.services[0].backends[0].next_hop,
+            c.services[0].backends[0].next_hop
+        );
         assert_eq!(c, config(), "a refused edit leaves the config as it was");
     }
 
@@ -591,8 +590,11 @@ port = 8080
         let before = Policy::new(config()).unwrap();
         // The file without backend 1 and with a new backend MAC first: the
         // inline neighbors are renumbered by the parser.
-        let text = CONFIG
-            .replacen("address = \"10.1.0.1\"\nport = 8080\nmac = \"02:00:00:00:01:01\"\n", "address = \"10.1.0.8\"\nport = 8080\nmac = \"02:00:00:00:01:08\"\n", 1);
+        let text = CONFIG.replacen(
+            "address = \"10.1.0.1\"\nport = 8080\nmac = \"02:00:00:00:01:01\"\n",
+            "address = \"10.1.0.8\"\nport = 8080\nmac = \"02:00:00:00:01:08\"\n",
+            1,
+        );
         let after = before
             .reload(PolicyConfig::parse(&text, Path::new("t.toml")).unwrap())
             .unwrap();

@@ -987,7 +987,11 @@ impl Node {
             .retired()
             .iter()
             .map(|(address, port, protocol)| {
-                let protocol = if *protocol == handoff_common::net::ipproto::TCP { "tcp" } else { "udp" };
+                let protocol = if *protocol == handoff_common::net::ipproto::TCP {
+                    "tcp"
+                } else {
+                    "udp"
+                };
                 format!("{}/{protocol}", std::net::SocketAddr::new(*address, *port))
             })
             .collect();
