@@ -451,6 +451,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn backend_changes_read_with_defaults_and_turn_into_dry_runs() {
+        let line = r#"{"cmd":"backend_add","service":"web","address":"10.1.0.1","port":8080}"#;
+        let request: AdminRequest = serde_json::from_str(line).unwrap();
+        let (edit, dry_run) = request.policy_edit().unwrap();
+        assert!(!dry_run);
+        assert_eq!(
+            edit,
+            PolicyEdit::Add {
+                backend: BackendRef {
+                    service: "web".into(),
+                    address: "10.1.0.1".parse().unwrap(),
+                    port: 8080
+                },
+                weight: None,
+                mac: None
+            }
+        );
+        assert_eq!(request.as_dry_run().unwrap().policy_edit().unwrap().1, true);
+        assert_eq!(
+            AdminRequest::PolicyReload { dry_run: false }.as_dry_run(),
+            Some(AdminRequest::PolicyReload { dry_run: true })
+        );
+        assert_eq!(AdminRequest::Status.as_dry_run(), None);
+        let typo = r#"{"cmd":"backend_drain","service":"web","address":"10.1.0.1","port":8080,"dryrun":true}"#;
+        assert!(
+            serde_json::from_str::<AdminRequest>(typo).is_err(),
+            "unknown fields are refused"
+        );
+    }
+
+    #[test]
     fn requests_round_trip_and_malformed_ones_get_an_error() {
         let dir = std::env::temp_dir().join(format!("handoff-admin-test-{}", std::process::id()));
         let path = dir.join("a.sock");

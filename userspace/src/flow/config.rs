@@ -1202,6 +1202,25 @@ port = 5353
     }
 
     #[test]
+    fn the_live_change_settings_parse_and_are_checked() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.on_backend_removed, OnBackendRemoved::Reset);
+        assert!(c.services.iter().flat_map(|s| &s.backends).all(|b| !b.draining));
+        let keep = parse(&format!("on_backend_removed = \"keep\"\n{GOOD}")).unwrap();
+        assert_eq!(keep.on_backend_removed, OnBackendRemoved::Keep);
+        let draining = parse(&GOOD.replacen("weight = 3", "weight = 3\ndrain = true", 1)).unwrap();
+        assert!(draining.services[0].backends[0].draining);
+        assert!(!draining.services[0].backends[1].draining);
+        let (_, field, problem, _) = error_after("port = 5353", "port = 5353\ndrain = true");
+        assert_eq!((field.as_str(), problem), ("service[1].backend", Problem::AllDraining));
+        let bad = parse(&format!("on_backend_removed = \"drop\"\n{GOOD}")).unwrap_err();
+        assert!(
+            matches!(&bad, ConfigError::Invalid { field, problem: Problem::UnknownValue { .. }, .. } if field == "on_backend_removed"),
+            "{bad}"
+        );
+    }
+
+    #[test]
     fn a_missing_default_section_is_named() {
         let text = GOOD.replacen("[default]\naction = \"drop\"\ngateway = \"router\"\n", "", 1);
         let e = parse(&text).unwrap_err();
