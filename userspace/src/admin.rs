@@ -468,7 +468,7 @@ mod tests {
                 mac: None
             }
         );
-        assert_eq!(request.as_dry_run().unwrap().policy_edit().unwrap().1, true);
+        assert!(request.as_dry_run().unwrap().policy_edit().unwrap().1);
         assert_eq!(
             AdminRequest::PolicyReload { dry_run: false }.as_dry_run(),
             Some(AdminRequest::PolicyReload { dry_run: true })
