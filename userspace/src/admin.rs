@@ -3,11 +3,13 @@
 //! `handoff` CLI; a Unix socket because it is local-only by construction and
 //! works across network namespaces.
 
+use crate::flow::edit::{BackendRef, PolicyEdit};
 use anyhow::{bail, Context, Result};
 use crossbeam::channel::{unbounded, Sender};
 use serde::{Deserialize, Serialize};
 use std::{
     io::{BufRead, BufReader, Read, Write},
+    net::IpAddr,
     os::unix::{
         fs::PermissionsExt,
         net::{UnixListener, UnixStream},
@@ -80,6 +82,143 @@ pub enum AdminRequest {
         /// Member name.
         member: String,
     },
+    /// (Node) The services: backends, weights, states (`active`,
+    /// `draining`), table shares, and the backends removed live.
+    Services,
+    /// (Node) Re-read the policy file and apply it (as SIGHUP does). The
+    /// file is the source of truth: live backend changes not written to it
+    /// are undone.
+    PolicyReload {
+        /// Validate only: change nothing.
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// (Node) Add a backend to a service, or take a draining one back.
+    BackendAdd {
+        /// The service's name.
+        service: String,
+        /// The backend's address.
+        address: IpAddr,
+        /// The backend's port.
+        port: u16,
+        /// Its weight (default 1).
+        #[serde(default)]
+        weight: Option<u32>,
+        /// Its MAC (default: reached via the gateway).
+        #[serde(default)]
+        mac: Option<String>,
+        /// Validate only: change nothing.
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// (Node) Remove a backend: new flows never go there, its UDP flows
+    /// move, its TCP connections are reset or kept (`on_backend_removed`).
+    BackendRemove {
+        /// The service's name.
+        service: String,
+        /// The backend's address.
+        address: IpAddr,
+        /// The backend's port.
+        port: u16,
+        /// Validate only: change nothing.
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// (Node) Give a backend another weight.
+    BackendWeight {
+        /// The service's name.
+        service: String,
+        /// The backend's address.
+        address: IpAddr,
+        /// The backend's port.
+        port: u16,
+        /// The weight (> 0).
+        weight: u32,
+        /// Validate only: change nothing.
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// (Node) Drain a backend: no new flows, its connections go on.
+    BackendDrain {
+        /// The service's name.
+        service: String,
+        /// The backend's address.
+        address: IpAddr,
+        /// The backend's port.
+        port: u16,
+        /// Validate only: change nothing.
+        #[serde(default)]
+        dry_run: bool,
+    },
+}
+
+impl AdminRequest {
+    /// The backend change this request asks for, and whether it is a dry
+    /// run; `None` for any other request.
+    pub fn policy_edit(&self) -> Option<(PolicyEdit, bool)> {
+        let backend = |service: &String, address: &IpAddr, port: &u16| BackendRef {
+            service: service.clone(),
+            address: *address,
+            port: *port,
+        };
+        Some(match self {
+            Self::BackendAdd {
+                service,
+                address,
+                port,
+                weight,
+                mac,
+                dry_run,
+            } => (
+                PolicyEdit::Add {
+                    backend: backend(service, address, port),
+                    weight: *weight,
+                    mac: mac.clone(),
+                },
+                *dry_run,
+            ),
+            Self::BackendRemove {
+                service,
+                address,
+                port,
+                dry_run,
+            } => (PolicyEdit::Remove(backend(service, address, port)), *dry_run),
+            Self::BackendWeight {
+                service,
+                address,
+                port,
+                weight,
+                dry_run,
+            } => (
+                PolicyEdit::Weight {
+                    backend: backend(service, address, port),
+                    weight: *weight,
+                },
+                *dry_run,
+            ),
+            Self::BackendDrain {
+                service,
+                address,
+                port,
+                dry_run,
+            } => (PolicyEdit::Drain(backend(service, address, port)), *dry_run),
+            _ => return None,
+        })
+    }
+
+    /// This request as a dry run (a validation), if it changes the policy.
+    pub fn as_dry_run(&self) -> Option<Self> {
+        let mut request = self.clone();
+        match &mut request {
+            Self::PolicyReload { dry_run }
+            | Self::BackendAdd { dry_run, .. }
+            | Self::BackendRemove { dry_run, .. }
+            | Self::BackendWeight { dry_run, .. }
+            | Self::BackendDrain { dry_run, .. } => *dry_run = true,
+            _ => return None,
+        }
+        Some(request)
+    }
 }
 
 fn auto() -> String {
@@ -90,7 +229,7 @@ impl AdminRequest {
     /// Whether the request only reads (the HTTP API serves it on `GET`
     /// too); a request that changes something is `POST` only.
     pub fn is_read_only(&self) -> bool {
-        matches!(self, Self::Status | Self::Stats)
+        matches!(self, Self::Status | Self::Stats | Self::Services)
     }
 
     /// How long the caller waits for each response line: a migration reports
@@ -136,6 +275,11 @@ pub enum AdminResponse {
     Progress(serde_json::Value),
     /// A migration finished; what it did.
     Done(serde_json::Value),
+    /// Answer to [`AdminRequest::Services`].
+    Services(serde_json::Value),
+    /// A policy change was validated (`dry_run`) or adopted by every
+    /// worker: what changed and the services after it.
+    PolicyChanged(serde_json::Value),
     /// The request failed.
     Error {
         /// Why.
@@ -279,6 +423,49 @@ pub fn call_with_progress(
     }
 }
 
+/// Makes the policy change `request` on every node in `sockets`, all or
+/// none: first a dry run on each (every node validates it against its own
+/// policy), then, if all accept, the change on each in turn. Returns each
+/// node's answer to the change, in order.
+///
+/// # Errors
+/// The first node that cannot be reached or refuses the dry run, named,
+/// with nothing changed anywhere; a node that fails the change itself
+/// after the dry run passed, named, with the nodes before it changed.
+pub fn change_everywhere(sockets: &[PathBuf], request: &AdminRequest) -> Result<Vec<AdminResponse>> {
+    let Some(dry_run) = request.as_dry_run() else {
+        bail!("{request:?} changes no policy");
+    };
+    let timeout = request.patience();
+    let mut validated = Vec::with_capacity(sockets.len());
+    for socket in sockets {
+        match call(socket, &dry_run, timeout)? {
+            AdminResponse::Error { message } => bail!(
+                "{} refused the change, so no node was changed: {message}",
+                socket.display()
+            ),
+            answer => validated.push(answer),
+        }
+    }
+    if request == &dry_run {
+        return Ok(validated);
+    }
+    let mut answers = Vec::with_capacity(sockets.len());
+    for (i, socket) in sockets.iter().enumerate() {
+        match call(socket, request, timeout)? {
+            AdminResponse::Error { message } => bail!(
+                "{} failed the change after validating it ({} of {} nodes changed before it; run the \
+                 change again, or undo it on them): {message}",
+                socket.display(),
+                i,
+                sockets.len()
+            ),
+            answer => answers.push(answer),
+        }
+    }
+    Ok(answers)
+}
+
 /// Why the daemon at `path` cannot be reached, and what to do about it.
 fn unreachable(path: &Path, error: std::io::Error) -> anyhow::Error {
     let at = path.display();
@@ -301,6 +488,37 @@ fn unreachable(path: &Path, error: std::io::Error) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backend_changes_read_with_defaults_and_turn_into_dry_runs() {
+        let line = r#"{"cmd":"backend_add","service":"web","address":"10.1.0.1","port":8080}"#;
+        let request: AdminRequest = serde_json::from_str(line).unwrap();
+        let (edit, dry_run) = request.policy_edit().unwrap();
+        assert!(!dry_run);
+        assert_eq!(
+            edit,
+            PolicyEdit::Add {
+                backend: BackendRef {
+                    service: "web".into(),
+                    address: "10.1.0.1".parse().unwrap(),
+                    port: 8080
+                },
+                weight: None,
+                mac: None
+            }
+        );
+        assert!(request.as_dry_run().unwrap().policy_edit().unwrap().1);
+        assert_eq!(
+            AdminRequest::PolicyReload { dry_run: false }.as_dry_run(),
+            Some(AdminRequest::PolicyReload { dry_run: true })
+        );
+        assert_eq!(AdminRequest::Status.as_dry_run(), None);
+        let typo = r#"{"cmd":"backend_drain","service":"web","address":"10.1.0.1","port":8080,"dryrun":true}"#;
+        assert!(
+            serde_json::from_str::<AdminRequest>(typo).is_err(),
+            "unknown fields are refused"
+        );
+    }
 
     #[test]
     fn requests_round_trip_and_malformed_ones_get_an_error() {

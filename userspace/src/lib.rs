@@ -22,3 +22,4 @@ pub mod rewrite;
 pub mod scope;
 pub mod shutdown;
 pub mod top;
+pub mod tcp_reset;

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use handoff::{
-    admin::{AdminRequest, AdminResponse},
+    admin::{self, AdminRequest, AdminResponse},
     api::client::{ApiClient, Transport},
     control::{
         keys::{self, Party},
@@ -98,6 +98,21 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// List a node's services: backends, weights, states (active or
+    /// draining), table shares, and the backends removed live.
+    Services(AdminArgs),
+    /// Re-read the policy file of nodes and apply it, as SIGHUP does. The
+    /// file is the source of truth: live backend changes not in it are undone.
+    Policy {
+        #[command(subcommand)]
+        change: PolicyCommand,
+    },
+    /// Change a service's backends on running nodes: validated on every
+    /// node named by --admin first, then made on each.
+    Backend {
+        #[command(subcommand)]
+        change: BackendCommand,
+    },
     /// Change the hash scope directly, without migrating state.
     Scope {
         #[command(subcommand)]
@@ -170,6 +185,94 @@ enum KeysAction {
         #[command(flatten)]
         output: Output,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// Re-read and apply the policy file.
+    Reload(ChangeArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum BackendCommand {
+    /// Add a backend, or take a draining one back into service.
+    Add {
+        #[command(flatten)]
+        backend: BackendArgs,
+        /// Its relative share of new flows (default 1).
+        #[arg(long)]
+        weight: Option<u32>,
+        /// Its MAC, like 02:00:00:00:00:01 (default: reached via the gateway).
+        #[arg(long)]
+        mac: Option<String>,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Remove a backend: its UDP flows move, its TCP connections are reset
+    /// (or kept, with `on_backend_removed = "keep"`).
+    Remove {
+        #[command(flatten)]
+        backend: BackendArgs,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Give a backend another weight.
+    Weight {
+        #[command(flatten)]
+        backend: BackendArgs,
+        /// The new weight (> 0).
+        #[arg(long)]
+        weight: u32,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Drain a backend: no new flows, its connections go on.
+    Drain {
+        #[command(flatten)]
+        backend: BackendArgs,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct BackendArgs {
+    /// The service's name (`handoff services` lists them).
+    #[arg(long)]
+    service: String,
+    /// The backend's address.
+    #[arg(long)]
+    address: std::net::IpAddr,
+    /// The backend's port.
+    #[arg(long)]
+    port: u16,
+}
+
+#[derive(clap::Args, Debug)]
+struct ChangeArgs {
+    /// A node's admin socket; repeat it for several nodes (all validate
+    /// the change before any makes it).
+    #[arg(long = "admin", required = true)]
+    admins: Vec<PathBuf>,
+    /// Validate only: change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    output: Output,
+}
+
+/// Makes a policy change on every node of `change`, all validated first.
+fn change_policy(change: &ChangeArgs, request: AdminRequest) -> Result<()> {
+    let answers = admin::change_everywhere(&change.admins, &request)?;
+    change.output.print(&answers, || {
+        change
+            .admins
+            .iter()
+            .zip(&answers)
+            .map(|(admin, answer)| format!("{}:\n{}", admin.display(), render::response(answer)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
 }
 
 #[derive(clap::Args, Debug)]
@@ -501,6 +604,68 @@ fn run() -> Result<()> {
             })
         }
         Command::Status(admin) => admin_call(&admin, AdminRequest::Status),
+        Command::Services(admin) => admin_call(&admin, AdminRequest::Services),
+        Command::Policy {
+            change: PolicyCommand::Reload(change),
+        } => change_policy(
+            &change,
+            AdminRequest::PolicyReload {
+                dry_run: change.dry_run,
+            },
+        ),
+        Command::Backend { change } => {
+            let (request, args) = match change {
+                BackendCommand::Add {
+                    backend: b,
+                    weight,
+                    mac,
+                    change,
+                } => (
+                    AdminRequest::BackendAdd {
+                        service: b.service,
+                        address: b.address,
+                        port: b.port,
+                        weight,
+                        mac,
+                        dry_run: change.dry_run,
+                    },
+                    change,
+                ),
+                BackendCommand::Remove { backend: b, change } => (
+                    AdminRequest::BackendRemove {
+                        service: b.service,
+                        address: b.address,
+                        port: b.port,
+                        dry_run: change.dry_run,
+                    },
+                    change,
+                ),
+                BackendCommand::Weight {
+                    backend: b,
+                    weight,
+                    change,
+                } => (
+                    AdminRequest::BackendWeight {
+                        service: b.service,
+                        address: b.address,
+                        port: b.port,
+                        weight,
+                        dry_run: change.dry_run,
+                    },
+                    change,
+                ),
+                BackendCommand::Drain { backend: b, change } => (
+                    AdminRequest::BackendDrain {
+                        service: b.service,
+                        address: b.address,
+                        port: b.port,
+                        dry_run: change.dry_run,
+                    },
+                    change,
+                ),
+            };
+            change_policy(&args, request)
+        }
         Command::Stats(admin) => admin_call(&admin, AdminRequest::Stats),
         Command::Scope {
             change: ScopeChange::Remove { member, admin },

@@ -438,7 +438,10 @@ pub fn top_frame(frame: &crate::top::Frame) -> String {
 /// [`document`], a scope change as one line, an error as its message.
 pub fn response(response: &AdminResponse) -> String {
     match response {
-        AdminResponse::Status(v) | AdminResponse::Stats(v) => document(v),
+        AdminResponse::Status(v)
+        | AdminResponse::Stats(v)
+        | AdminResponse::Services(v)
+        | AdminResponse::PolicyChanged(v) => document(v),
         AdminResponse::ScopeChanged {
             version,
             moved_buckets,

@@ -2015,3 +2015,200 @@ fn a_fabric_frame_not_from_the_member_it_names_is_a_bad_fabric_drop() {
     assert!(node.handle(&genuine, 0, at(1)).is_some());
     assert_eq!(node.counters().received_from_node, 1);
 }
+
+/// Two backends per service, so a live change has somewhere to move flows.
+const TWO_BACKENDS: &str = r#"
+[[neighbor]]
+name = "router"
+mac = "02:00:00:00:00:fe"
+
+[default]
+action = "forward"
+gateway = "router"
+
+[[service]]
+name = "dns"
+vip = "10.0.9.1"
+protocol = "udp"
+port = 53
+[[service.backend]]
+address = "10.1.0.1"
+port = 5353
+mac = "02:00:00:00:01:01"
+[[service.backend]]
+address = "10.1.0.2"
+port = 5353
+mac = "02:00:00:00:01:02"
+
+[[service]]
+name = "web"
+vip = "10.0.9.1"
+protocol = "tcp"
+port = 80
+[[service.backend]]
+address = "10.1.0.1"
+port = 8080
+mac = "02:00:00:00:01:01"
+[[service.backend]]
+address = "10.1.0.2"
+port = 8080
+mac = "02:00:00:00:01:02"
+"#;
+
+/// The node after the live change `edit`, adopted by its worker.
+fn after_edit(node: &mut Node, edit: handoff::flow::edit::PolicyEdit) {
+    let next = edit.apply(node.pipeline.policy().config()).unwrap();
+    let policy = Arc::new(node.pipeline.policy().reload(next).unwrap());
+    node.pipeline.set_policy(policy);
+}
+
+fn backend_ref(service: &str, address: &str, port: u16) -> handoff::flow::edit::BackendRef {
+    handoff::flow::edit::BackendRef {
+        service: service.into(),
+        address: ip(address),
+        port,
+    }
+}
+
+/// Client ports whose first packet of `l4` to VIP:`port` goes to backend
+/// `address` (and the others), found by running them through `node`.
+fn clients_by_backend(node: &mut Node, port: u16, tcp_service: bool, address: &str) -> (Vec<u16>, Vec<u16>) {
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for client_port in 40_000..40_064 {
+        let (client, vip) = (sock("10.0.0.1", client_port), sock("10.0.9.1", port));
+        let frame = if tcp_service {
+            tcp(client, vip, SYN)
+        } else {
+            udp(client, vip)
+        };
+        let sent = node.handle(&frame, 0, at(1)).unwrap();
+        if seen(&sent).dst.ip() == ip(address) {
+            on.push(client_port);
+        } else {
+            off.push(client_port);
+        }
+    }
+    assert!(!on.is_empty() && !off.is_empty(), "64 flows all on one side");
+    (on, off)
+}
+
+/// TCP flags of a frame, read by etherparse.
+fn tcp_flags_of(frame: &[u8]) -> (bool, bool, u32) {
+    let p = PacketHeaders::from_ethernet_slice(frame).unwrap();
+    let Some(TransportHeader::Tcp(t)) = p.transport else {
+        panic!("not TCP");
+    };
+    (t.rst, t.syn, t.sequence_number)
+}
+
+#[test]
+fn a_removed_backends_udp_flows_move_and_its_tcp_connections_are_reset() {
+    let mut node = Node::new(TWO_BACKENDS, solo_view(), 0);
+    let (udp_on, udp_off) = clients_by_backend(&mut node, 53, false, "10.1.0.1");
+    let (tcp_on, tcp_off) = clients_by_backend(&mut node, 80, true, "10.1.0.1");
+    after_edit(
+        &mut node,
+        handoff::flow::edit::PolicyEdit::Remove(backend_ref("dns", "10.1.0.1", 5353)),
+    );
+    after_edit(
+        &mut node,
+        handoff::flow::edit::PolicyEdit::Remove(backend_ref("web", "10.1.0.1", 8080)),
+    );
+    let vip_udp = sock("10.0.9.1", 53);
+    for &p in &udp_on {
+        let sent = seen(&node.handle(&udp(sock("10.0.0.1", p), vip_udp), 0, at(2)).unwrap());
+        assert_eq!(
+            (sent.dst, sent.dst_mac),
+            (sock("10.1.0.2", 5353), [2, 0, 0, 0, 1, 2]),
+            "moved"
+        );
+        // And it stays there.
+        let again = seen(&node.handle(&udp(sock("10.0.0.1", p), vip_udp), 0, at(2)).unwrap());
+        assert_eq!(again.dst, sock("10.1.0.2", 5353));
+    }
+    for &p in &udp_off {
+        let sent = seen(&node.handle(&udp(sock("10.0.0.1", p), vip_udp), 0, at(2)).unwrap());
+        assert_eq!(sent.dst, sock("10.1.0.2", 5353), "an unaffected flow keeps its backend");
+    }
+    assert_eq!(node.counters().backend_moved, udp_on.len() as u64);
+    // A stray datagram of the removed backend is no client's traffic.
+    let stray = udp(sock("10.1.0.1", 5353), sock("10.0.0.1", udp_on[0]));
+    assert_eq!(node.handle(&stray, 0, at(2)), None);
+    assert_eq!(node.counters().drop_no_service, 1);
+
+    let vip_tcp = sock("10.0.9.1", 80);
+    for &p in &tcp_on {
+        let client = sock("10.0.0.1", p);
+        let rst = node.handle(&tcp(client, vip_tcp, ACK), 0, at(2)).unwrap();
+        let s = seen(&rst);
+        assert_eq!((s.src, s.dst, s.dst_mac), (vip_tcp, client, ROUTER_MAC));
+        assert!(s.payload.is_empty());
+        // The segment acknowledged 1: the reset is at that number.
+        assert_eq!(tcp_flags_of(&rst), (true, false, 1));
+        // The connection is gone: a later segment finds no flow.
+        assert_eq!(node.handle(&tcp(client, vip_tcp, ACK), 0, at(2)), None);
+    }
+    for &p in &tcp_off {
+        let sent = seen(&node.handle(&tcp(sock("10.0.0.1", p), vip_tcp, ACK), 0, at(2)).unwrap());
+        assert_eq!(sent.dst, sock("10.1.0.2", 8080));
+    }
+    assert_eq!(node.counters().backend_resets, tcp_on.len() as u64);
+    assert_eq!(node.counters().drop_no_flow, tcp_on.len() as u64);
+}
+
+#[test]
+fn a_removed_backend_keeps_its_tcp_connections_when_the_policy_says_keep() {
+    let policy = format!("on_backend_removed = \"keep\"\n{TWO_BACKENDS}");
+    let mut node = Node::new(&policy, solo_view(), 0);
+    let (tcp_on, _) = clients_by_backend(&mut node, 80, true, "10.1.0.1");
+    after_edit(
+        &mut node,
+        handoff::flow::edit::PolicyEdit::Remove(backend_ref("web", "10.1.0.1", 8080)),
+    );
+    let vip = sock("10.0.9.1", 80);
+    for &p in &tcp_on {
+        let sent = seen(&node.handle(&tcp(sock("10.0.0.1", p), vip, ACK), 0, at(2)).unwrap());
+        assert_eq!(
+            (sent.dst, sent.dst_mac),
+            (sock("10.1.0.1", 8080), [2, 0, 0, 0, 1, 1]),
+            "kept"
+        );
+        // Its replies are still un-rewritten to the VIP.
+        let reply = seen(
+            &node
+                .handle(&tcp(sock("10.1.0.1", 8080), sock("10.0.0.1", p), ACK), 0, at(2))
+                .unwrap(),
+        );
+        assert_eq!(reply.src, vip);
+    }
+    // A new connection never goes there.
+    for p in 50_000..50_064 {
+        let sent = seen(&node.handle(&tcp(sock("10.0.0.1", p), vip, SYN), 0, at(2)).unwrap());
+        assert_eq!(sent.dst, sock("10.1.0.2", 8080));
+    }
+    assert_eq!(node.counters().backend_resets, 0);
+}
+
+#[test]
+fn a_draining_backend_keeps_its_connections_and_gets_no_new_one() {
+    let mut node = Node::new(TWO_BACKENDS, solo_view(), 0);
+    let (tcp_on, _) = clients_by_backend(&mut node, 80, true, "10.1.0.1");
+    after_edit(
+        &mut node,
+        handoff::flow::edit::PolicyEdit::Drain(backend_ref("web", "10.1.0.1", 8080)),
+    );
+    let vip = sock("10.0.9.1", 80);
+    for &p in &tcp_on {
+        let sent = seen(&node.handle(&tcp(sock("10.0.0.1", p), vip, ACK), 0, at(2)).unwrap());
+        assert_eq!(
+            sent.dst,
+            sock("10.1.0.1", 8080),
+            "a connection keeps its draining backend"
+        );
+    }
+    for p in 50_000..50_064 {
+        let sent = seen(&node.handle(&tcp(sock("10.0.0.1", p), vip, SYN), 0, at(2)).unwrap());
+        assert_eq!(sent.dst, sock("10.1.0.2", 8080), "a new connection avoids it");
+    }
+    assert_eq!((node.counters().backend_resets, node.counters().backend_moved), (0, 0));
+}

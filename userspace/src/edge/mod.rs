@@ -407,6 +407,14 @@ impl Edge {
                 interface,
             } => self.member_add(&member, id, &mac, &interface),
             AdminRequest::MemberRemove { member } => self.member_remove(&member),
+            AdminRequest::Services
+            | AdminRequest::PolicyReload { .. }
+            | AdminRequest::BackendAdd { .. }
+            | AdminRequest::BackendRemove { .. }
+            | AdminRequest::BackendWeight { .. }
+            | AdminRequest::BackendDrain { .. } => Err(anyhow::anyhow!(
+                "services and backends are each node's policy: ask the nodes' admin sockets"
+            )),
         };
         let _ = reply.send(result.unwrap_or_else(|e| AdminResponse::Error {
             message: format!("{e:#}"),

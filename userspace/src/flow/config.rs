@@ -5,6 +5,8 @@
 //!
 //! ```toml
 //! hash_seed = 7                 # optional: seed of the backend choice
+//! on_backend_removed = "reset"  # optional: a TCP connection to a backend a live
+//!                               # change removed: "reset" (RST to the client) | "keep"
 //!
 //! [table]                       # optional
 //! capacity = 262144             # entries per worker; a connection takes two
@@ -41,6 +43,7 @@
 //! address = "10.1.0.1"
 //! port = 8080
 //! weight = 2                    # optional, default 1
+//! drain = true                  # optional, default false: no new flows
 //! mac = "02:00:00:00:01:01"     # or neighbor = "name"; neither: via the gateway
 //! ```
 //!
@@ -53,7 +56,7 @@
 use super::{MissPolicy, TableConfig, MAX_CAPACITY};
 use crate::flow::policy::BACKEND_TABLE_SIZE;
 use handoff_common::net::ipproto;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::{
     collections::HashMap,
     net::IpAddr,
@@ -90,6 +93,21 @@ pub struct PolicyConfig {
     pub icmp: IcmpConfig,
     /// The services.
     pub services: Vec<ServiceConfig>,
+    /// What happens to a TCP connection whose backend a live change removed.
+    pub on_backend_removed: OnBackendRemoved,
+}
+
+/// What happens to an established TCP connection whose backend was removed
+/// by a live change (a UDP flow always moves to a live backend).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBackendRemoved {
+    /// At its next packet (either direction) the client gets a TCP RST
+    /// from the VIP (RFC 9293 §3.10.7.1) and the connection is forgotten.
+    #[default]
+    Reset,
+    /// It keeps going to the removed backend until it ends or times out.
+    Keep,
 }
 
 /// A next hop.
@@ -192,6 +210,8 @@ pub struct BackendConfig {
     pub port: u16,
     /// Its relative share of new flows (> 0).
     pub weight: u32,
+    /// Draining: it takes no new flows, its connections go on.
+    pub draining: bool,
     /// Index of its next hop in the neighbor table.
     pub next_hop: u16,
 }
@@ -244,6 +264,9 @@ pub enum Problem {
     /// A service without backends.
     #[error("the backend pool is empty")]
     EmptyPool,
+    /// A service whose every backend drains: new flows would have nowhere to go.
+    #[error("every backend drains: at least one must take new flows")]
+    AllDraining,
     /// More backends than the backend table has entries.
     #[error("{count} backends, at most {max}")]
     TooManyBackends {
@@ -335,6 +358,7 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     hash_seed: Option<Spanned<i64>>,
+    on_backend_removed: Option<Spanned<String>>,
     table: Option<RawTable>,
     timeouts: Option<RawTimeouts>,
     #[serde(default)]
@@ -401,6 +425,7 @@ struct RawBackend {
     address: Spanned<String>,
     port: Spanned<i64>,
     weight: Option<Spanned<i64>>,
+    drain: Option<bool>,
     mac: Option<Spanned<String>>,
     neighbor: Option<Spanned<String>>,
 }
@@ -420,6 +445,37 @@ impl PolicyConfig {
         let source = Source { text, file };
         let raw: RawConfig = toml::from_str(text).map_err(|e| source.toml_error(&e))?;
         source.validate(raw)
+    }
+}
+
+impl PolicyConfig {
+    /// This config with its neighbor table laid out so that every neighbor
+    /// of `previous` keeps its index (matched by MAC, the only thing a next
+    /// hop is used for): connections installed under `previous` name next
+    /// hops by index. Neighbors only this config has come after them; the
+    /// gateway and the backends' next hops are renumbered to match.
+    /// Neighbors only `previous` has stay, so its connections keep their
+    /// next hop.
+    pub fn with_neighbors_of(mut self, previous: &PolicyConfig) -> Self {
+        let mut neighbors = previous.neighbors.clone();
+        let renumbered: Vec<u16> = self
+            .neighbors
+            .iter()
+            .map(|n| match neighbors.iter().position(|p| p.mac == n.mac) {
+                Some(i) => i as u16,
+                None => {
+                    neighbors.push(n.clone());
+                    (neighbors.len() - 1) as u16
+                }
+            })
+            .collect();
+        let map = |index: u16| renumbered.get(usize::from(index)).copied().unwrap_or(index);
+        self.gateway = map(self.gateway);
+        for backend in self.services.iter_mut().flat_map(|s| s.backends.iter_mut()) {
+            backend.next_hop = map(backend.next_hop);
+        }
+        self.neighbors = neighbors;
+        self
     }
 }
 
@@ -549,6 +605,15 @@ impl Source<'_> {
                 icmp.errors_per_second = self.int(rate, "icmp.errors_per_second", 0, 1_000_000)? as u32;
             }
         }
+        let on_backend_removed = match &raw.on_backend_removed {
+            None => OnBackendRemoved::default(),
+            Some(v) => self.choice(
+                v,
+                "on_backend_removed",
+                &[("reset", OnBackendRemoved::Reset), ("keep", OnBackendRemoved::Keep)],
+                "reset, keep",
+            )?,
+        };
         let mut services = Vec::with_capacity(raw.service.len());
         let mut seen: HashMap<(IpAddr, Protocol, u16), usize> = HashMap::new();
         for (i, s) in raw.service.iter().enumerate() {
@@ -563,6 +628,7 @@ impl Source<'_> {
             unmatched_vip,
             icmp,
             services,
+            on_backend_removed,
         })
     }
 
@@ -721,8 +787,12 @@ impl Source<'_> {
                 address,
                 port,
                 weight,
+                draining: b.drain.unwrap_or(false),
                 next_hop,
             });
+        }
+        if backends.iter().all(|b| b.draining) {
+            return Err(self.invalid(s.vip.span(), format!("{field}.backend"), Problem::AllDraining));
         }
         let name = match &s.name {
             Some(n) => n.get_ref().clone(),
@@ -1129,6 +1199,25 @@ port = 5353
         let (line, _, problem, _) = error_after("[default]", "[default");
         assert_eq!(line, line_of("[default]"));
         assert!(matches!(problem, Problem::Toml { .. }));
+    }
+
+    #[test]
+    fn the_live_change_settings_parse_and_are_checked() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.on_backend_removed, OnBackendRemoved::Reset);
+        assert!(c.services.iter().flat_map(|s| &s.backends).all(|b| !b.draining));
+        let keep = parse(&format!("on_backend_removed = \"keep\"\n{GOOD}")).unwrap();
+        assert_eq!(keep.on_backend_removed, OnBackendRemoved::Keep);
+        let draining = parse(&GOOD.replacen("weight = 3", "weight = 3\ndrain = true", 1)).unwrap();
+        assert!(draining.services[0].backends[0].draining);
+        assert!(!draining.services[0].backends[1].draining);
+        let (_, field, problem, _) = error_after("port = 5353", "port = 5353\ndrain = true");
+        assert_eq!((field.as_str(), problem), ("service[1].backend", Problem::AllDraining));
+        let bad = parse(&format!("on_backend_removed = \"drop\"\n{GOOD}")).unwrap_err();
+        assert!(
+            matches!(&bad, ConfigError::Invalid { field, problem: Problem::UnknownValue { .. }, .. } if field == "on_backend_removed"),
+            "{bad}"
+        );
     }
 
     #[test]

@@ -66,6 +66,7 @@
 
 mod app;
 pub mod config;
+pub mod edit;
 mod entry;
 mod index;
 pub mod policy;

@@ -55,6 +55,18 @@ pub enum Decision {
 /// Why a policy cannot be built from a validated config.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
+    /// A reload changed the flow-table settings, which a running worker's
+    /// table was sized and timed by at start.
+    #[error(
+        "the [table] and [timeouts] settings cannot change while the node runs \
+         (was {was:?}, now {now:?}): put the old values back, or restart the node to apply them"
+    )]
+    TableChanged {
+        /// The running settings.
+        was: Box<TableConfig>,
+        /// The new ones.
+        now: Box<TableConfig>,
+    },
     /// A service's backend table could not be built.
     #[error("service {service}: {source}")]
     Backends {
@@ -64,6 +76,37 @@ pub enum PolicyError {
         #[source]
         source: BuildError,
     },
+}
+
+/// A service as operators see it (`handoff services`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServiceView {
+    /// Its name.
+    pub name: String,
+    /// Its VIP.
+    pub vip: IpAddr,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// Its port.
+    pub port: u16,
+    /// Its backends, in config order.
+    pub backends: Vec<BackendView>,
+}
+
+/// A backend as operators see it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BackendView {
+    /// Its address.
+    pub address: IpAddr,
+    /// Its port.
+    pub port: u16,
+    /// Its weight.
+    pub weight: u32,
+    /// `active` (takes new flows) or `draining` (only its connections).
+    pub state: String,
+    /// Entries of the service's backend table (of [`BACKEND_TABLE_SIZE`])
+    /// that pick it: its share of new flows.
+    pub table_entries: u32,
 }
 
 /// Identifies a service by a flow's destination.
@@ -109,6 +152,11 @@ pub struct Policy {
     /// Every VIP and every backend address: the edge sprays traffic to the
     /// former and from the latter.
     sprayed: SprayedAddresses,
+    /// Backends (address, port, protocol) that earlier policies had and
+    /// this one has not: connections still pinned to them are moved, reset
+    /// or kept (see [`Policy::is_retired`]). Sorted; empty unless a reload
+    /// removed a backend.
+    retired: Vec<(IpAddr, u16, u8)>,
 }
 
 /// The addresses whose traffic the edge sprays to the nodes.
@@ -119,8 +167,16 @@ struct SprayedAddresses {
 }
 
 impl SprayedAddresses {
-    fn of(config: &PolicyConfig) -> Self {
+    /// The VIPs and backends of `config`, and the `retired` backends: what
+    /// they still send is no client's traffic, never to be forwarded as such.
+    fn of(config: &PolicyConfig, retired: &[(IpAddr, u16, u8)]) -> Self {
         let mut sprayed = Self::default();
+        for &(address, ..) in retired {
+            let address = addr_words(address);
+            if !sprayed.backends.contains(&address) {
+                sprayed.backends.push(address);
+            }
+        }
         for service in &config.services {
             let vip = addr_words(service.vip);
             if !sprayed.vips.contains(&vip) {
@@ -155,8 +211,20 @@ impl Policy {
     /// Builds a policy for `config` that keeps as many backend-table entries
     /// of `self` as the new weights allow, so flows without state (picked up
     /// mid-stream) mostly keep their backend across the reload.
+    ///
+    /// The result is what running workers can adopt: the neighbor table
+    /// keeps every next hop of `self` at its index (installed connections
+    /// name next hops by index), backends `config` drops are remembered as
+    /// retired, and a change of the flow-table settings is refused
+    /// ([`PolicyError::TableChanged`]).
     pub fn reload(&self, config: PolicyConfig) -> Result<Self, PolicyError> {
-        Self::build(config, Some(self))
+        if config.table != self.config.table {
+            return Err(PolicyError::TableChanged {
+                was: Box::new(self.config.table),
+                now: Box::new(config.table),
+            });
+        }
+        Self::build(config.with_neighbors_of(&self.config), Some(self))
     }
 
     fn build(config: PolicyConfig, previous: Option<&Policy>) -> Result<Self, PolicyError> {
@@ -172,10 +240,13 @@ impl Policy {
             }
             let key = ServiceKey::of_service(service);
             services.insert(key, i);
+            // A draining backend keeps its index (its connections' replies
+            // are still traced back) but leaves the table.
             let members: Vec<WeightedMember> = service
                 .backends
                 .iter()
                 .enumerate()
+                .filter(|(_, b)| !b.draining)
                 .map(|(id, b)| WeightedMember {
                     id: id as u32,
                     weight: b.weight,
@@ -190,13 +261,77 @@ impl Policy {
             })?;
             tables.push(table);
         }
+        let retired = previous.map_or_else(Vec::new, |p| p.retired_by(&backends));
         Ok(Self {
-            sprayed: SprayedAddresses::of(&config),
+            sprayed: SprayedAddresses::of(&config, &retired),
             config,
             services,
             tables,
             backends,
+            retired,
         })
+    }
+
+    /// The backends of `self` (current or retired) that `next` (the backend
+    /// map of the next policy) lacks, sorted.
+    fn retired_by(&self, next: &FastMap<(IpAddr, u16, u8), Option<usize>>) -> Vec<(IpAddr, u16, u8)> {
+        let mut retired: Vec<(IpAddr, u16, u8)> = self
+            .backends
+            .keys()
+            .chain(&self.retired)
+            .filter(|&b| !next.contains_key(b))
+            .copied()
+            .collect();
+        retired.sort_unstable();
+        retired.dedup();
+        retired
+    }
+
+    /// The services, their backends, weights, states and table shares.
+    pub fn services(&self) -> Vec<ServiceView> {
+        self.config
+            .services
+            .iter()
+            .zip(&self.tables)
+            .map(|(service, table)| ServiceView {
+                name: service.name.clone(),
+                vip: service.vip,
+                protocol: match service.protocol {
+                    super::config::Protocol::Tcp => "tcp".into(),
+                    super::config::Protocol::Udp => "udp".into(),
+                },
+                port: service.port,
+                backends: service
+                    .backends
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| BackendView {
+                        address: b.address,
+                        port: b.port,
+                        weight: b.weight,
+                        state: if b.draining { "draining" } else { "active" }.into(),
+                        table_entries: table.iter().filter(|&&e| e == i as u32).count() as u32,
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Whether some backend was removed by a reload (then established
+    /// connections are checked with [`Policy::is_retired`]).
+    pub fn has_retired(&self) -> bool {
+        !self.retired.is_empty()
+    }
+
+    /// Whether `address`:`port` over `protocol` was a backend an earlier
+    /// policy had and this one has not.
+    pub fn is_retired(&self, address: IpAddr, port: u16, protocol: u8) -> bool {
+        self.retired.binary_search(&(address, port, protocol)).is_ok()
+    }
+
+    /// The retired backends (address, port, protocol number), sorted.
+    pub fn retired(&self) -> &[(IpAddr, u16, u8)] {
+        &self.retired
     }
 
     /// This policy's table for the service `key`, with backend indices

@@ -49,6 +49,8 @@ use std::{
 const COMMAND_QUEUE: usize = 256;
 /// How long the admin path waits for a worker's report.
 const REPORT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long every worker has to adopt a new policy (between two bursts).
+const POLICY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a worker may take over one handover step.
 const HANDOVER_STEP: Duration = Duration::from_secs(10);
 /// Handover rounds a release runs at most before giving up on stragglers.
@@ -70,6 +72,8 @@ const TRANSITION_GRACE: Duration = Duration::from_millis(500);
 /// The running node.
 pub struct Node {
     config: NodeConfig,
+    /// The policy every worker decides by (the last one they all adopted).
+    policy: Arc<Policy>,
     program: XskProgram,
     scope: Scope,
     view: Arc<NodeView>,
@@ -450,6 +454,7 @@ impl Node {
         tracing::info!(node = %config.name, workers, interface = %config.interface, "node up");
         Ok(Self {
             config,
+            policy,
             program,
             scope,
             view,
@@ -1028,10 +1033,81 @@ impl Node {
             AdminRequest::MemberAdd { .. } | AdminRequest::MemberRemove { .. } => Err(anyhow::anyhow!(
                 "the edge keeps the members: ask the edge's admin socket or API"
             )),
+            AdminRequest::Services => Ok(AdminResponse::Services(self.services())),
+            AdminRequest::PolicyReload { dry_run } => self.reload_policy_file(dry_run),
+            request @ (AdminRequest::BackendAdd { .. }
+            | AdminRequest::BackendRemove { .. }
+            | AdminRequest::BackendWeight { .. }
+            | AdminRequest::BackendDrain { .. }) => match request.policy_edit() {
+                Some((edit, dry_run)) => edit
+                    .apply(self.policy.config())
+                    .map_err(|e| anyhow::Error::new(e).context("the change is refused; nothing changed"))
+                    .and_then(|next| self.change_policy(next, edit.to_string(), dry_run)),
+                None => Err(anyhow::anyhow!("not a backend change")),
+            },
         };
         result.unwrap_or_else(|e| AdminResponse::Error {
             message: format!("{e:#}"),
         })
+    }
+
+    /// The services, their backends and the backends removed live.
+    fn services(&self) -> serde_json::Value {
+        let retired: Vec<String> = self
+            .policy
+            .retired()
+            .iter()
+            .map(|(address, port, protocol)| {
+                let protocol = if *protocol == handoff_common::net::ipproto::TCP {
+                    "tcp"
+                } else {
+                    "udp"
+                };
+                format!("{}/{protocol}", std::net::SocketAddr::new(*address, *port))
+            })
+            .collect();
+        serde_json::json!({
+            "services": self.policy.services(),
+            "removed_backends": retired,
+            "on_backend_removed": self.policy.config().on_backend_removed,
+        })
+    }
+
+    /// Re-reads the policy file and applies it: the file is the source of
+    /// truth, so live backend changes not written to it are undone.
+    fn reload_policy_file(&mut self, dry_run: bool) -> Result<AdminResponse> {
+        let path = self.config.policy.clone();
+        let next = PolicyConfig::load(&path).context("the reload is refused; nothing changed")?;
+        self.change_policy(next, format!("reload of {}", path.display()), dry_run)
+    }
+
+    /// Builds the policy for `next` from the running one (every check is
+    /// made there, before anything changes) and, unless `dry_run`, has
+    /// every worker adopt it: answers once the last one did.
+    fn change_policy(&mut self, next: PolicyConfig, change: String, dry_run: bool) -> Result<AdminResponse> {
+        let policy = Arc::new(
+            self.policy
+                .reload(next)
+                .context("the change is refused; nothing changed")?,
+        );
+        if !dry_run {
+            // Recorded first: a worker that adopted it decides by it even
+            // if another stopped before answering.
+            self.policy = Arc::clone(&policy);
+            self.ask_workers(
+                |adopted| WorkerCommand::Policy {
+                    policy: Arc::clone(&policy),
+                    adopted,
+                },
+                POLICY_TIMEOUT,
+            )?;
+            tracing::info!(%change, "policy changed");
+        }
+        let mut answer = self.services();
+        answer["change"] = change.into();
+        answer["dry_run"] = dry_run.into();
+        answer["workers"] = self.commands.len().into();
+        Ok(AdminResponse::PolicyChanged(answer))
     }
 
     /// Serves the admin socket until the stop flag is set, then stops the
@@ -1053,6 +1129,7 @@ impl Node {
             )?),
             None => None,
         };
+        let hangup = crate::shutdown::flag_on_hangup()?;
         // Readiness line for scripts and tests.
         eprintln!("node: ready on {}", self.config.interface);
         let orders = self.orders.clone();
@@ -1069,6 +1146,12 @@ impl Node {
                     let _ = reply.send(self.exposition());
                 },
                 default(Duration::from_millis(100)) => {}
+            }
+            if hangup.swap(false, Ordering::Relaxed) {
+                match self.reload_policy_file(false) {
+                    Ok(_) => tracing::info!(policy = %self.config.policy.display(), "SIGHUP: policy reloaded"),
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: policy reload refused"),
+                }
             }
             if self.settle_at.is_some_and(|at| Instant::now() >= at) {
                 self.settle_at = None;

@@ -145,6 +145,16 @@ pub(crate) const WORKER_COUNTERS: &[FieldMetric] = &[
         "handoff_fragments_parked_total",
         "Fragments a worker parked until their datagram's first fragment came",
     ),
+    counter(
+        "backend_moved",
+        "handoff_backend_removed_moved_flows_total",
+        "Flows without handshake whose backend a live change removed, moved to a live backend at their next packet",
+    ),
+    counter(
+        "backend_resets",
+        "handoff_backend_removed_resets_total",
+        "TCP connections whose backend a live change removed, reset with an RST to the client",
+    ),
 ];
 
 const FLOW_REMOVED_HELP: &str =

@@ -17,13 +17,14 @@ use super::{
 use crate::scope::maglev::UNOWNED;
 use crate::{
     flow::{
-        config::{EchoPolicy, UnmatchedVip},
-        Admission, AppRegistry, AppVerdict, Decision, FlowError, FlowTable, NetworkAction, Owner, Policy, Slot,
+        config::{EchoPolicy, OnBackendRemoved, UnmatchedVip},
+        Admission, AppRegistry, AppVerdict, Decision, FlowError, FlowTable, NetworkAction, Owner, Policy, Side, Slot,
         Timestamp,
     },
     icmp,
     io::{FrameBuf, Verdict},
     rewrite::{self, Ttl},
+    tcp_reset::{write_reset, ResetOf},
 };
 use handoff_common::{
     fabric::{kind, ANY_WORKER, FABRIC_ETHERTYPE, FABRIC_MAX_HOPS},
@@ -149,6 +150,12 @@ pub struct WorkerCounters {
     pub drop_fragment_timeout: u64,
     /// Dropped: the fragment pen was full.
     pub drop_fragments_full: u64,
+    /// Flows whose backend a live change removed, moved to a live backend
+    /// at their next packet (UDP and other protocols without a handshake).
+    pub backend_moved: u64,
+    /// TCP connections whose backend a live change removed, reset: their
+    /// client got an RST.
+    pub backend_resets: u64,
 }
 
 impl WorkerCounters {
@@ -483,6 +490,20 @@ impl Pipeline {
         &self.policy
     }
 
+    /// Adopts `policy` (built by [`Policy::reload`] from the running one, so
+    /// installed connections' next-hop indices stay valid). New flows get
+    /// its decisions; a connection whose backend it retired is moved, reset
+    /// or kept at its next packet.
+    pub fn set_policy(&mut self, policy: Arc<Policy>) {
+        self.neighbor_macs.clear();
+        self.neighbor_macs.extend(policy.neighbors().iter().map(|n| n.mac));
+        self.gateway_mac = self.neighbor_macs.get(usize::from(policy.config().gateway)).copied();
+        if policy.config().icmp.errors_per_second != self.policy.config().icmp.errors_per_second {
+            self.icmp_limit = icmp::RateLimit::new(policy.config().icmp.errors_per_second);
+        }
+        self.policy = policy;
+    }
+
     /// The clock-independent view this worker routes by.
     pub fn view(&self) -> &Arc<NodeView> {
         &self.view
@@ -747,7 +768,16 @@ impl Pipeline {
         }
         let key = self.flow_key(&headers);
         if let Some(slot) = self.table.lookup(&key) {
-            return self.apply(slot, frame, &headers, hops, now, out);
+            // Nothing to check (one branch) unless a live change removed a backend.
+            if !self.policy.has_retired() || self.quoted.is_some() || headers.fragment {
+                return self.apply(slot, frame, &headers, hops, now, out);
+            }
+            match self.on_retired_backend(slot, frame, &headers) {
+                Retired::No => return self.apply(slot, frame, &headers, hops, now, out),
+                Retired::Done(verdict) => return verdict,
+                // Forgotten: the packet opens a flow to a live backend.
+                Retired::Moved => {}
+            }
         }
         // An announced owner overrides the scope, also when it is us: asking
         // the scope then would send our flow to a node that points back here.
@@ -799,6 +829,60 @@ impl Pipeline {
                 }
                 Err(_) => self.drop(DropReason::TableFull),
             },
+        }
+    }
+
+    /// What becomes of the packet of the connection at `slot` if its
+    /// backend was retired by a live change: a flow without handshake is
+    /// forgotten and its next forward packet picks a live backend; a TCP
+    /// connection is reset (its client gets an RST from the VIP, in place
+    /// of the packet) or kept, as the policy says. One lookup in the short
+    /// retired list, only while it is not empty.
+    fn on_retired_backend<F: FrameBuf>(&mut self, slot: Slot, frame: &mut F, headers: &Headers) -> Retired {
+        let Some(entry) = self.table.entry(slot) else {
+            return Retired::No;
+        };
+        let key = entry.key;
+        let (forward, vip) = match entry.network {
+            NetworkAction::Rewrite(rw) if rw.side == Side::Destination => {
+                if !self.policy.is_retired(rw.address, rw.port, key.protocol) {
+                    return Retired::No;
+                }
+                (true, (key.dst_ip(), key.dst_port.get()))
+            }
+            NetworkAction::Rewrite(rw) if rw.side == Side::Source => {
+                if !self.policy.is_retired(key.src_ip(), key.src_port.get(), key.protocol) {
+                    return Retired::No;
+                }
+                (false, (rw.address, rw.port))
+            }
+            _ => return Retired::No,
+        };
+        if key.protocol != ipproto::TCP {
+            self.table.remove(slot);
+            self.counters.backend_moved += 1;
+            if forward {
+                return Retired::Moved;
+            }
+            // A reply of a flow that is gone: the backend is no service's.
+            return Retired::Done(self.drop(DropReason::NoService));
+        }
+        if self.policy.config().on_backend_removed == OnBackendRemoved::Keep {
+            return Retired::No;
+        }
+        self.table.remove(slot);
+        self.counters.backend_resets += 1;
+        let Some(gateway) = self.gateway_mac else {
+            return Retired::Done(self.drop(DropReason::UnknownOwner));
+        };
+        let (of, client) = if forward {
+            (ResetOf::Sender, (key.src_ip(), key.src_port.get()))
+        } else {
+            (ResetOf::Receiver, (key.dst_ip(), key.dst_port.get()))
+        };
+        match write_reset(frame, headers, of, vip, client, self.own_mac, gateway) {
+            Ok(()) => Retired::Done(self.transmit()),
+            Err(_) => Retired::Done(self.drop(DropReason::Rewrite)),
         }
     }
 
@@ -1168,6 +1252,16 @@ impl Pipeline {
         }
         self.table.expire(now, budget)
     }
+}
+
+/// What a packet of a connection to a retired backend becomes.
+enum Retired {
+    /// Its backend is live (or the connection is kept): it goes on.
+    No,
+    /// Its flow was forgotten: it opens a new one.
+    Moved,
+    /// It was answered or dropped.
+    Done(Verdict),
 }
 
 /// Marker frames are this long.

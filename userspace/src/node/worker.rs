@@ -91,6 +91,14 @@ pub enum WorkerCommand {
     },
     /// A new cluster view (scope change).
     View(Arc<NodeView>),
+    /// A new policy (a live change): adopted between two bursts, then
+    /// acknowledged on `adopted`.
+    Policy {
+        /// The policy, built by [`crate::flow::Policy::reload`] from the running one.
+        policy: Arc<crate::flow::Policy>,
+        /// Told once the worker decides by it.
+        adopted: Sender<()>,
+    },
     /// Send a report back.
     Report(Sender<WorkerReport>),
     /// Export, in wire form, the connections whose owner changes under
@@ -401,6 +409,10 @@ impl<P: PacketIo> Worker<P> {
                     tracing::info!(node, forgotten, "forgot the flows of a FAILED node");
                 }
                 Ok(WorkerCommand::View(view)) => self.pipeline.set_view(view),
+                Ok(WorkerCommand::Policy { policy, adopted }) => {
+                    self.pipeline.set_policy(policy);
+                    let _ = adopted.send(());
+                }
                 Ok(WorkerCommand::Report(reply)) => {
                     let _ = reply.send(self.report());
                 }
