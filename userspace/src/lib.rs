@@ -21,5 +21,5 @@ pub mod render;
 pub mod rewrite;
 pub mod scope;
 pub mod shutdown;
-pub mod top;
 pub mod tcp_reset;
+pub mod top;

@@ -440,30 +440,30 @@ fn migrate(admin: &AdminArgs, request: AdminRequest) -> Result<()> {
     let response = admin
         .transport()?
         .call_with_progress(&request, request.patience(), |line| {
-        if json {
-            // A line the daemon sent parsed as JSON serializes back.
-            let _ = line_json(&AdminResponse::Progress(line.clone()));
-            return;
-        }
-        let event = view.apply(line);
-        if event == handoff::progress::Event::PhaseStarted {
-            match &bar {
-                Some(bar) => bar.println(render::progress_line(line)),
-                None => println!("{}", render::progress_line(line)),
+            if json {
+                // A line the daemon sent parsed as JSON serializes back.
+                let _ = line_json(&AdminResponse::Progress(line.clone()));
+                return;
             }
-        }
-        if let Some(bar) = &bar {
-            bar.set_prefix(view.phase.clone());
-            let (done, total) = match (view.copying(), view.copy) {
-                (true, Some(c)) => (c.flows_copied, c.flows_total.max(1)),
-                // Another phase: nothing to count, the bar stays empty.
-                (true, None) | (false, _) => (0, 1),
-            };
-            bar.set_length(total);
-            bar.set_position(done);
-            bar.set_message(view.message());
-        }
-    });
+            let event = view.apply(line);
+            if event == handoff::progress::Event::PhaseStarted {
+                match &bar {
+                    Some(bar) => bar.println(render::progress_line(line)),
+                    None => println!("{}", render::progress_line(line)),
+                }
+            }
+            if let Some(bar) = &bar {
+                bar.set_prefix(view.phase.clone());
+                let (done, total) = match (view.copying(), view.copy) {
+                    (true, Some(c)) => (c.flows_copied, c.flows_total.max(1)),
+                    // Another phase: nothing to count, the bar stays empty.
+                    (true, None) | (false, _) => (0, 1),
+                };
+                bar.set_length(total);
+                bar.set_position(done);
+                bar.set_message(view.message());
+            }
+        });
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
