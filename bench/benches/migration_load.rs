@@ -13,6 +13,7 @@
 //! against the connections fd-a held, on log axes.
 
 use anyhow::{bail, Context, Result};
+use handoff_bench::plot;
 use handoff_testbed::{
     privilege::missing_privilege,
     service_path::{LoadReports, LoadSpec, NodeTuning},
@@ -135,26 +136,17 @@ fn run(flows: u32, migrate: bool) -> Result<Run> {
     })
 }
 
-/// `(lo, hi)` of positive `values`, widened to whole decades (a log axis
-/// needs a positive range); `(1, 10)` when there are none.
-fn decades(values: impl Iterator<Item = f64>) -> (f64, f64) {
-    let (lo, hi) = values
-        .filter(|v| *v > 0.0 && v.is_finite())
-        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
-    if lo > hi {
-        return (1.0, 10.0);
-    }
-    (10f64.powf(lo.log10().floor()), 10f64.powf(hi.log10().floor() + 1.0))
-}
-
 /// Writes the disengage runs' plot to `out` (SVG): left, each phase's
 /// duration (ms) and the whole migration's against the connections fd-a
 /// held; right, the bytes its handover streams sent against the same; both
 /// axes logarithmic. Runs or values of 0 have no place on a log axis and
 /// are left out.
 fn plot(runs: &[Run], out: &Path) -> Result<()> {
-    use plotters::prelude::*;
     let migrated: Vec<&Run> = runs.iter().filter(|r| r.migrated && r.held_by_fd_a > 0).collect();
+    if migrated.is_empty() {
+        println!("no disengage moved a connection: nothing to plot");
+        return Ok(());
+    }
     let mut phases: Vec<String> = Vec::new();
     for (name, _) in migrated.iter().flat_map(|r| &r.phases) {
         if !phases.contains(name) {
@@ -186,52 +178,34 @@ fn plot(runs: &[Run], out: &Path) -> Result<()> {
         .filter(|r| r.handover_bytes > 0)
         .map(|r| (r.held_by_fd_a as f64, r.handover_bytes as f64))
         .collect();
-    let x = decades(migrated.iter().map(|r| r.held_by_fd_a as f64));
-    let root = SVGBackend::new(out, (1100, 480)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let (left, right) = root.split_horizontally(600);
-    let y = decades(series.iter().flat_map(|s| &s.1).map(|p| p.1));
-    let mut chart = ChartBuilder::on(&left)
-        .caption("time per phase of a disengage", ("sans-serif", 18))
-        .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d((x.0..x.1).log_scale(), (y.0..y.1).log_scale())?;
-    chart
-        .configure_mesh()
-        .x_desc("connections fd-a held")
-        .y_desc("ms")
-        .draw()?;
-    for (i, (name, points)) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        chart
-            .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))?
-            .label(name.clone())
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
-        chart.draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    let y = decades(bytes.iter().map(|p| p.1));
-    let mut chart = ChartBuilder::on(&right)
-        .caption("bytes the handover sent", ("sans-serif", 18))
-        .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d((x.0..x.1).log_scale(), (y.0..y.1).log_scale())?;
-    chart
-        .configure_mesh()
-        .x_desc("connections fd-a held")
-        .y_desc("bytes")
-        .draw()?;
-    chart.draw_series(LineSeries::new(bytes.iter().copied(), BLUE.stroke_width(2)))?;
-    chart.draw_series(bytes.iter().map(|p| Circle::new(*p, 3, BLUE.filled())))?;
-    root.present()?;
-    Ok(())
+    let series: Vec<plot::Series> = series
+        .into_iter()
+        .map(|(name, points)| plot::Series { name, points })
+        .collect();
+    plot::log_log_panels(
+        out,
+        &[
+            (
+                plot::Labels {
+                    title: "time per phase of a disengage",
+                    x: "connections fd-a held",
+                    y: "ms",
+                },
+                series,
+            ),
+            (
+                plot::Labels {
+                    title: "bytes the handover sent",
+                    x: "connections fd-a held",
+                    y: "bytes",
+                },
+                vec![plot::Series {
+                    name: "snapshot, deltas, cut".into(),
+                    points: bytes,
+                }],
+            ),
+        ],
+    )
 }
 
 fn main() -> Result<()> {

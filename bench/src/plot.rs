@@ -43,12 +43,40 @@ const COLOURS: [RGBColor; 8] = [
 /// # Errors
 /// No positive point to draw, or the file cannot be written.
 pub fn log_log_lines(out: &Path, labels: Labels<'_>, series: &[Series]) -> Result<()> {
+    log_log_panels(out, &[(labels, series.to_vec())])
+}
+
+/// Like [`log_log_lines`], with one chart per panel side by side (720 px
+/// wide each) in one SVG file.
+///
+/// # Errors
+/// A panel with no positive point, or the file cannot be written.
+pub fn log_log_panels(out: &Path, panels: &[(Labels<'_>, Vec<Series>)]) -> Result<()> {
+    ensure!(!panels.is_empty(), "{}: no panel to plot", out.display());
+    let width = 720 * panels.len() as u32;
+    let root = SVGBackend::new(out, (width, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    for (area, (labels, series)) in root.split_evenly((1, panels.len())).iter().zip(panels) {
+        chart(area, *labels, series).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+fn chart<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    labels: Labels<'_>,
+    series: &[Series],
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
     let positive = |&&(x, y): &&(f64, f64)| x > 0.0 && y > 0.0 && x.is_finite() && y.is_finite();
     let all: Vec<(f64, f64)> = series
         .iter()
         .flat_map(|s| s.points.iter().filter(positive).copied())
         .collect();
-    ensure!(!all.is_empty(), "{}: nothing to plot", out.display());
+    ensure!(!all.is_empty(), "{}: nothing to plot", labels.title);
     let range = |values: &mut dyn Iterator<Item = f64>| {
         let (lo, hi) = values.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
         // A factor of 2 each side keeps the end points off the frame.
@@ -56,9 +84,7 @@ pub fn log_log_lines(out: &Path, labels: Labels<'_>, series: &[Series]) -> Resul
     };
     let (x0, x1) = range(&mut all.iter().map(|p| p.0));
     let (y0, y1) = range(&mut all.iter().map(|p| p.1));
-    let root = SVGBackend::new(out, (720, 420)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
+    let mut chart = ChartBuilder::on(area)
         .caption(labels.title, ("sans-serif", 18))
         .margin(15)
         .x_label_area_size(40)
@@ -86,7 +112,6 @@ pub fn log_log_lines(out: &Path, labels: Labels<'_>, series: &[Series]) -> Resul
         .border_style(BLACK)
         .position(SeriesLabelPosition::LowerRight)
         .draw()?;
-    root.present()?;
     Ok(())
 }
 
