@@ -684,12 +684,14 @@ pub fn describe(state: &LabState) -> String {
         .collect();
     let ports = table(&["proto", "port", "served by"], &ports, &[Align::Left, Align::Right]);
     let client = ns("client");
-    let edge = ns("edge");
     let first_node = node_name(0);
-    let edge_if = state
+    // Where a capture sees a packet both ways: the client's interface and a
+    // service's. XDP on the edge and on the nodes takes frames before
+    // tcpdump's hook, so captures there miss what the dataplane forwards.
+    let client_if = state
         .namespaces
         .iter()
-        .find(|n| n.role == "edge")
+        .find(|n| n.role == "client")
         .and_then(|n| n.interfaces.first().cloned())
         .unwrap_or_default();
     let svc = state.namespaces.iter().find(|n| n.role == "svc-1");
@@ -720,10 +722,10 @@ pub fn describe(state: &LabState) -> String {
         ));
     }
     examples.push(format!(
-        "ip netns exec {client} {bench} tcp-client --connect {}:{TCP_PORT} --connections 10 --requests-per-connection 100 --duration 30 --json /tmp/tcp.json",
+        "ip netns exec {client} {bench} tcp-client --connect {}:{TCP_PORT} --connections 10 --requests-per-connection 0 --duration 30 --json /tmp/tcp.json",
         state.vip
     ));
-    examples.push(format!("ip netns exec {edge} tcpdump -ni {edge_if} -c 20"));
+    examples.push(format!("ip netns exec {client} tcpdump -ni {client_if} -c 20 not arp"));
     if let Some(svc) = svc {
         let ifname = svc.interfaces.first().cloned().unwrap_or_default();
         examples.push(format!("ip netns exec {} tcpdump -ni {ifname} -c 20 not arp", svc.name));
@@ -943,7 +945,8 @@ mod tests {
             "ip netns exec handoff-habcde0-client ping -c 3 10.77.9.1",
             "ip netns exec handoff-habcde0-client ping -6 -c 3 fd77:9::1",
             "curl -sS -o /dev/null -w '%{http_code} %{size_download}\\n' http://10.77.9.1/object-27000.bin",
-            "ip netns exec handoff-habcde0-edge tcpdump -ni habcde0e0",
+            "ip netns exec handoff-habcde0-client tcpdump -ni habcde0c0 -c 20 not arp",
+            "--requests-per-connection 0 --duration 30",
             "ip netns exec handoff-habcde0-svc-1 tcpdump -ni habcde0s0",
             "status --admin /tmp/handoff-habcde0/edge.sock",
             "stats --admin /tmp/handoff-habcde0/fd-a.sock",

@@ -423,49 +423,6 @@ pub fn call_with_progress(
     }
 }
 
-/// Makes the policy change `request` on every node in `sockets`, all or
-/// none: first a dry run on each (every node validates it against its own
-/// policy), then, if all accept, the change on each in turn. Returns each
-/// node's answer to the change, in order.
-///
-/// # Errors
-/// The first node that cannot be reached or refuses the dry run, named,
-/// with nothing changed anywhere; a node that fails the change itself
-/// after the dry run passed, named, with the nodes before it changed.
-pub fn change_everywhere(sockets: &[PathBuf], request: &AdminRequest) -> Result<Vec<AdminResponse>> {
-    let Some(dry_run) = request.as_dry_run() else {
-        bail!("{request:?} changes no policy");
-    };
-    let timeout = request.patience();
-    let mut validated = Vec::with_capacity(sockets.len());
-    for socket in sockets {
-        match call(socket, &dry_run, timeout)? {
-            AdminResponse::Error { message } => bail!(
-                "{} refused the change, so no node was changed: {message}",
-                socket.display()
-            ),
-            answer => validated.push(answer),
-        }
-    }
-    if request == &dry_run {
-        return Ok(validated);
-    }
-    let mut answers = Vec::with_capacity(sockets.len());
-    for (i, socket) in sockets.iter().enumerate() {
-        match call(socket, request, timeout)? {
-            AdminResponse::Error { message } => bail!(
-                "{} failed the change after validating it ({} of {} nodes changed before it; run the \
-                 change again, or undo it on them): {message}",
-                socket.display(),
-                i,
-                sockets.len()
-            ),
-            answer => answers.push(answer),
-        }
-    }
-    Ok(answers)
-}
-
 /// Why the daemon at `path` cannot be reached, and what to do about it.
 fn unreachable(path: &Path, error: std::io::Error) -> anyhow::Error {
     let at = path.display();

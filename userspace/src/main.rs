@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use handoff::{
-    admin::{self, AdminRequest, AdminResponse},
+    admin::{AdminRequest, AdminResponse},
     api::client::{ApiClient, Transport},
     control::{
         keys::{self, Party},
@@ -249,11 +249,18 @@ struct BackendArgs {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(group = clap::ArgGroup::new("nodes").required(true).multiple(true).args(["admins", "apis"]))]
 struct ChangeArgs {
     /// A node's admin socket; repeat it for several nodes (all validate
     /// the change before any makes it).
-    #[arg(long = "admin", required = true)]
+    #[arg(long = "admin")]
     admins: Vec<PathBuf>,
+    /// A node's HTTP API (`[api] listen`), instead of or beside --admin;
+    /// repeat it for several nodes. https:// takes --ca, --cert and --key.
+    #[arg(long = "api")]
+    apis: Vec<String>,
+    #[command(flatten)]
+    https: HttpsArgs,
     /// Validate only: change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -261,15 +268,29 @@ struct ChangeArgs {
     output: Output,
 }
 
+impl ChangeArgs {
+    /// Every node named, sockets first.
+    fn nodes(&self) -> Result<Vec<Transport>> {
+        if self.https.server_name.is_some() && self.apis.len() > 1 {
+            anyhow::bail!(
+                "--server-name names one node's certificate: give one --api with it, or name the nodes by the host names their certificates carry"
+            );
+        }
+        let sockets = self.admins.iter().cloned().map(Transport::Socket);
+        let apis = self.apis.iter().map(|url| self.https.client(url).map(Transport::Api));
+        sockets.map(Ok).chain(apis).collect()
+    }
+}
+
 /// Makes a policy change on every node of `change`, all validated first.
 fn change_policy(change: &ChangeArgs, request: AdminRequest) -> Result<()> {
-    let answers = admin::change_everywhere(&change.admins, &request)?;
+    let nodes = change.nodes()?;
+    let answers = handoff::api::client::change_everywhere(&nodes, &request)?;
     change.output.print(&answers, || {
-        change
-            .admins
+        nodes
             .iter()
             .zip(&answers)
-            .map(|(admin, answer)| format!("{}:\n{}", admin.display(), render::response(answer)))
+            .map(|(node, answer)| format!("{node}:\n{}", render::response(answer)))
             .collect::<Vec<_>>()
             .join("\n")
     })
@@ -286,20 +307,8 @@ struct AdminArgs {
     /// or https://ADDRESS:PORT with --ca, --cert and --key.
     #[arg(long, conflicts_with = "admin")]
     api: Option<String>,
-    /// HTTPS: the cluster CA certificate (`ca.pem` of `handoff keys init`).
-    #[arg(long, requires = "api")]
-    ca: Option<PathBuf>,
-    /// HTTPS: a certificate the cluster CA issued (`handoff keys issue`).
-    #[arg(long, requires_all = ["api", "ca", "key"])]
-    cert: Option<PathBuf>,
-    /// HTTPS: that certificate's key.
-    #[arg(long, requires_all = ["api", "ca", "cert"])]
-    key: Option<PathBuf>,
-    /// HTTPS: the identity the server's certificate must carry when --api
-    /// gives its address (manager.handoff.cluster for the edge,
-    /// node-ID.handoff.cluster for a node).
-    #[arg(long, requires = "api")]
-    server_name: Option<String>,
+    #[command(flatten)]
+    https: HttpsArgs,
     #[command(flatten)]
     output: Output,
 }
@@ -307,9 +316,35 @@ struct AdminArgs {
 impl AdminArgs {
     /// The admin socket, or the API when --api is given.
     fn transport(&self) -> Result<Transport> {
-        let Some(url) = &self.api else {
-            return Ok(Transport::Socket(self.admin.clone()));
-        };
+        match &self.api {
+            Some(url) => Ok(Transport::Api(self.https.client(url)?)),
+            None => Ok(Transport::Socket(self.admin.clone())),
+        }
+    }
+}
+
+/// The credentials of an https:// API.
+#[derive(clap::Args, Debug)]
+struct HttpsArgs {
+    /// HTTPS: the cluster CA certificate (`ca.pem` of `handoff keys init`).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// HTTPS: a certificate the cluster CA issued (`handoff keys issue`).
+    #[arg(long, requires_all = ["ca", "key"])]
+    cert: Option<PathBuf>,
+    /// HTTPS: that certificate's key.
+    #[arg(long, requires_all = ["ca", "cert"])]
+    key: Option<PathBuf>,
+    /// HTTPS: the identity the server's certificate must carry when --api
+    /// gives its address (manager.handoff.cluster for the edge,
+    /// node-ID.handoff.cluster for a node).
+    #[arg(long)]
+    server_name: Option<String>,
+}
+
+impl HttpsArgs {
+    /// A client of the API at `url` with these credentials.
+    fn client(&self, url: &str) -> Result<ApiClient> {
         let tls = match (&self.ca, &self.cert, &self.key) {
             (Some(ca), Some(cert), Some(key)) => Some(TlsPaths {
                 ca: ca.clone(),
@@ -319,11 +354,7 @@ impl AdminArgs {
             (None, None, None) => None,
             _ => anyhow::bail!("HTTPS needs all of --ca, --cert and --key"),
         };
-        Ok(Transport::Api(ApiClient::new(
-            url,
-            tls.as_ref(),
-            self.server_name.as_deref(),
-        )?))
+        ApiClient::new(url, tls.as_ref(), self.server_name.as_deref())
     }
 }
 

@@ -49,6 +49,56 @@ impl Transport {
     }
 }
 
+impl std::fmt::Display for Transport {
+    /// The socket's path or the API's `scheme://host:port`: how errors name a node.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Socket(path) => write!(f, "{}", path.display()),
+            Self::Api(client) => f.write_str(&client.base),
+        }
+    }
+}
+
+/// Makes the policy change `request` on every node in `nodes` (admin
+/// sockets or APIs, mixed), all or none: first a dry run on each (every
+/// node validates it against its own policy), then, if all accept, the
+/// change on each in turn. Returns each node's answer to the change, in
+/// order.
+///
+/// # Errors
+/// The first node that cannot be reached or refuses the dry run, named,
+/// with nothing changed anywhere; a node that fails the change itself
+/// after the dry run passed, named, with the nodes before it changed.
+pub fn change_everywhere(nodes: &[Transport], request: &AdminRequest) -> Result<Vec<AdminResponse>> {
+    let Some(dry_run) = request.as_dry_run() else {
+        bail!("{request:?} changes no policy");
+    };
+    let timeout = request.patience();
+    let mut validated = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        match node.call(&dry_run, timeout)? {
+            // The node's message says what was refused and why.
+            AdminResponse::Error { message } => bail!("{node}: {message} (no node was changed)"),
+            answer => validated.push(answer),
+        }
+    }
+    if request == &dry_run {
+        return Ok(validated);
+    }
+    let mut answers = Vec::with_capacity(nodes.len());
+    for (i, node) in nodes.iter().enumerate() {
+        match node.call(request, timeout)? {
+            AdminResponse::Error { message } => bail!(
+                "{node} failed the change after validating it ({i} of {} nodes changed before it; run the \
+                 change again, or undo it on them): {message}",
+                nodes.len()
+            ),
+            answer => answers.push(answer),
+        }
+    }
+    Ok(answers)
+}
+
 /// A client of one daemon's HTTP API.
 #[derive(Debug)]
 pub struct ApiClient {

@@ -82,7 +82,13 @@ pub fn gather(config: Option<&Path>, interface: Option<&str>) -> Facts {
         euid: unsafe { libc::geteuid() },
         cap_effective: cap_effective(),
         kernel_release: read_trimmed("/proc/sys/kernel/osrelease"),
-        bpf_jit_enable: read_trimmed("/proc/sys/net/core/bpf_jit_enable"),
+        bpf_jit_enable: read_trimmed(JIT_SYSCTL).map_err(|e| {
+            if Path::new(JIT_SYSCTL).exists() {
+                e
+            } else {
+                format!("{JIT_SYSCTL} is not visible here: outside the initial network namespace, net.core.bpf_jit_enable is not shown")
+            }
+        }),
         bpffs: BpffsFacts {
             mounted: on_bpffs(&bpffs_path),
             path: bpffs_path,
@@ -173,6 +179,10 @@ fn socket_dir_usable(path: &Path) -> (PathBuf, Result<(), String>) {
     };
     (path.to_path_buf(), usable)
 }
+
+/// The BPF JIT switch (Documentation/admin-guide/sysctl/net.rst); only the
+/// initial network namespace has it.
+const JIT_SYSCTL: &str = "/proc/sys/net/core/bpf_jit_enable";
 
 fn read_trimmed(path: &str) -> Result<String, String> {
     std::fs::read_to_string(path)

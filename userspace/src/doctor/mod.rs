@@ -350,7 +350,14 @@ fn bpf_jit(facts: &Facts) -> Check {
             format!("net.core.bpf_jit_enable = {v}: the programs run interpreted, several times slower"),
             remedy,
         ),
-        Err(e) => Check::not_ok(Status::Warn, NAME, e.clone(), remedy),
+        // Unreadable: in a network namespace other than the initial one the
+        // sysctl is not there at all; the setting is the host's.
+        Err(e) => Check::not_ok(
+            Status::Warn,
+            NAME,
+            e.clone(),
+            "check it on the host, outside any network namespace: `sysctl net.core.bpf_jit_enable`",
+        ),
     }
 }
 
@@ -838,8 +845,13 @@ mod tests {
         let mut f = good();
         f.bpf_jit_enable = Ok("0".into());
         expect(&f, "bpf jit", Status::Warn, "sysctl -w net.core.bpf_jit_enable=1");
+        // Unreadable (inside a network namespace): check it on the host, not
+        // a sysctl to write.
         f.bpf_jit_enable = Err("no /proc/sys/net/core/bpf_jit_enable".into());
-        expect(&f, "bpf jit", Status::Warn, "sysctl");
+        expect(&f, "bpf jit", Status::Warn, "check it on the host");
+        let report = evaluate(&f);
+        let remedy = check(&report, "bpf jit").remedy.clone().unwrap_or_default();
+        assert!(!remedy.contains("sysctl -w"), "{remedy}");
     }
 
     #[test]
