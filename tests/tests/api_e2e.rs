@@ -7,8 +7,9 @@
 
 use handoff::control::{keys::Party, tls::node_name as identity};
 use handoff_testbed::{
+    cluster::Family,
     privileged,
-    service_path::{assert_every_echo, LoadReports, LoadSpec, NodeTuning},
+    service_path::{assert_every_echo, LoadReports, LoadSpec, NodeTuning, UDP_PORT},
     Cluster, ClusterSpec,
 };
 use std::{process::Command, time::Duration};
@@ -253,6 +254,54 @@ fn the_http_api_serves_the_admin_verbs_over_http_and_https() {
     .unwrap();
     let node_socket = cluster.node_admin_socket(0).display().to_string();
     assert_eq!(over_https, cli(&cluster, &["status", "--admin", &node_socket]).unwrap());
+
+    // A backend change through the node's HTTPS API: a dry run is
+    // validated there and changes nothing; a refused change names the API
+    // and says nothing changed; the listing is the same after both.
+    let tls = [
+        "--ca",
+        ca.as_str(),
+        "--cert",
+        cert.as_str(),
+        "--key",
+        key.as_str(),
+        "--server-name",
+        name.as_str(),
+    ];
+    let listing = || cli(&cluster, &["services", "--admin", &node_socket]).unwrap();
+    let before_changes = listing();
+    let backend = cluster.services[0].port.addr(Family::V4).to_string();
+    let udp_service = format!("udp-{UDP_PORT}");
+    let change = |verb: &str, extra: &[&str]| {
+        let mut args = vec![
+            "backend",
+            verb,
+            "--service",
+            &udp_service,
+            "--address",
+            &backend,
+            "--port",
+        ];
+        let port = UDP_PORT.to_string();
+        args.push(&port);
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--api", &https]);
+        args.extend_from_slice(&tls);
+        cli(&cluster, &args)
+    };
+    let dry = change("drain", &["--dry-run"]).unwrap();
+    assert_eq!(
+        (&dry[0]["result"], &dry[0]["dry_run"]),
+        (&"policy_changed".into(), &true.into()),
+        "{dry}"
+    );
+    let refused = change("weight", &["--weight", "0"]).unwrap_err();
+    assert!(
+        // The API is named by the identity its certificate carries.
+        refused.contains(&format!("https://{name}:{API_PORT}")) && refused.contains("no node was changed"),
+        "{refused}"
+    );
+    assert_eq!(listing(), before_changes);
 
     // Members, live: bad additions and the removal of a member in the
     // scope are refused and change nothing; fd-d, added, registers and is
